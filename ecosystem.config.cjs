@@ -1,0 +1,67 @@
+// PM2's view of the plan. The one place the ComfyUI apps are declared: gpu-boot
+// computes the plan (GPUs, ports, arguments; no secrets) into plan.json, and both
+// gpu-boot and a person running `pm2 start ecosystem.config.cjs` in the container
+// read it here, so they see the same apps.
+//
+// Secrets never pass through PM2: `filter_env: true` drops the caller's environment,
+// and the environment given back leaves out every variable that carried a secret
+// (plan.withheldVariables). Custom nodes get their secrets from their own .env.
+'use strict';
+const fs = require('node:fs');
+const path = require('node:path');
+
+function planFile() {
+  if (process.env.GPU_BOOT_PLAN_FILE) return process.env.GPU_BOOT_PLAN_FILE;
+  const workspace = process.env.WORKSPACE_PATH || '/workspace';
+  const stateDir = process.env.GPU_BOOT_STATE_DIR || path.join(workspace, '.gpu-boot');
+  return path.join(stateDir, 'plan.json');
+}
+
+function loadPlan() {
+  const file = planFile();
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (error) {
+    throw new Error(`ecosystem.config.cjs: cannot read the plan ${file} (${error.code || error.message}); run \`gpu-boot plan\` or start gpu-boot first`);
+  }
+}
+
+const plan = loadPlan();
+const withheld = new Set(plan.withheldVariables);
+// PM2's own bookkeeping variables of a calling process must not leak into the apps.
+const internal = /^(pm_|PM2_(?!HOME$)|GPU_BOOT_PLAN_FILE$)/;
+
+function instanceEnv(extra) {
+  const env = {};
+  for (const [name, value] of Object.entries(process.env)) {
+    if (value === undefined || withheld.has(name) || internal.test(name)) continue;
+    env[name] = value;
+  }
+  return Object.assign(env, extra);
+}
+
+module.exports = {
+  apps: plan.instances.map((instance) => ({
+    name: instance.name,
+    script: instance.script,
+    interpreter: instance.interpreter,
+    args: instance.args,
+    cwd: instance.cwd,
+    env: instanceEnv(instance.env),
+    filter_env: true,
+    exec_mode: 'fork',
+    instances: 1,
+    autorestart: true,
+    // Back off on a crash loop (x1.5 per restart, up to 15 s) instead of restarting in a tight loop.
+    exp_backoff_restart_delay: plan.pm2.restartDelayMs,
+    min_uptime: plan.pm2.minUptimeMs,
+    max_restarts: plan.pm2.maxRestarts,
+    // ComfyUI needs longer than PM2's default 1.6 s to stop cleanly.
+    kill_timeout: plan.pm2.killTimeoutMs,
+    treekill: true,
+    merge_logs: true,
+    time: false,
+    vizion: false,
+    autostart: true,
+  })),
+};

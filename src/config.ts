@@ -1,0 +1,167 @@
+import path from 'node:path';
+import { z } from 'zod';
+import { ConfigError } from './errors.js';
+
+/**
+ * The one schema for every setting. Each entry: the variable, its default, what
+ * it means. `gpu-boot --help` and the README's table are written from SETTINGS_DOC.
+ * Empty strings count as unset: platforms often pass `VAR=` for "not given".
+ */
+const blankToUndefined = (value: unknown): unknown =>
+  typeof value === 'string' && value.trim() === '' ? undefined : value;
+
+const optionalString = z.preprocess(blankToUndefined, z.string().optional());
+const int = (min: number, max: number) =>
+  z.preprocess(
+    blankToUndefined,
+    z.coerce
+      .number({ error: 'expected a whole number' })
+      .int({ error: 'expected a whole number' })
+      .min(min, { error: `must be at least ${min}` })
+      .max(max, { error: `must be at most ${max}` }),
+  );
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+const EnvSchema = z
+  .object({
+    GPU_MODE: z.preprocess(
+      (v) => (typeof v === 'string' ? blankToUndefined(v.trim().toLowerCase()) : v),
+      z.enum(['actual', 'mock'], { error: 'must be "actual" or "mock"' }).default('actual'),
+    ),
+    NUM_GPUS: int(1, 64).optional(),
+    GPU_MEMORY_GB: z.preprocess(
+      blankToUndefined,
+      z.coerce.number({ error: 'expected a number' }).positive({ error: 'must be a positive number' }).optional(),
+    ),
+    GPU_MODEL: optionalString,
+    WORKSPACE_PATH: z.preprocess(blankToUndefined, z.string().default('/workspace')),
+    COMFYUI_PATH: optionalString,
+    CUSTOM_NODES_CONFIG: optionalString,
+    SECRETS_ENV_FILE: optionalString,
+    GPU_BOOT_STATE_DIR: optionalString,
+    COMFYUI_PYTHON: z.preprocess(blankToUndefined, z.string().default('python3')),
+    COMFYUI_LISTEN: z.preprocess(
+      blankToUndefined,
+      z
+        .string()
+        .regex(/^[A-Za-z0-9.:[\]-]+$/, { error: 'must be an IP address or host name' })
+        .default('0.0.0.0'),
+    ),
+    COMFYUI_PORT_START: int(1, 65535).default(8188),
+    COMFY_ARGS: z.preprocess(blankToUndefined, z.string().default('')),
+    COMFYUI_KILL_TIMEOUT_MS: int(100, 600_000).default(5000),
+    COMFYUI_RESTART_DELAY_MS: int(100, 60_000).default(1000),
+    SHUTDOWN_TIMEOUT_MS: int(1000, 3_600_000).default(8000),
+    READY_TIMEOUT_MS: int(1000, 86_400_000).default(600_000),
+    NVIDIA_SMI_PATH: z.preprocess(blankToUndefined, z.string().default('nvidia-smi')),
+    NVIDIA_SMI_TIMEOUT_MS: int(100, 600_000).default(10_000),
+    LOG_LEVEL: z.preprocess(
+      (v) => (typeof v === 'string' ? blankToUndefined(v.trim().toLowerCase()) : v),
+      z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` }).default('info'),
+    ),
+    PM2_HOME: optionalString,
+  })
+  .superRefine((env, ctx) => {
+    // PM2 must be able to stop an instance gracefully inside the shutdown budget,
+    // with time left to wipe the files and stop PM2 itself.
+    if (env.COMFYUI_KILL_TIMEOUT_MS > env.SHUTDOWN_TIMEOUT_MS - 1000) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['COMFYUI_KILL_TIMEOUT_MS'],
+        message: 'must be at least 1000 ms below SHUTDOWN_TIMEOUT_MS, so the wipe still fits in the shutdown budget',
+      });
+    }
+  });
+
+export type RawSettings = z.infer<typeof EnvSchema>;
+
+export interface Config {
+  gpuMode: 'actual' | 'mock';
+  numGpusHint: number | undefined;
+  gpuMemoryGbHint: number | undefined;
+  gpuModelHint: string | undefined;
+  workspacePath: string;
+  comfyuiPath: string;
+  customNodesPath: string;
+  manifestPath: string;
+  /** false when CUSTOM_NODES_CONFIG was not set: a missing default manifest means no node needs secrets. */
+  manifestExplicit: boolean;
+  secretsEnvFile: string | undefined;
+  stateDir: string;
+  comfyuiPython: string;
+  comfyuiListen: string;
+  portStart: number;
+  comfyArgs: string;
+  killTimeoutMs: number;
+  restartDelayMs: number;
+  shutdownTimeoutMs: number;
+  readyTimeoutMs: number;
+  nvidiaSmiPath: string;
+  nvidiaSmiTimeoutMs: number;
+  logLevel: (typeof LOG_LEVELS)[number];
+  pm2Home: string | undefined;
+}
+
+/** Every variable this program reads, its default and meaning: the source of --help and the README table. */
+export const SETTINGS_DOC: ReadonlyArray<{ name: string; default: string; doc: string }> = [
+  { name: 'GPU_MODE', default: 'actual', doc: '`actual` detects GPUs and fails (exit 69) without one; `mock` runs NUM_GPUS CPU instances' },
+  { name: 'NUM_GPUS', default: '1 in mock mode', doc: 'mock: how many instances; actual: the platform\'s hint, checked against detection' },
+  { name: 'GPU_MEMORY_GB', default: '(none)', doc: 'platform hint, per GPU or in total; a mismatch with detection is a warning' },
+  { name: 'GPU_MODEL', default: '(none)', doc: 'platform hint; a mismatch with detection is a warning' },
+  { name: 'WORKSPACE_PATH', default: '/workspace', doc: 'root of the workspace' },
+  { name: 'COMFYUI_PATH', default: '$WORKSPACE_PATH/ComfyUI', doc: 'ComfyUI checkout (main.py, custom_nodes/)' },
+  { name: 'CUSTOM_NODES_CONFIG', default: '$WORKSPACE_PATH/config_nodes.json', doc: 'the manifest: which node gets which keys' },
+  { name: 'SECRETS_ENV_FILE', default: '(none)', doc: 'a dotenv file rendered by an agent (Vault Agent), one more secret source' },
+  { name: 'GPU_BOOT_STATE_DIR', default: '$WORKSPACE_PATH/.gpu-boot', doc: 'the plan and the record of written files (no secrets)' },
+  { name: 'COMFYUI_PYTHON', default: 'python3', doc: 'interpreter that runs ComfyUI\'s main.py' },
+  { name: 'COMFYUI_LISTEN', default: '0.0.0.0', doc: 'address each instance listens on (--listen)' },
+  { name: 'COMFYUI_PORT_START', default: '8188', doc: 'port of instance 0; instance i gets COMFYUI_PORT_START+i' },
+  { name: 'COMFY_ARGS', default: '(empty)', doc: 'extra ComfyUI arguments, shell-quoted, appended to every instance' },
+  { name: 'COMFYUI_KILL_TIMEOUT_MS', default: '5000', doc: 'PM2 kill_timeout: SIGINT, then SIGKILL after this long' },
+  { name: 'COMFYUI_RESTART_DELAY_MS', default: '1000', doc: 'first PM2 restart delay after a crash; grows x1.5 up to 15 s' },
+  { name: 'SHUTDOWN_TIMEOUT_MS', default: '8000', doc: 'budget from SIGTERM to exit (Docker kills at 10 s)' },
+  { name: 'READY_TIMEOUT_MS', default: '600000', doc: 'how long to wait for instances to answer before warning' },
+  { name: 'NVIDIA_SMI_PATH', default: 'nvidia-smi', doc: 'nvidia-smi executable (looked up on PATH)' },
+  { name: 'NVIDIA_SMI_TIMEOUT_MS', default: '10000', doc: 'nvidia-smi is killed after this long' },
+  { name: 'LOG_LEVEL', default: 'info', doc: LOG_LEVELS.join(', ') },
+  { name: 'PM2_HOME', default: '~/.pm2', doc: 'PM2\'s folder (socket, logs); `pm2 ls` with the same value lists the instances' },
+];
+
+/** Parse every setting; all problems are reported together, each naming its variable, never a value. */
+export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config {
+  const parsed = EnvSchema.safeParse(env);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((issue) => `${issue.path.join('.') || 'environment'}: ${issue.message}`);
+    throw new ConfigError(`invalid configuration (${problems.length} problem${problems.length === 1 ? '' : 's'})`, problems);
+  }
+  const s = parsed.data;
+  const abs = (p: string): string => path.resolve(cwd, p);
+  const workspacePath = abs(s.WORKSPACE_PATH);
+  const comfyuiPath = abs(s.COMFYUI_PATH ?? path.join(workspacePath, 'ComfyUI'));
+  return {
+    gpuMode: s.GPU_MODE,
+    numGpusHint: s.NUM_GPUS,
+    gpuMemoryGbHint: s.GPU_MEMORY_GB,
+    gpuModelHint: s.GPU_MODEL?.trim(),
+    workspacePath,
+    comfyuiPath,
+    customNodesPath: path.join(comfyuiPath, 'custom_nodes'),
+    manifestPath: abs(s.CUSTOM_NODES_CONFIG ?? path.join(workspacePath, 'config_nodes.json')),
+    manifestExplicit: s.CUSTOM_NODES_CONFIG !== undefined,
+    secretsEnvFile: s.SECRETS_ENV_FILE === undefined ? undefined : abs(s.SECRETS_ENV_FILE),
+    stateDir: abs(s.GPU_BOOT_STATE_DIR ?? path.join(workspacePath, '.gpu-boot')),
+    comfyuiPython: s.COMFYUI_PYTHON,
+    comfyuiListen: s.COMFYUI_LISTEN,
+    portStart: s.COMFYUI_PORT_START,
+    comfyArgs: s.COMFY_ARGS,
+    killTimeoutMs: s.COMFYUI_KILL_TIMEOUT_MS,
+    restartDelayMs: s.COMFYUI_RESTART_DELAY_MS,
+    shutdownTimeoutMs: s.SHUTDOWN_TIMEOUT_MS,
+    readyTimeoutMs: s.READY_TIMEOUT_MS,
+    nvidiaSmiPath: s.NVIDIA_SMI_PATH,
+    nvidiaSmiTimeoutMs: s.NVIDIA_SMI_TIMEOUT_MS,
+    logLevel: s.LOG_LEVEL,
+    pm2Home: s.PM2_HOME === undefined ? undefined : abs(s.PM2_HOME),
+  };
+}

@@ -1,0 +1,163 @@
+#!/usr/bin/env node
+import { parseArgs } from 'node:util';
+import { SETTINGS_DOC, loadConfig, type Config } from './config.js';
+import { BootError, ExitCode, UsageError, describeError } from './errors.js';
+import { SecretMasker, createLogger } from './log.js';
+import type { Logger } from 'pino';
+
+const COMMANDS = {
+  start: 'detect GPUs, write each custom node its .env, start one ComfyUI per GPU under PM2, stay up; wipe on SIGTERM/SIGINT (default)',
+  check: 'pre-flight: validate configuration, manifest, secrets and GPUs; print a masked report; start and write nothing (exit 0 or 78)',
+  detect: 'print the GPUs found (--json: only the JSON on stdout, logs on stderr)',
+  plan: 'print the PM2 apps that start would run (JSON, no secrets)',
+  wipe: 'remove every .env a previous run left (after a crash), restoring what they replaced',
+  demo: 'run start on the shipped demo workspace: mock GPUs, a ComfyUI stand-in, fake secrets',
+} as const;
+type Command = keyof typeof COMMANDS;
+
+const EXIT_CODES = `exit codes: 0 ok, 64 usage, 69 no GPU (GPU_MODE=actual), 70 internal error, 73 cannot write, 74 I/O or PM2 failure, 78 configuration, manifest or secret error`;
+
+function mainHelp(): string {
+  const width = Math.max(...SETTINGS_DOC.map((s) => s.name.length));
+  return [
+    'usage: gpu-boot [command] [--help]',
+    '',
+    'The entrypoint of a GPU container: GPUs detected, secrets resolved into per-node .env files,',
+    'one ComfyUI per GPU under PM2, everything wiped on stop.',
+    '',
+    'commands:',
+    ...Object.entries(COMMANDS).map(([name, doc]) => `  ${name.padEnd(7)} ${doc}`),
+    '',
+    'settings (environment variables, empty counts as unset):',
+    ...SETTINGS_DOC.map((s) => `  ${s.name.padEnd(width)}  ${s.doc} [default: ${s.default}]`),
+    '',
+    'secrets: each ${VAR} in the manifest comes from exactly one of VAR_FILE, VAR_ENCODED (base64),',
+    'VAR, or the SECRETS_ENV_FILE dotenv file; two set at once is an error.',
+    '',
+    EXIT_CODES,
+    '',
+  ].join('\n');
+}
+
+function commandHelp(command: Command): string {
+  const flags: Partial<Record<Command, string>> = {
+    check: '  --json   print the report as JSON',
+    detect: '  --json   print only {"count","model","memoryGb","source","gpus":[...]} on stdout; logs go to stderr',
+  };
+  return [`usage: gpu-boot ${command}${flags[command] ? ' [--json]' : ''}`, '', COMMANDS[command], '', ...(flags[command] ? ['flags:', flags[command], ''] : []), 'settings: see `gpu-boot --help`', EXIT_CODES, ''].join('\n');
+}
+
+function parseCommandLine(argv: string[]): { command: Command; json: boolean; help: boolean } {
+  let parsed;
+  try {
+    parsed = parseArgs({ args: argv, allowPositionals: true, strict: true, options: { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } });
+  } catch (error) {
+    throw new UsageError(`${describeError(error)}; see gpu-boot --help`);
+  }
+  const [name = 'start', ...rest] = parsed.positionals;
+  if (name === 'help') return { command: 'start', json: false, help: true };
+  if (!(name in COMMANDS)) throw new UsageError(`unknown command "${name}"; commands: ${Object.keys(COMMANDS).join(', ')}`);
+  if (rest.length) throw new UsageError(`unexpected argument "${rest[0]}"`);
+  const command = name as Command;
+  if (parsed.values.json && command !== 'check' && command !== 'detect') throw new UsageError(`--json is only for check and detect`);
+  return { command, json: parsed.values.json === true, help: parsed.values.help === true };
+}
+
+function reportError(error: unknown, logger: Logger | undefined, masker: SecretMasker): number {
+  const code = error instanceof BootError ? error.exitCode : ExitCode.software;
+  const problems = error instanceof BootError ? error.problems : [];
+  const message = masker.mask(describeError(error));
+  if (logger) logger.error({ exitCode: code, problems, ...(error instanceof BootError ? {} : { stack: masker.mask((error as Error)?.stack ?? '') }) }, message);
+  const text = [`gpu-boot: error: ${message}`, ...problems.map((p) => `  - ${masker.mask(p)}`)].join('\n');
+  process.stderr.write(`${text}\n`);
+  return code;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const masker = new SecretMasker();
+  let logger: Logger | undefined;
+  try {
+    const { command, json, help } = parseCommandLine(argv);
+    if (help) {
+      process.stdout.write(argv.length === 1 || argv[0] === 'help' || argv[0]?.startsWith('-') ? mainHelp() : commandHelp(command));
+      return ExitCode.ok;
+    }
+    let env = process.env;
+    let cleanupDemo: (() => Promise<void>) | undefined;
+    if (command === 'demo') {
+      const { prepareDemo } = await import('./demo.js');
+      const demo = await prepareDemo(process.env);
+      env = demo.env;
+      cleanupDemo = demo.cleanup;
+      Object.assign(process.env, demo.env);
+    }
+    const quietStdout = json && (command === 'detect' || command === 'check');
+    // A bad LOG_LEVEL must still be reported: log at info until the configuration is known.
+    let config: Config;
+    try {
+      config = loadConfig(env);
+    } catch (error) {
+      logger = await createLogger({ level: 'info', masker, fd: quietStdout ? 2 : 1 });
+      throw error;
+    }
+    logger = await createLogger({ level: config.logLevel, masker, fd: quietStdout ? 2 : 1 });
+    if (config.pm2Home) process.env.PM2_HOME = config.pm2Home;
+    const ctx = { config, logger, masker, env };
+    try {
+      return await runCommand(command === 'demo' ? 'start' : command, json, ctx);
+    } finally {
+      await cleanupDemo?.();
+    }
+  } catch (error) {
+    return reportError(error, logger, masker);
+  }
+}
+
+async function runCommand(command: Exclude<Command, 'demo'>, json: boolean, ctx: { config: Config; logger: Logger; masker: SecretMasker; env: NodeJS.ProcessEnv }): Promise<number> {
+  const runner = await import('./runner.js');
+  switch (command) {
+    case 'start': {
+      ctx.logger.info({ mode: ctx.config.gpuMode, workspace: ctx.config.workspacePath }, 'gpu-boot starting');
+      return (await runner.runStart(ctx)).exitCode;
+    }
+    case 'detect': {
+      const gpus = await runner.detectPhase(ctx);
+      const out = { count: gpus.count, model: gpus.model, memoryGb: gpus.memoryGb, driver: gpus.driver, source: gpus.source, gpus: gpus.gpus };
+      process.stdout.write(json ? `${JSON.stringify(out)}\n` : `${gpus.count} GPU(s) from ${gpus.source}: ${gpus.gpus.map((g) => `#${g.index} ${g.name} ${g.memoryMiB} MiB`).join('; ')}${gpus.driver ? ` (driver ${gpus.driver})` : ''}\n`);
+      return ExitCode.ok;
+    }
+    case 'plan': {
+      const plan = await runner.computePlan(ctx);
+      process.stdout.write(`${JSON.stringify(plan, null, 2)}\n`);
+      return ExitCode.ok;
+    }
+    case 'wipe':
+      return runner.runWipe(ctx);
+    case 'check': {
+      const { buildCheckReport, formatCheckReport } = await import('./check.js');
+      const problems: string[] = [];
+      const collect = (error: unknown): undefined => {
+        if (error instanceof BootError) problems.push(...(error.problems.length ? error.problems : [error.message]));
+        else throw error;
+        return undefined;
+      };
+      const gpus = await runner.detectPhase(ctx).catch(collect);
+      const prepared = await runner.secretsPhase(ctx).catch(collect);
+      const report = buildCheckReport(ctx.config, gpus, prepared, problems.map((p) => ctx.masker.mask(p)));
+      process.stdout.write(ctx.masker.mask(json ? `${JSON.stringify(report, null, 2)}\n` : formatCheckReport(report)));
+      return report.ok ? ExitCode.ok : ExitCode.config;
+    }
+  }
+}
+
+// This module is the program: `node dist/entrypoint.js [command]`.
+main(process.argv.slice(2)).then(
+  (code) => {
+    // PM2's client can keep sockets open; the work is done, so leave now.
+    process.exit(code);
+  },
+  (error: unknown) => {
+    process.stderr.write(`gpu-boot: unexpected failure: ${describeError(error)}\n`);
+    process.exit(ExitCode.software);
+  },
+);

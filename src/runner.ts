@@ -1,0 +1,258 @@
+import { mkdir } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import type { Logger } from 'pino';
+import type { Config } from './config.js';
+import { BootError, ExitCode, describeError } from './errors.js';
+import type { SecretMasker } from './log.js';
+import { detectGpus, type GpuDetection } from './services/hardware.js';
+import { readRecord, wipeRecordedFiles, writeFileAtomic, writeNodeFiles } from './services/env-files.js';
+import { prepareNodeFiles, loadManifestOrEmpty, type PreparedNodes } from './services/node-files.js';
+import { buildPlan, planPath, probeHost, type Plan } from './services/plan.js';
+import { ProcessManager } from './services/processes.js';
+import { waitForHttp } from './services/readiness.js';
+import { referencedVariables } from './services/manifest.js';
+
+/**
+ * The lifecycle, and the only place that knows the order of the phases:
+ *   recover -> detect -> secrets -> plan -> write -> PM2 start -> ready -> (wait) -> stop -> wipe
+ * The wipe is a finish stage: it runs on every exit path once anything was written.
+ */
+
+export const ECOSYSTEM_FILE = fileURLToPath(new URL('../ecosystem.config.cjs', import.meta.url));
+
+export interface RunContext {
+  config: Config;
+  logger: Logger;
+  masker: SecretMasker;
+  env: NodeJS.ProcessEnv;
+}
+
+async function timed<T>(logger: Logger, phase: string, fn: () => Promise<T>, describe: (value: T) => object = () => ({})): Promise<T> {
+  const started = performance.now();
+  const value = await fn();
+  const ms = Math.round((performance.now() - started) * 10) / 10;
+  logger.info({ phase, ms, ...describe(value) }, `${phase} done in ${ms} ms`);
+  return value;
+}
+
+export async function detectPhase(ctx: RunContext): Promise<GpuDetection> {
+  return timed(ctx.logger, 'detect', () => detectGpus(ctx.config, ctx.logger), (g) => ({
+    source: g.source,
+    count: g.count,
+    model: g.model,
+    memoryGb: g.memoryGb,
+    driver: g.driver,
+  }));
+}
+
+export async function secretsPhase(ctx: RunContext): Promise<PreparedNodes> {
+  return timed(ctx.logger, 'secrets', () => prepareNodeFiles(ctx.config, ctx.env, ctx.masker, ctx.logger), (p) => ({
+    manifest: p.manifest.path,
+    nodes: p.files.length,
+    skipped: p.skipped,
+    variables: [...p.resolution.variables.values()].map((v) => `${v.variable} <- ${v.source}`),
+  }));
+}
+
+/** `plan`: the apps that would start, from detection and the manifest's variable names only. */
+export async function computePlan(ctx: RunContext): Promise<Plan> {
+  const gpus = await detectGpus(ctx.config, ctx.logger);
+  const manifest = await loadManifestOrEmpty(ctx.config, ctx.logger);
+  const withheld = new Set<string>();
+  for (const v of referencedVariables(manifest)) for (const n of [v, `${v}_FILE`, `${v}_ENCODED`]) withheld.add(n);
+  withheld.add('SECRETS_ENV_FILE');
+  return buildPlan(ctx.config, gpus, [...withheld].sort());
+}
+
+/** Remove what a run that died left behind, before anything else. */
+export async function recoverPhase(ctx: RunContext): Promise<void> {
+  const record = await readRecord(ctx.config.stateDir);
+  if (!record) return;
+  const result = await wipeRecordedFiles(ctx.config.stateDir);
+  if (result.problems.length) {
+    throw new BootError(ExitCode.ioError, `cannot wipe the files left by an earlier run (pid ${record.pid})`, result.problems);
+  }
+  ctx.logger.warn(
+    { previousPid: record.pid, removed: result.removed, restored: result.restored },
+    `an earlier run (pid ${record.pid}) did not clean up; wiped ${result.removed} file(s), restored ${result.restored}`,
+  );
+}
+
+/** Variables that carried secrets are removed from this process's environment before PM2 is started from it. */
+function withholdSecretsFromChildren(env: NodeJS.ProcessEnv, names: string[]): void {
+  for (const name of names) delete env[name];
+}
+
+export interface BootResult {
+  exitCode: number;
+}
+
+export async function runStart(ctx: RunContext): Promise<BootResult> {
+  const { config, logger } = ctx;
+  const bootStarted = performance.now();
+  const processes = new ProcessManager(logger, ECOSYSTEM_FILE);
+  let wroteFiles = false;
+  let knownPids: number[] = [];
+  let exitCode: number = ExitCode.ok;
+
+  // Signals: the first starts the shutdown; later ones are noted and ignored, so the wipe always runs.
+  let shutdownRequested: string | undefined;
+  let requestShutdown: (reason: string) => void = () => undefined;
+  const shutdownPromise = new Promise<string>((resolve) => {
+    requestShutdown = (reason) => {
+      if (shutdownRequested) {
+        logger.warn({ signal: reason }, `${reason} received during shutdown; finishing the shutdown (the wipe still runs)`);
+        return;
+      }
+      shutdownRequested = reason;
+      resolve(reason);
+    };
+  });
+  const onSignal = (signal: NodeJS.Signals) => requestShutdown(signal);
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  const abort = new AbortController();
+  const checkStop = (): void => {
+    if (shutdownRequested) throw new StopRequested();
+  };
+
+  try {
+    await timed(logger, 'recover', () => recoverPhase(ctx));
+    checkStop();
+    const gpus = await detectPhase(ctx);
+    checkStop();
+    const prepared = await secretsPhase(ctx);
+    withholdSecretsFromChildren(process.env, prepared.resolution.sourceVariableNames);
+    if (ctx.env !== process.env) withholdSecretsFromChildren(ctx.env, prepared.resolution.sourceVariableNames);
+    checkStop();
+
+    const plan = buildPlan(config, gpus, [...prepared.resolution.sourceVariableNames, 'SECRETS_ENV_FILE'].sort());
+    const planFile = planPath(config.stateDir);
+    await timed(logger, 'write', async () => {
+      await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
+      await writeFileAtomic(planFile, `${JSON.stringify(plan, null, 2)}\n`, 0o644);
+      wroteFiles = true;
+      await writeNodeFiles(config.stateDir, prepared.files, {
+        version: 1,
+        pid: process.pid,
+        startedAt: new Date().toISOString(),
+        files: [],
+      });
+      return prepared.files;
+    }, (files) => ({ files: files.map((f) => f.path) }));
+    checkStop();
+
+    const instances = await timed(logger, 'pm2-start', async () => {
+      await processes.connect();
+      const stale = await processes.removeStaleApps();
+      if (stale.length) logger.warn({ apps: stale }, 'removed instances left in PM2 by an earlier run');
+      await processes.watch();
+      return processes.startFromEcosystem(planFile);
+    }, (list) => ({
+      pm2Home: processes.pm2Home,
+      instances: list.map((i) => ({ name: i.name, pid: i.pid, status: i.status })),
+    }));
+    knownPids = instances.map((i) => i.pid).filter((pid) => pid > 0);
+
+    // Readiness runs beside the wait for a signal: a SIGTERM during a slow start is honoured at once.
+    const ready = (async () => {
+      const started = performance.now();
+      const deadline = Date.now() + config.readyTimeoutMs;
+      const host = probeHost(config.comfyuiListen);
+      const results = await Promise.all(
+        plan.instances.map(async (instance) => {
+          const ok = await waitForHttp(host, instance.port, deadline, abort.signal);
+          if (ok) logger.info({ instance: instance.name, port: instance.port, gpu: instance.gpuIndex }, `${instance.name} answers on port ${instance.port}`);
+          return ok;
+        }),
+      );
+      if (abort.signal.aborted) return;
+      const ms = Math.round((performance.now() - started) * 10) / 10;
+      if (results.every(Boolean)) {
+        logger.info(
+          { phase: 'ready', ms, bootMs: Math.round(performance.now() - bootStarted), instances: plan.instances.length },
+          `all ${plan.instances.length} instance(s) answer; boot took ${Math.round(performance.now() - bootStarted)} ms`,
+        );
+      } else {
+        const late = plan.instances.filter((_, i) => !results[i]).map((i) => i.name);
+        logger.warn({ phase: 'ready', instances: late }, `instances not answering after READY_TIMEOUT_MS=${config.readyTimeoutMs}: ${late.join(', ')}; still waiting on PM2`);
+      }
+    })();
+
+    const signal = await shutdownPromise;
+    abort.abort();
+    await ready;
+    logger.info({ signal }, `${signal} received: stopping instances`);
+  } catch (error) {
+    if (!(error instanceof StopRequested)) throw error;
+    logger.info({ signal: shutdownRequested }, `${shutdownRequested} received during boot: stopping`);
+  } finally {
+    abort.abort();
+    exitCode = await shutdown(ctx, processes, knownPids, wroteFiles);
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+  }
+  return { exitCode };
+}
+
+class StopRequested extends Error {}
+
+/** The finish stage: stop instances within the budget, then wipe no matter what, then stop PM2. */
+async function shutdown(ctx: RunContext, processes: ProcessManager, knownPids: number[], wroteFiles: boolean): Promise<number> {
+  const { config, logger } = ctx;
+  const started = performance.now();
+  const budgetEnd = Date.now() + config.shutdownTimeoutMs;
+  let exitCode: number = ExitCode.ok;
+
+  const stopped = processes.stopAll().then(
+    () => true,
+    (error: unknown) => {
+      logger.error({ err: describeError(error) }, 'PM2 could not stop the instances cleanly');
+      return false;
+    },
+  );
+  // Leave a quarter of the budget (at least 1 s) for the wipe and PM2's own exit.
+  const stopBudget = Math.max(0, budgetEnd - Date.now() - Math.max(1000, config.shutdownTimeoutMs / 4));
+  let timer: NodeJS.Timeout | undefined;
+  const inTime = await Promise.race([
+    stopped,
+    new Promise<false>((resolve) => {
+      timer = setTimeout(() => resolve(false), stopBudget);
+    }),
+  ]);
+  clearTimeout(timer);
+  if (!inTime) {
+    logger.error({ pids: knownPids }, 'instances did not stop within the shutdown budget; killing them');
+    await processes.killRemaining(knownPids);
+    exitCode = ExitCode.ioError;
+  }
+  const instancesStoppedAt = performance.now();
+
+  if (wroteFiles) {
+    const result = await wipeRecordedFiles(config.stateDir);
+    if (result.problems.length) {
+      logger.error({ problems: result.problems }, 'some files could not be wiped; run `gpu-boot wipe`');
+      exitCode = ExitCode.ioError;
+    }
+    logger.info(
+      { phase: 'wipe', ms: Math.round((performance.now() - instancesStoppedAt) * 10) / 10, removed: result.removed, restored: result.restored },
+      `wiped ${result.removed} file(s), restored ${result.restored}`,
+    );
+  }
+  await Promise.race([processes.close(), new Promise((resolve) => setTimeout(resolve, Math.max(0, budgetEnd - Date.now())))]);
+  logger.info({ phase: 'shutdown', ms: Math.round(performance.now() - started) }, 'stopped');
+  return exitCode;
+}
+
+/** `wipe`: remove every file a previous run left. */
+export async function runWipe(ctx: RunContext): Promise<number> {
+  const record = await readRecord(ctx.config.stateDir);
+  if (!record) {
+    ctx.logger.info({ stateDir: ctx.config.stateDir }, 'nothing to wipe: no record of written files');
+    return ExitCode.ok;
+  }
+  const result = await wipeRecordedFiles(ctx.config.stateDir);
+  if (result.problems.length) throw new BootError(ExitCode.ioError, 'some files could not be wiped', result.problems);
+  ctx.logger.info({ removed: result.removed, restored: result.restored }, `wiped ${result.removed} file(s), restored ${result.restored}`);
+  return ExitCode.ok;
+}

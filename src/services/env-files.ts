@@ -1,0 +1,249 @@
+import { randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
+import { link, lstat, mkdir, open, readdir, readFile, realpath, rename, unlink } from 'node:fs/promises';
+import path from 'node:path';
+import { z } from 'zod';
+
+/**
+ * The one place this program writes files. Every .env it writes is recorded in
+ * the state folder *before* it is written, so that `wipe` or the next `start`
+ * can remove it after a crash. A .env that was already there (shipped in the
+ * image, or the user's) is kept aside as `.env.gpu-boot-orig` and put back on wipe.
+ */
+
+export const ENV_FILE_NAME = '.env';
+export const BACKUP_SUFFIX = '.gpu-boot-orig';
+export const TEMP_PREFIX = '.env.gpu-boot-tmp-';
+export const RECORD_FILE_NAME = 'written-files.json';
+export const FILE_MODE = 0o600;
+
+const RecordSchema = z.object({
+  version: z.literal(1),
+  pid: z.number().int(),
+  startedAt: z.string(),
+  files: z.array(z.object({ path: z.string(), backup: z.string().optional() })),
+});
+export type WriteRecord = z.infer<typeof RecordSchema>;
+
+export class FileWriteError extends Error {
+  override name = 'FileWriteError';
+}
+
+function errnoText(error: unknown): string {
+  const e = error as NodeJS.ErrnoException;
+  if (e.code === 'ENOSPC') return 'no space left on the device';
+  if (e.code === 'EROFS') return 'the file system is read-only';
+  if (e.code === 'EACCES' || e.code === 'EPERM') return 'permission denied';
+  return e.code ?? e.message;
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  const handle = await open(dir, constants.O_RDONLY);
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * Write `text` to `target` atomically: a temp file created 0600 in the same folder,
+ * written, fsynced, chmodded, renamed over the target (rename replaces a planted
+ * link instead of writing through it), then the folder fsynced.
+ */
+export async function writeFileAtomic(target: string, text: string, mode = FILE_MODE): Promise<void> {
+  const dir = path.dirname(target);
+  const temp = path.join(dir, `${TEMP_PREFIX}${process.pid}-${randomBytes(6).toString('hex')}`);
+  let handle;
+  try {
+    handle = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode);
+  } catch (error) {
+    throw new FileWriteError(`cannot create a file in ${dir}: ${errnoText(error)}`);
+  }
+  try {
+    await handle.writeFile(text, 'utf8');
+    await handle.chmod(mode);
+    await handle.sync();
+    await handle.close();
+    handle = undefined;
+    await rename(temp, target);
+    await fsyncDir(dir);
+  } catch (error) {
+    await handle?.close().catch(() => undefined);
+    await unlink(temp).catch(() => undefined);
+    throw new FileWriteError(`cannot write ${target}: ${errnoText(error)}`);
+  }
+}
+
+export function recordPath(stateDir: string): string {
+  return path.join(stateDir, RECORD_FILE_NAME);
+}
+
+export async function readRecord(stateDir: string): Promise<WriteRecord | undefined> {
+  let text: string;
+  try {
+    text = await readFile(recordPath(stateDir), 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new FileWriteError(`cannot read ${recordPath(stateDir)}: ${errnoText(error)}`);
+  }
+  try {
+    return RecordSchema.parse(JSON.parse(text));
+  } catch {
+    throw new FileWriteError(`${recordPath(stateDir)} is damaged; remove the .env files it listed by hand, then delete it`);
+  }
+}
+
+export async function writeRecord(stateDir: string, record: WriteRecord): Promise<void> {
+  try {
+    await mkdir(stateDir, { recursive: true, mode: 0o700 });
+  } catch (error) {
+    throw new FileWriteError(`cannot create the state folder ${stateDir}: ${errnoText(error)}`);
+  }
+  await writeFileAtomic(recordPath(stateDir), `${JSON.stringify(record, null, 2)}\n`, 0o600);
+}
+
+export interface NodeFile {
+  node: string;
+  /** custom_nodes/<node>/.env */
+  path: string;
+  text: string;
+}
+
+/**
+ * Refuse a node folder that is missing, not a folder, or a link leading outside
+ * custom_nodes; returns the .env path inside it.
+ */
+export async function nodeEnvPath(customNodesPath: string, node: string): Promise<{ path?: string; skip?: string; error?: string }> {
+  const dir = path.join(customNodesPath, node);
+  let stat;
+  try {
+    stat = await lstat(dir);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { skip: `${dir} is not installed` };
+    return { error: `node "${node}": cannot inspect ${dir}: ${errnoText(error)}` };
+  }
+  if (stat.isSymbolicLink()) {
+    const [real, root] = await Promise.all([realpath(dir).catch(() => ''), realpath(customNodesPath)]);
+    if (!real || !real.startsWith(`${root}${path.sep}`)) {
+      return { error: `node "${node}": ${dir} is a link that leads outside ${customNodesPath}; refusing to write through it` };
+    }
+  } else if (!stat.isDirectory()) {
+    return { error: `node "${node}": ${dir} is not a folder` };
+  }
+  return { path: path.join(dir, ENV_FILE_NAME) };
+}
+
+/** What is at `target` now: nothing, a file that is not ours (to keep aside), or a link (replaced, never followed). */
+async function existing(target: string): Promise<'none' | 'file' | 'other'> {
+  try {
+    const stat = await lstat(target);
+    return stat.isFile() ? 'file' : 'other';
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return 'none';
+    throw error;
+  }
+}
+
+/**
+ * Write every node's file. The record listing all of them (and the backups) is
+ * written first. Files are written in parallel; any failure is reported with its path.
+ */
+export async function writeNodeFiles(stateDir: string, files: NodeFile[], record: WriteRecord): Promise<void> {
+  const plans = await Promise.all(
+    files.map(async (file) => ({ file, before: await existing(file.path) })),
+  );
+  const known = new Set(record.files.map((f) => f.path));
+  for (const { file, before } of plans) {
+    if (known.has(file.path)) continue;
+    record.files.push(before === 'file' ? { path: file.path, backup: file.path + BACKUP_SUFFIX } : { path: file.path });
+  }
+  await writeRecord(stateDir, record);
+  await Promise.all(
+    plans.map(async ({ file, before }) => {
+      if (before === 'file') {
+        const backup = file.path + BACKUP_SUFFIX;
+        // A hard link keeps the original inode: bytes, mode and owner come back unchanged.
+        try {
+          await link(file.path, backup);
+        } catch (error) {
+          if ((error as NodeJS.ErrnoException).code !== 'EEXIST') {
+            throw new FileWriteError(`cannot keep aside ${file.path}: ${errnoText(error)}`);
+          }
+        }
+      }
+      await writeFileAtomic(file.path, file.text, FILE_MODE);
+    }),
+  );
+}
+
+/** Overwrite with zeros, fsync, unlink. A link is unlinked, never written through. */
+async function shredFile(target: string): Promise<boolean> {
+  let handle;
+  try {
+    handle = await open(target, constants.O_WRONLY | constants.O_NOFOLLOW);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return false;
+    if (code === 'ELOOP') {
+      await unlink(target);
+      return true;
+    }
+    throw error;
+  }
+  try {
+    const { size } = await handle.stat();
+    if (size > 0) await handle.write(Buffer.alloc(size), 0, size, 0);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  await unlink(target);
+  return true;
+}
+
+export interface WipeResult {
+  removed: number;
+  restored: number;
+  problems: string[];
+}
+
+/**
+ * Remove every file in the record (and any temp file a crash left beside it), put
+ * back what each replaced, then delete the record. Safe to run twice.
+ */
+export async function wipeRecordedFiles(stateDir: string): Promise<WipeResult> {
+  const record = await readRecord(stateDir);
+  const result: WipeResult = { removed: 0, restored: 0, problems: [] };
+  if (!record) return result;
+  const folders = new Set(record.files.map((f) => path.dirname(f.path)));
+  await Promise.all(
+    record.files.map(async (file) => {
+      try {
+        if (await shredFile(file.path)) result.removed += 1;
+        if (file.backup && (await existing(file.backup)) === 'file') {
+          await rename(file.backup, file.path);
+          result.restored += 1;
+        }
+      } catch (error) {
+        result.problems.push(`${file.path}: ${errnoText(error)}`);
+      }
+    }),
+  );
+  await Promise.all(
+    [...folders].map(async (folder) => {
+      const names = await readdir(folder).catch(() => [] as string[]);
+      for (const name of names.filter((n) => n.startsWith(TEMP_PREFIX))) {
+        try {
+          await shredFile(path.join(folder, name));
+          result.removed += 1;
+        } catch (error) {
+          result.problems.push(`${path.join(folder, name)}: ${errnoText(error)}`);
+        }
+      }
+      await fsyncDir(folder).catch(() => undefined);
+    }),
+  );
+  if (result.problems.length === 0) await unlink(recordPath(stateDir)).catch(() => undefined);
+  return result;
+}

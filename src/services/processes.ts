@@ -1,0 +1,184 @@
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { APP_PREFIX } from './plan.js';
+
+/**
+ * The one place processes are started, watched and stopped, through PM2's API.
+ * PM2 is imported lazily, after PM2_HOME is final (it reads it at load time).
+ */
+
+export interface Pm2ProcessDescription {
+  name?: string;
+  pid?: number;
+  pm_id?: number;
+  pm2_env?: { status?: string; restart_time?: number; pm_uptime?: number; exit_code?: number };
+}
+
+interface BusPacket {
+  process?: { name?: string; restart_time?: number; exit_code?: number; pm_id?: number };
+  event?: string;
+  data?: string;
+}
+
+interface Pm2Bus {
+  on(event: string, listener: (packet: BusPacket) => void): void;
+  close?: () => void;
+}
+
+type Callback<T> = (error: Error | null | undefined, value: T) => void;
+
+interface Pm2Api {
+  connect(callback: Callback<{ new_pm2_instance?: boolean }>): void;
+  start(configFile: string, callback: Callback<unknown>): void;
+  list(callback: Callback<Pm2ProcessDescription[]>): void;
+  delete(name: string, callback: Callback<unknown>): void;
+  killDaemon(callback: Callback<unknown>): void;
+  launchBus(callback: Callback<Pm2Bus>): void;
+  disconnect(callback?: () => void): void;
+}
+
+function call<T>(fn: (cb: Callback<T>) => void): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    fn((error, value) => (error ? reject(error) : resolve(value)));
+  });
+}
+
+export interface InstanceState {
+  name: string;
+  pid: number;
+  status: string;
+  restarts: number;
+}
+
+export class ProcessManager {
+  private api: Pm2Api | undefined;
+  private bus: Pm2Bus | undefined;
+  /** Only a daemon this run started is killed at the end; someone else's is left running. */
+  private startedDaemon = false;
+  private stopping = false;
+  private readonly partialLines = new Map<string, string>();
+
+  constructor(
+    private readonly logger: Logger,
+    private readonly ecosystemFile: string,
+  ) {}
+
+  get pm2Home(): string {
+    return process.env.PM2_HOME ?? path.join(process.env.HOME ?? '/root', '.pm2');
+  }
+
+  async connect(): Promise<void> {
+    // PM2 prints banners on stdout unless told not to; our stdout is JSON log lines.
+    process.env.PM2_SILENT = 'true';
+    const module = (await import('pm2')) as unknown as { default: Pm2Api };
+    const api = module.default;
+    const meta = await call<{ new_pm2_instance?: boolean }>((cb) => api.connect(cb));
+    this.api = api;
+    this.startedDaemon = meta?.new_pm2_instance !== false;
+  }
+
+  private get pm2(): Pm2Api {
+    if (!this.api) throw new Error('PM2 is not connected');
+    return this.api;
+  }
+
+  async list(): Promise<InstanceState[]> {
+    const all = await call<Pm2ProcessDescription[]>((cb) => this.pm2.list(cb));
+    return all
+      .filter((p) => p.name?.startsWith(APP_PREFIX))
+      .map((p) => ({
+        name: p.name ?? '',
+        pid: p.pid ?? 0,
+        status: p.pm2_env?.status ?? 'unknown',
+        restarts: p.pm2_env?.restart_time ?? 0,
+      }));
+  }
+
+  /** Remove apps of ours left by an earlier run in the same PM2_HOME (a crash, a restart of the container). */
+  async removeStaleApps(): Promise<string[]> {
+    const stale = await this.list();
+    await Promise.all(stale.map((app) => call((cb) => this.pm2.delete(app.name, cb))));
+    return stale.map((a) => a.name);
+  }
+
+  async startFromEcosystem(planFile: string): Promise<InstanceState[]> {
+    process.env.GPU_BOOT_PLAN_FILE = planFile;
+    await call((cb) => this.pm2.start(this.ecosystemFile, cb));
+    return this.list();
+  }
+
+  /** Relay each instance's output (line by line, through the masking logger) and report crashes. */
+  async watch(): Promise<void> {
+    const bus = await call<Pm2Bus>((cb) => this.pm2.launchBus(cb));
+    this.bus = bus;
+    const relay = (stream: 'stdout' | 'stderr') => (packet: BusPacket) => {
+      const name = packet.process?.name;
+      if (!name?.startsWith(APP_PREFIX) || typeof packet.data !== 'string') return;
+      const key = `${name}:${stream}`;
+      const text = (this.partialLines.get(key) ?? '') + packet.data;
+      const lines = text.split('\n');
+      this.partialLines.set(key, lines.pop() ?? '');
+      for (const line of lines) if (line.trim()) this.logger.info({ instance: name, stream }, line);
+    };
+    bus.on('log:out', relay('stdout'));
+    bus.on('log:err', relay('stderr'));
+    bus.on('process:event', (packet) => {
+      const name = packet.process?.name;
+      if (!name?.startsWith(APP_PREFIX) || this.stopping) return;
+      if (packet.event === 'exit') {
+        this.logger.warn(
+          { instance: name, exitCode: packet.process?.exit_code, restarts: packet.process?.restart_time },
+          `instance ${name} exited; PM2 restarts it with backoff`,
+        );
+      } else if (packet.event === 'restart overlimit') {
+        this.logger.error({ instance: name }, `instance ${name} crashed too often; PM2 stopped restarting it`);
+      }
+    });
+  }
+
+  /** Stop our apps gracefully (SIGINT, then SIGKILL after kill_timeout) and remove them from PM2. */
+  async stopAll(): Promise<void> {
+    this.stopping = true;
+    if (!this.api) return;
+    const apps = await this.list();
+    await Promise.all(apps.map((app) => call((cb) => this.pm2.delete(app.name, cb))));
+  }
+
+  /** SIGKILL whatever of ours still runs: the last resort when the shutdown budget is spent. */
+  async killRemaining(knownPids: number[]): Promise<void> {
+    for (const pid of knownPids) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+  }
+
+  async daemonPid(): Promise<number | undefined> {
+    try {
+      const text = await readFile(path.join(this.pm2Home, 'pm2.pid'), 'utf8');
+      const pid = Number.parseInt(text, 10);
+      return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Kill the daemon if this run started it; always disconnect. */
+  async close(): Promise<void> {
+    if (!this.api) return;
+    const api = this.api;
+    try {
+      this.bus?.close?.();
+    } catch {
+      // the bus may already be gone with the daemon
+    }
+    if (this.startedDaemon) {
+      await call((cb) => api.killDaemon(cb)).catch(() => undefined);
+    }
+    await new Promise<void>((resolve) => api.disconnect(() => resolve()));
+    this.api = undefined;
+  }
+}
