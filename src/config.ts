@@ -11,15 +11,16 @@ const blankToUndefined = (value: unknown): unknown =>
   typeof value === 'string' && value.trim() === '' ? undefined : value;
 
 const optionalString = z.preprocess(blankToUndefined, z.string().optional());
-const int = (min: number, max: number) =>
-  z.preprocess(
-    blankToUndefined,
-    z.coerce
-      .number({ error: 'expected a whole number' })
-      .int({ error: 'expected a whole number' })
-      .min(min, { error: `must be at least ${min}` })
-      .max(max, { error: `must be at most ${max}` }),
-  );
+const wholeNumber = (min: number, max: number) =>
+  z.coerce
+    .number({ error: 'expected a whole number' })
+    .int({ error: 'expected a whole number' })
+    .min(min, { error: `must be at least ${min}` })
+    .max(max, { error: `must be at most ${max}` });
+// The blank check must wrap .optional()/.default(): those only see `undefined`, not `''`.
+const optionalInt = (min: number, max: number) => z.preprocess(blankToUndefined, wholeNumber(min, max).optional());
+const int = (min: number, max: number, fallback: number) =>
+  z.preprocess(blankToUndefined, wholeNumber(min, max).default(fallback));
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
@@ -29,7 +30,7 @@ const EnvSchema = z
       (v) => (typeof v === 'string' ? blankToUndefined(v.trim().toLowerCase()) : v),
       z.enum(['actual', 'mock'], { error: 'must be "actual" or "mock"' }).default('actual'),
     ),
-    NUM_GPUS: int(1, 64).optional(),
+    NUM_GPUS: optionalInt(1, 64),
     GPU_MEMORY_GB: z.preprocess(
       blankToUndefined,
       z.coerce.number({ error: 'expected a number' }).positive({ error: 'must be a positive number' }).optional(),
@@ -48,14 +49,14 @@ const EnvSchema = z
         .regex(/^[A-Za-z0-9.:[\]-]+$/, { error: 'must be an IP address or host name' })
         .default('0.0.0.0'),
     ),
-    COMFYUI_PORT_START: int(1, 65535).default(8188),
+    COMFYUI_PORT_START: int(1, 65535, 8188),
     COMFY_ARGS: z.preprocess(blankToUndefined, z.string().default('')),
-    COMFYUI_KILL_TIMEOUT_MS: int(100, 600_000).default(5000),
-    COMFYUI_RESTART_DELAY_MS: int(100, 60_000).default(1000),
-    SHUTDOWN_TIMEOUT_MS: int(1000, 3_600_000).default(8000),
-    READY_TIMEOUT_MS: int(1000, 86_400_000).default(600_000),
+    COMFYUI_KILL_TIMEOUT_MS: int(100, 600_000, 5000),
+    COMFYUI_RESTART_DELAY_MS: int(100, 60_000, 1000),
+    SHUTDOWN_TIMEOUT_MS: int(1000, 3_600_000, 8000),
+    READY_TIMEOUT_MS: int(1000, 86_400_000, 600_000),
     NVIDIA_SMI_PATH: z.preprocess(blankToUndefined, z.string().default('nvidia-smi')),
-    NVIDIA_SMI_TIMEOUT_MS: int(100, 600_000).default(10_000),
+    NVIDIA_SMI_TIMEOUT_MS: int(100, 600_000, 10_000),
     LOG_LEVEL: z.preprocess(
       (v) => (typeof v === 'string' ? blankToUndefined(v.trim().toLowerCase()) : v),
       z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` }).default('info'),
@@ -72,6 +73,11 @@ const EnvSchema = z
         message: 'must be at least 1000 ms below SHUTDOWN_TIMEOUT_MS, so the wipe still fits in the shutdown budget',
       });
     }
+  }, {
+    // Zod skips this check when any field failed; run it whenever the two timeouts
+    // themselves are valid, so every problem is reported at once.
+    when: (payload) =>
+      !payload.issues.some((i) => i.path?.[0] === 'COMFYUI_KILL_TIMEOUT_MS' || i.path?.[0] === 'SHUTDOWN_TIMEOUT_MS'),
   });
 
 export type RawSettings = z.infer<typeof EnvSchema>;

@@ -111,6 +111,15 @@ export async function runStart(ctx: RunContext): Promise<BootResult> {
   const onSignal = (signal: NodeJS.Signals) => requestShutdown(signal);
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+  // A bug must not skip the finish stage either: log it, then shut down and wipe.
+  let fatal = false;
+  const onFatal = (error: unknown) => {
+    fatal = true;
+    logger.fatal({ err: describeError(error) }, 'unexpected error: shutting down');
+    requestShutdown('fatal error');
+  };
+  process.on('uncaughtException', onFatal);
+  process.on('unhandledRejection', onFatal);
   const abort = new AbortController();
   const checkStop = (): void => {
     if (shutdownRequested) throw new StopRequested();
@@ -143,7 +152,7 @@ export async function runStart(ctx: RunContext): Promise<BootResult> {
     checkStop();
 
     const instances = await timed(logger, 'pm2-start', async () => {
-      await processes.connect();
+      await processes.connect(config.stateDir);
       const stale = await processes.removeStaleApps();
       if (stale.length) logger.warn({ apps: stale }, 'removed instances left in PM2 by an earlier run');
       await processes.watch();
@@ -191,8 +200,10 @@ export async function runStart(ctx: RunContext): Promise<BootResult> {
     exitCode = await shutdown(ctx, processes, knownPids, wroteFiles);
     process.off('SIGTERM', onSignal);
     process.off('SIGINT', onSignal);
+    process.off('uncaughtException', onFatal);
+    process.off('unhandledRejection', onFatal);
   }
-  return { exitCode };
+  return { exitCode: fatal && exitCode === ExitCode.ok ? ExitCode.software : exitCode };
 }
 
 class StopRequested extends Error {}

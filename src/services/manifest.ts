@@ -22,10 +22,15 @@ const NodeName = z
 const NodeEntry = z.looseObject({
   name: NodeName,
   env: z
-    .record(
-      z.string().regex(VARIABLE_NAME, { error: 'is not a valid variable name (letters, digits, _; not starting with a digit)' }),
-      z.string({ error: 'must be a string' }),
-    )
+    .record(z.string(), z.string({ error: 'must be a string' }))
+    // Checked here rather than on the record's key schema, whose message zod replaces with a generic one.
+    .superRefine((env, ctx) => {
+      for (const key of Object.keys(env)) {
+        if (!VARIABLE_NAME.test(key)) {
+          ctx.addIssue({ code: 'custom', path: [key], message: 'is not a valid variable name (letters, digits, _; not starting with a digit)' });
+        }
+      }
+    })
     .optional(),
 });
 

@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readFile, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { APP_PREFIX } from './plan.js';
@@ -38,6 +38,34 @@ interface Pm2Api {
   disconnect(callback?: () => void): void;
 }
 
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Poll until the process is gone; SIGKILL it if the deadline passes. */
+export async function waitForExit(pid: number, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  let interval = 5;
+  while (isAlive(pid)) {
+    if (Date.now() > deadline) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone meanwhile
+      }
+      return false;
+    }
+    await new Promise((resolve) => setTimeout(resolve, interval));
+    interval = Math.min(100, interval * 2);
+  }
+  return true;
+}
+
 function call<T>(fn: (cb: Callback<T>) => void): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     fn((error, value) => (error ? reject(error) : resolve(value)));
@@ -56,6 +84,7 @@ export class ProcessManager {
   private bus: Pm2Bus | undefined;
   /** Only a daemon this run started is killed at the end; someone else's is left running. */
   private startedDaemon = false;
+  private daemonRecord: string | undefined;
   private stopping = false;
   private readonly partialLines = new Map<string, string>();
 
@@ -68,14 +97,27 @@ export class ProcessManager {
     return process.env.PM2_HOME ?? path.join(process.env.HOME ?? '/root', '.pm2');
   }
 
-  async connect(): Promise<void> {
+  /**
+   * Connect, starting the daemon if none runs. A daemon that an earlier gpu-boot
+   * started (and left behind by dying) is adopted, so this run stops it at the end.
+   */
+  async connect(stateDir: string): Promise<void> {
     // PM2 prints banners on stdout unless told not to; our stdout is JSON log lines.
     process.env.PM2_SILENT = 'true';
     const module = (await import('pm2')) as unknown as { default: Pm2Api };
     const api = module.default;
     const meta = await call<{ new_pm2_instance?: boolean }>((cb) => api.connect(cb));
     this.api = api;
-    this.startedDaemon = meta?.new_pm2_instance !== false;
+    this.daemonRecord = path.join(stateDir, 'pm2-daemon.json');
+    const pid = await this.daemonPid();
+    if (meta?.new_pm2_instance !== false) {
+      this.startedDaemon = true;
+    } else {
+      const previous = await readFile(this.daemonRecord, 'utf8').then((t) => JSON.parse(t) as { pid?: number }, () => undefined);
+      this.startedDaemon = previous?.pid !== undefined && previous.pid === pid;
+      if (this.startedDaemon) this.logger.warn({ pm2Pid: pid }, 'adopted the PM2 daemon an earlier run left behind');
+    }
+    if (this.startedDaemon && pid !== undefined) await writeFile(this.daemonRecord, `${JSON.stringify({ pid })}\n`, { mode: 0o600 });
   }
 
   private get pm2(): Pm2Api {
@@ -176,7 +218,11 @@ export class ProcessManager {
       // the bus may already be gone with the daemon
     }
     if (this.startedDaemon) {
+      const pid = await this.daemonPid();
       await call((cb) => api.killDaemon(cb)).catch(() => undefined);
+      // killDaemon answers before the daemon has exited: wait for it, so nothing outlives us.
+      if (pid !== undefined) await waitForExit(pid, 3000);
+      if (this.daemonRecord) await unlink(this.daemonRecord).catch(() => undefined);
     }
     await new Promise<void>((resolve) => api.disconnect(() => resolve()));
     this.api = undefined;

@@ -1,0 +1,147 @@
+import { existsSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { makeWorkspace, runBoot, type Workspace } from '../helpers/boot.js';
+
+const CANARY = 'canary-Secret-Value-5150';
+const MANIFEST = {
+  custom_nodes: [
+    { name: 'emprops_custom_nodes', env: { AZURE_STORAGE_KEY: '${AZURE_STORAGE_KEY}', CLOUD_PROVIDER: '${CLOUD_PROVIDER:-azure}' } },
+    { name: 'hf_node', env: { HF_TOKEN: '${HF_TOKEN}' } },
+  ],
+};
+
+let ws: Workspace | undefined;
+afterEach(async () => {
+  await ws?.cleanup();
+  ws = undefined;
+});
+
+async function workspace(): Promise<Workspace> {
+  ws = await makeWorkspace({ nodes: ['emprops_custom_nodes', 'hf_node'], manifest: MANIFEST, gpus: 1 });
+  return ws;
+}
+
+/** Nothing may be written or started when the boot refuses its input. */
+function expectNothingWritten(w: Workspace): void {
+  expect(existsSync(w.envFile('emprops_custom_nodes'))).toBe(false);
+  expect(existsSync(w.envFile('hf_node'))).toBe(false);
+  expect(existsSync(path.join(w.stateDir, 'written-files.json'))).toBe(false);
+  expect(existsSync(path.join(w.stateDir, 'plan.json'))).toBe(false);
+  expect(existsSync(path.join(w.pm2Home, 'pm2.pid'))).toBe(false);
+}
+
+describe('start refuses bad input with exit 78, naming the variable, printing no value, writing nothing', () => {
+  const cases: Array<{ name: string; env: (w: Workspace) => Promise<Record<string, string>>; message: RegExp }> = [
+    {
+      name: 'a required variable with no value',
+      env: async () => ({ AZURE_STORAGE_KEY: CANARY }),
+      message: /node "hf_node" key HF_TOKEN: required variable HF_TOKEN is not set \(looked for HF_TOKEN, HF_TOKEN_FILE, HF_TOKEN_ENCODED\)/,
+    },
+    {
+      name: 'invalid base64',
+      env: async () => ({ AZURE_STORAGE_KEY_ENCODED: `${CANARY}!!`, HF_TOKEN: CANARY }),
+      message: /AZURE_STORAGE_KEY_ENCODED is not valid base64 or base64url/,
+    },
+    {
+      name: 'base64 that decodes to invalid UTF-8',
+      env: async () => ({ AZURE_STORAGE_KEY_ENCODED: Buffer.from([0xff, 0xfe, 0x41]).toString('base64'), HF_TOKEN: CANARY }),
+      message: /AZURE_STORAGE_KEY_ENCODED \(decoded\) is not valid UTF-8/,
+    },
+    {
+      name: 'VAR and VAR_FILE both set',
+      env: async (w) => {
+        await writeFile(path.join(w.secrets, 'hf'), CANARY);
+        return { AZURE_STORAGE_KEY: CANARY, HF_TOKEN: CANARY, HF_TOKEN_FILE: path.join(w.secrets, 'hf') };
+      },
+      message: /HF_TOKEN is set by more than one source: HF_TOKEN_FILE, HF_TOKEN; keep exactly one/,
+    },
+    {
+      name: 'a _FILE that does not exist',
+      env: async (w) => ({ AZURE_STORAGE_KEY: CANARY, HF_TOKEN_FILE: path.join(w.secrets, 'nope') }),
+      message: /HF_TOKEN_FILE: .*nope does not exist/,
+    },
+    {
+      name: 'a _FILE that is a folder',
+      env: async (w) => ({ AZURE_STORAGE_KEY: CANARY, HF_TOKEN_FILE: w.secrets }),
+      message: /HF_TOKEN_FILE: .* is a folder, not a file/,
+    },
+    {
+      name: 'a value no dotenv quoting can carry',
+      env: async () => ({ AZURE_STORAGE_KEY: `${CANARY}\${HOME}`, HF_TOKEN: CANARY }),
+      message: /node "emprops_custom_nodes" key AZURE_STORAGE_KEY: the value contains \$\{\.\.\.\}, which python-dotenv would expand/,
+    },
+  ];
+
+  for (const c of cases) {
+    it(c.name, async () => {
+      const w = await workspace();
+      const result = await runBoot(['start'], { ...w.env, ...(await c.env(w)) });
+      expect(result.exitCode).toBe(78);
+      expect(result.stderr).toMatch(c.message);
+      expect(`${result.stdout}\n${result.stderr}`).not.toContain(CANARY);
+      expectNothingWritten(w);
+    });
+  }
+
+  it('lists every problem at once', async () => {
+    const w = await workspace();
+    const result = await runBoot(['start'], { ...w.env, AZURE_STORAGE_KEY_ENCODED: '%%%', HF_TOKEN_FILE: path.join(w.secrets, 'missing') });
+    expect(result.exitCode).toBe(78);
+    expect(result.stderr).toContain('cannot prepare the custom nodes\' .env files (2 problems)');
+    expect(result.stderr).toMatch(/- AZURE_STORAGE_KEY_ENCODED is not valid base64/);
+    expect(result.stderr).toMatch(/- HF_TOKEN_FILE: .*missing does not exist/);
+    expectNothingWritten(w);
+  });
+
+  it('reports a manifest that is not JSON with its path', async () => {
+    const w = await workspace();
+    await writeFile(path.join(w.workspace, 'config_nodes.json'), '{"custom_nodes": [');
+    const result = await runBoot(['start'], { ...w.env, HF_TOKEN: CANARY });
+    expect(result.exitCode).toBe(78);
+    expect(result.stderr).toContain(`manifest ${path.join(w.workspace, 'config_nodes.json')} is not valid JSON`);
+    expectNothingWritten(w);
+  });
+
+  it('reports a manifest of the wrong shape, naming the entry', async () => {
+    const w = await workspace();
+    await writeFile(path.join(w.workspace, 'config_nodes.json'), JSON.stringify({ custom_nodes: [{ name: '../etc', env: { 'BAD-KEY': 'x' } }] }));
+    const result = await runBoot(['start'], { ...w.env });
+    expect(result.exitCode).toBe(78);
+    expect(result.stderr).toMatch(/custom_nodes\.0\.name: must be a folder name, without \/ or \\/);
+    expect(result.stderr).toMatch(/custom_nodes\.0\.env\.BAD-KEY: .*is not a valid variable name/);
+    expectNothingWritten(w);
+  });
+
+  it('reports an explicit CUSTOM_NODES_CONFIG that does not exist', async () => {
+    const w = await workspace();
+    const result = await runBoot(['start'], { ...w.env, CUSTOM_NODES_CONFIG: path.join(w.root, 'nope.json') });
+    expect(result.exitCode).toBe(78);
+    expect(result.stderr).toContain(`CUSTOM_NODES_CONFIG: ${path.join(w.root, 'nope.json')} does not exist`);
+    expectNothingWritten(w);
+  });
+
+  it('reports every bad setting at once', async () => {
+    const w = await workspace();
+    const result = await runBoot(['start'], { ...w.env, GPU_MODE: 'gpu', COMFYUI_PORT_START: 'abc', NUM_GPUS: '0' });
+    expect(result.exitCode).toBe(78);
+    expect(result.stderr).toContain('invalid configuration (3 problems)');
+    expect(result.stderr).toContain('- GPU_MODE: must be "actual" or "mock"');
+    expect(result.stderr).toContain('- COMFYUI_PORT_START: expected a whole number');
+    expect(result.stderr).toContain('- NUM_GPUS: must be at least 1');
+    expectNothingWritten(w);
+  });
+});
+
+describe('no GPU', () => {
+  it('exits 69 in actual mode, says what it tried and suggests GPU_MODE=mock', async () => {
+    const w = await workspace();
+    const result = await runBoot(['start'], { ...w.env, GPU_MODE: 'actual', NVIDIA_SMI_PATH: path.join(w.root, 'no-nvidia-smi'), HF_TOKEN: CANARY, AZURE_STORAGE_KEY: CANARY });
+    expect(result.exitCode).toBe(69);
+    expect(result.stderr).toContain('no GPU found (GPU_MODE=actual). Set GPU_MODE=mock to run without a GPU');
+    expect(result.stderr).toContain(`- ${path.join(w.root, 'no-nvidia-smi')} was not found on PATH`);
+    expect(result.stderr).toMatch(/- (lspci is not installed|systeminformation \(lspci\) listed no NVIDIA controller)/);
+    expectNothingWritten(w);
+  });
+});

@@ -1,0 +1,143 @@
+import { existsSync } from 'node:fs';
+import { chmod, lstat, readFile, readlink, stat, symlink, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { alive, makeWorkspace, runBoot, startBoot, waitFor, type Workspace } from '../helpers/boot.js';
+
+const HF_TOKEN = 'hf_canaryLifecycle42';
+const MANIFEST = { custom_nodes: [{ name: 'hf_node', env: { HF_TOKEN: '${HF_TOKEN}' } }] };
+
+let ws: Workspace | undefined;
+afterEach(async () => {
+  await ws?.cleanup();
+  ws = undefined;
+});
+
+async function pm2Pid(w: Workspace): Promise<number> {
+  return Number.parseInt(await readFile(path.join(w.pm2Home, 'pm2.pid'), 'utf8'), 10);
+}
+
+describe('lifecycle', () => {
+  it('after a SIGKILL, `wipe` removes what the dead run wrote and the next start recovers before anything else', async () => {
+    ws = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 1 });
+    const env = { ...ws.env, HF_TOKEN };
+    const first = startBoot(['start'], env);
+    await first.waitForLog((l) => l.phase === 'ready', 'ready');
+    const firstPid = first.child.pid!;
+    first.child.kill('SIGKILL');
+    await first.child;
+    expect(existsSync(ws.envFile('hf_node'))).toBe(true);
+    const record = JSON.parse(await readFile(path.join(ws.stateDir, 'written-files.json'), 'utf8')) as { pid: number; files: Array<{ path: string }> };
+    expect(record.pid).toBe(firstPid);
+    expect(record.files.map((f) => f.path)).toEqual([ws.envFile('hf_node')]);
+    expect(JSON.stringify(record)).not.toContain(HF_TOKEN);
+
+    // A second start adopts the orphaned daemon, wipes first, then boots again.
+    const orphanDaemon = await pm2Pid(ws);
+    const second = startBoot(['start'], env);
+    await second.waitForLog((l) => l.phase === 'ready', 'second ready');
+    const logs = second.logs();
+    const recovered = logs.find((l) => typeof l.msg === 'string' && l.msg.startsWith(`an earlier run (pid ${firstPid}) did not clean up`));
+    expect(recovered?.removed).toBe(1);
+    expect(logs.findIndex((l) => l === recovered)).toBeLessThan(logs.findIndex((l) => l.phase === 'detect'));
+    expect(logs.some((l) => l.msg === 'adopted the PM2 daemon an earlier run left behind')).toBe(true);
+    expect(logs.some((l) => l.msg === 'removed instances left in PM2 by an earlier run')).toBe(true);
+    second.child.kill('SIGTERM');
+    expect((await second.child).exitCode).toBe(0);
+    expect(existsSync(ws.envFile('hf_node'))).toBe(false);
+    expect(alive(orphanDaemon)).toBe(false);
+  });
+
+  it('`wipe` cleans up after a crash without starting anything', async () => {
+    ws = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 1 });
+    const env = { ...ws.env, HF_TOKEN };
+    const boot = startBoot(['start'], env);
+    await boot.waitForLog((l) => l.phase === 'ready', 'ready');
+    boot.child.kill('SIGKILL');
+    await boot.child;
+    const wipe = await runBoot(['wipe'], env);
+    expect(wipe.exitCode).toBe(0);
+    expect(wipe.stdout).toContain('wiped 1 file(s), restored 0');
+    expect(existsSync(ws.envFile('hf_node'))).toBe(false);
+    expect(existsSync(path.join(ws.stateDir, 'written-files.json'))).toBe(false);
+    const again = await runBoot(['wipe'], env);
+    expect(again.exitCode).toBe(0);
+    expect(again.stdout).toContain('nothing to wipe');
+  });
+
+  it('keeps a .env it did not write aside and restores it byte for byte, with its mode', async () => {
+    ws = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 1 });
+    const original = '# the user\'s own file\nUSER_SETTING="kept"\n';
+    await writeFile(ws.envFile('hf_node'), original);
+    await chmod(ws.envFile('hf_node'), 0o640);
+    const boot = startBoot(['start'], { ...ws.env, HF_TOKEN });
+    await boot.waitForLog((l) => l.phase === 'ready', 'ready');
+    expect(await readFile(ws.envFile('hf_node'), 'utf8')).toContain(HF_TOKEN);
+    expect(await readFile(`${ws.envFile('hf_node')}.gpu-boot-orig`, 'utf8')).toBe(original);
+    boot.child.kill('SIGTERM');
+    expect((await boot.child).exitCode).toBe(0);
+    expect(await readFile(ws.envFile('hf_node'), 'utf8')).toBe(original);
+    expect((await stat(ws.envFile('hf_node'))).mode & 0o777).toBe(0o640);
+    expect(existsSync(`${ws.envFile('hf_node')}.gpu-boot-orig`)).toBe(false);
+  });
+
+  it('replaces a planted .env link instead of writing through it', async () => {
+    ws = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 1 });
+    const victim = path.join(ws.root, 'victim');
+    await writeFile(victim, 'root:x:0:0\n');
+    await symlink(victim, ws.envFile('hf_node'));
+    const boot = startBoot(['start'], { ...ws.env, HF_TOKEN });
+    await boot.waitForLog((l) => l.phase === 'ready', 'ready');
+    expect((await lstat(ws.envFile('hf_node'))).isFile()).toBe(true);
+    expect(await readFile(victim, 'utf8')).toBe('root:x:0:0\n');
+    boot.child.kill('SIGTERM');
+    expect((await boot.child).exitCode).toBe(0);
+    expect(existsSync(ws.envFile('hf_node'))).toBe(false);
+    expect(await readFile(victim, 'utf8')).toBe('root:x:0:0\n');
+  });
+
+  it('a second signal during shutdown does not skip the wipe', async () => {
+    ws = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 2 });
+    const boot = startBoot(['start'], { ...ws.env, HF_TOKEN });
+    await boot.waitForLog((l) => l.phase === 'ready', 'ready');
+    boot.child.kill('SIGTERM');
+    await boot.waitForLog((l) => typeof l.msg === 'string' && l.msg.startsWith('SIGTERM received: stopping'), 'shutdown started');
+    boot.child.kill('SIGINT');
+    boot.child.kill('SIGTERM');
+    const result = await boot.child;
+    expect(result.exitCode).toBe(0);
+    expect(boot.logs().filter((l) => typeof l.msg === 'string' && l.msg.includes('received during shutdown')).length).toBeGreaterThanOrEqual(1);
+    expect(boot.logs().some((l) => l.phase === 'wipe' && l.removed === 1)).toBe(true);
+    expect(existsSync(ws.envFile('hf_node'))).toBe(false);
+  });
+
+  it('a SIGTERM during the boot stops it and wipes what was written', async () => {
+    // An instance that takes long to answer: the signal arrives before it is ready.
+    const slowMain = 'import time, signal, sys\nsignal.signal(signal.SIGINT, lambda *a: sys.exit(0))\ntime.sleep(60)\n';
+    ws = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 1, mainPy: slowMain });
+    const boot = startBoot(['start'], { ...ws.env, HF_TOKEN });
+    await boot.waitForLog((l) => l.phase === 'pm2-start', 'pm2 started');
+    const instancePid = (boot.logs().find((l) => l.phase === 'pm2-start')!.instances as Array<{ pid: number }>)[0]!.pid;
+    boot.child.kill('SIGTERM');
+    const result = await boot.child;
+    expect(result.exitCode).toBe(0);
+    expect(boot.logs().some((l) => l.phase === 'ready')).toBe(false);
+    expect(existsSync(ws.envFile('hf_node'))).toBe(false);
+    expect(alive(instancePid)).toBe(false);
+  });
+
+  it('stays up while an instance crash-loops, and says so', async () => {
+    const crashingMain = 'import sys\nprint("stand-in: failing on purpose", flush=True)\nsys.exit(3)\n';
+    ws = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 1, mainPy: crashingMain });
+    const boot = startBoot(['start'], { ...ws.env, HF_TOKEN, COMFYUI_RESTART_DELAY_MS: '100', READY_TIMEOUT_MS: '1500' });
+    const exits = () => boot.logs().filter((l) => l.msg === 'instance comfyui-gpu0 exited; PM2 restarts it with backoff');
+    await waitFor('three crashes', () => exits().length >= 3);
+    expect(exits()[0]!.exitCode).toBe(3);
+    await boot.waitForLog((l) => l.phase === 'ready' && l.level === 40, 'ready warning');
+    expect(boot.logs().some((l) => l.instance === 'comfyui-gpu0' && l.msg === 'stand-in: failing on purpose')).toBe(true);
+    expect(alive(boot.child.pid!)).toBe(true);
+    boot.child.kill('SIGTERM');
+    expect((await boot.child).exitCode).toBe(0);
+    expect(existsSync(ws.envFile('hf_node'))).toBe(false);
+  });
+});

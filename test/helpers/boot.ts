@@ -1,0 +1,201 @@
+import { chmod, cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { execa, type ResultPromise } from 'execa';
+import { PYTHON } from './python.js';
+
+export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+export const ENTRYPOINT = path.join(ROOT, 'dist', 'entrypoint.js');
+export const STAND_IN_MAIN = path.join(ROOT, 'demo', 'workspace', 'ComfyUI', 'main.py');
+export const FAKE_NVIDIA_SMI = path.join(ROOT, 'test', 'fixtures', 'nvidia-smi');
+export const PM2_BIN = path.join(ROOT, 'node_modules', 'pm2', 'bin', 'pm2');
+
+const NODE_INIT = `import os\nfrom dotenv import load_dotenv\nload_dotenv(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".env"))\nNODE_CLASS_MAPPINGS = {}\n`;
+
+/** A block of `count` consecutive free loopback ports, chosen from a random spot to avoid other workers. */
+export async function freePorts(count: number): Promise<number> {
+  const free = (port: number) =>
+    new Promise<boolean>((resolve) => {
+      const server = net.createServer();
+      server.once('error', () => resolve(false));
+      server.listen({ port, host: '127.0.0.1', exclusive: true }, () => server.close(() => resolve(true)));
+    });
+  for (let attempt = 0; attempt < 200; attempt += 1) {
+    const start = 20000 + Math.floor(Math.random() * 30000);
+    let ok = true;
+    for (let i = 0; i < count && ok; i += 1) ok = await free(start + i);
+    if (ok) return start;
+  }
+  throw new Error('no free ports');
+}
+
+export interface Workspace {
+  root: string;
+  workspace: string;
+  comfyui: string;
+  nodes: string;
+  pm2Home: string;
+  stateDir: string;
+  secrets: string;
+  portStart: number;
+  env: Record<string, string>;
+  envFile(node: string): string;
+  cleanup(): Promise<void>;
+}
+
+export interface WorkspaceOptions {
+  nodes: string[];
+  manifest: unknown;
+  gpus?: number;
+  mainPy?: string;
+}
+
+/** A temp workspace: the ComfyUI stand-in, the given node folders, the manifest, a private PM2_HOME and free ports. */
+export async function makeWorkspace(options: WorkspaceOptions): Promise<Workspace> {
+  const root = await mkdtemp(path.join(os.tmpdir(), 'gpu-boot-e2e-'));
+  const workspace = path.join(root, 'workspace');
+  const comfyui = path.join(workspace, 'ComfyUI');
+  const nodes = path.join(comfyui, 'custom_nodes');
+  await mkdir(nodes, { recursive: true });
+  if (options.mainPy) await writeFile(path.join(comfyui, 'main.py'), options.mainPy);
+  else await cp(STAND_IN_MAIN, path.join(comfyui, 'main.py'));
+  for (const node of options.nodes) {
+    await mkdir(path.join(nodes, node), { recursive: true });
+    await writeFile(path.join(nodes, node, '__init__.py'), NODE_INIT);
+  }
+  await writeFile(path.join(workspace, 'config_nodes.json'), JSON.stringify(options.manifest, null, 2));
+  const secrets = path.join(root, 'secrets');
+  await mkdir(secrets, { recursive: true });
+  const gpus = options.gpus ?? 2;
+  const portStart = await freePorts(gpus);
+  const pm2Home = path.join(root, 'pm2');
+  const env: Record<string, string> = {
+    PATH: process.env.PATH ?? '/usr/bin:/bin',
+    HOME: root,
+    GPU_MODE: 'mock',
+    NUM_GPUS: String(gpus),
+    WORKSPACE_PATH: workspace,
+    PM2_HOME: pm2Home,
+    COMFYUI_PYTHON: PYTHON,
+    COMFYUI_LISTEN: '127.0.0.1',
+    COMFYUI_PORT_START: String(portStart),
+    COMFYUI_KILL_TIMEOUT_MS: '3000',
+    LOG_LEVEL: 'debug',
+  };
+  return {
+    root,
+    workspace,
+    comfyui,
+    nodes,
+    pm2Home,
+    stateDir: path.join(workspace, '.gpu-boot'),
+    secrets,
+    portStart,
+    env,
+    envFile: (node) => path.join(nodes, node, '.env'),
+    cleanup: async () => {
+      await killPm2(pm2Home);
+      await rm(root, { recursive: true, force: true });
+    },
+  };
+}
+
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Wait for a condition, polling, up to a deadline; no fixed sleeps in the tests either. */
+export async function waitFor<T>(what: string, check: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 20_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let interval = 20;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, interval));
+    interval = Math.min(250, interval * 2);
+  }
+}
+
+/** Kill a leftover PM2 daemon and its apps by pid (never by name). */
+export async function killPm2(pm2Home: string): Promise<void> {
+  const pids: number[] = [];
+  try {
+    pids.push(Number.parseInt(await readFile(path.join(pm2Home, 'pm2.pid'), 'utf8'), 10));
+  } catch {
+    // no daemon
+  }
+  try {
+    const { readdir } = await import('node:fs/promises');
+    for (const name of await readdir(path.join(pm2Home, 'pids'))) {
+      pids.push(Number.parseInt(await readFile(path.join(pm2Home, 'pids', name), 'utf8'), 10));
+    }
+  } catch {
+    // no apps
+  }
+  for (const pid of pids) {
+    if (Number.isInteger(pid) && pid > 0) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone
+      }
+    }
+  }
+}
+
+export interface Boot {
+  child: ResultPromise;
+  lines: string[];
+  logs(): Array<Record<string, unknown>>;
+  waitForLog(match: (entry: Record<string, unknown>) => boolean, what: string, timeoutMs?: number): Promise<Record<string, unknown>>;
+}
+
+/** Start the built entrypoint as a real process. */
+export function startBoot(args: string[], env: Record<string, string>): Boot {
+  const child = execa('node', [ENTRYPOINT, ...args], { env, extendEnv: false, reject: false, all: true, stdin: 'ignore' });
+  const lines: string[] = [];
+  let partial = '';
+  child.all?.on('data', (chunk: Buffer) => {
+    const text = partial + chunk.toString();
+    const parts = text.split('\n');
+    partial = parts.pop() ?? '';
+    lines.push(...parts);
+  });
+  const logs = () =>
+    lines.flatMap((line) => {
+      try {
+        return [JSON.parse(line) as Record<string, unknown>];
+      } catch {
+        return [];
+      }
+    });
+  return {
+    child,
+    lines,
+    logs,
+    waitForLog: (match, what, timeoutMs) => waitFor(what, () => logs().find(match), timeoutMs),
+  };
+}
+
+/** Run a command to completion. */
+export async function runBoot(args: string[], env: Record<string, string>) {
+  return execa('node', [ENTRYPOINT, ...args], { env, extendEnv: false, reject: false, stdin: 'ignore' });
+}
+
+export async function getJson(port: number, urlPath: string): Promise<unknown> {
+  const response = await fetch(`http://127.0.0.1:${port}${urlPath}`);
+  return response.json();
+}
+
+export async function makeExecutable(file: string, text: string): Promise<void> {
+  await writeFile(file, text);
+  await chmod(file, 0o755);
+}

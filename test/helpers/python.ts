@@ -1,0 +1,17 @@
+import { execFileSync } from 'node:child_process';
+
+/** A python3 that can import python-dotenv (pyenv's, or Debian's python3-dotenv in /usr/bin). */
+export function findPythonWithDotenv(): string {
+  for (const candidate of [process.env.TEST_PYTHON, 'python3', '/usr/bin/python3']) {
+    if (!candidate) continue;
+    try {
+      execFileSync(candidate, ['-c', 'import dotenv'], { stdio: 'ignore' });
+      return candidate;
+    } catch {
+      // try the next one
+    }
+  }
+  throw new Error('no python3 with python-dotenv: apt-get install -y python3-dotenv');
+}
+
+export const PYTHON = findPythonWithDotenv();
