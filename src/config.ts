@@ -82,6 +82,9 @@ const EnvSchema = z
 
 export type RawSettings = z.infer<typeof EnvSchema>;
 
+/** The names the schema reads: the README and --help must document exactly these. */
+export const SETTING_NAMES: readonly string[] = Object.keys(EnvSchema.shape);
+
 export interface Config {
   gpuMode: 'actual' | 'mock';
   numGpusHint: number | undefined;

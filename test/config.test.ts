@@ -1,0 +1,226 @@
+import { describe, expect, it } from 'vitest';
+import { loadConfig, type Config } from '../src/config.js';
+import { BootError, ConfigError } from '../src/errors.js';
+
+function configError(env: NodeJS.ProcessEnv): ConfigError {
+  let caught: unknown;
+  try {
+    loadConfig(env);
+  } catch (error) {
+    caught = error;
+  }
+  expect(caught).toBeInstanceOf(ConfigError);
+  expect(caught).toBeInstanceOf(BootError);
+  expect((caught as ConfigError).exitCode).toBe(78);
+  return caught as ConfigError;
+}
+
+const KILL_PROBLEM =
+  'COMFYUI_KILL_TIMEOUT_MS: must be at least 1000 ms below SHUTDOWN_TIMEOUT_MS, so the wipe still fits in the shutdown budget';
+
+const DEFAULTS: Config = {
+  gpuMode: 'actual',
+  numGpusHint: undefined,
+  gpuMemoryGbHint: undefined,
+  gpuModelHint: undefined,
+  workspacePath: '/workspace',
+  comfyuiPath: '/workspace/ComfyUI',
+  customNodesPath: '/workspace/ComfyUI/custom_nodes',
+  manifestPath: '/workspace/config_nodes.json',
+  manifestExplicit: false,
+  secretsEnvFile: undefined,
+  stateDir: '/workspace/.gpu-boot',
+  comfyuiPython: 'python3',
+  comfyuiListen: '0.0.0.0',
+  portStart: 8188,
+  comfyArgs: '',
+  killTimeoutMs: 5000,
+  restartDelayMs: 1000,
+  shutdownTimeoutMs: 8000,
+  readyTimeoutMs: 600_000,
+  nvidiaSmiPath: 'nvidia-smi',
+  nvidiaSmiTimeoutMs: 10_000,
+  logLevel: 'info',
+  pm2Home: undefined,
+};
+
+describe('loadConfig defaults', () => {
+  it('gives the documented defaults for an empty environment', () => {
+    expect(loadConfig({}, '/somewhere/else')).toEqual(DEFAULTS);
+  });
+
+  it('treats empty and blank strings as unset, for every kind of setting', () => {
+    const blank: NodeJS.ProcessEnv = {};
+    for (const name of [
+      'GPU_MODE',
+      'NUM_GPUS',
+      'GPU_MEMORY_GB',
+      'GPU_MODEL',
+      'WORKSPACE_PATH',
+      'COMFYUI_PATH',
+      'CUSTOM_NODES_CONFIG',
+      'SECRETS_ENV_FILE',
+      'GPU_BOOT_STATE_DIR',
+      'COMFYUI_PYTHON',
+      'COMFYUI_LISTEN',
+      'COMFY_ARGS',
+      'NVIDIA_SMI_PATH',
+      'LOG_LEVEL',
+      'PM2_HOME',
+    ]) {
+      blank[name] = '';
+    }
+    // Integer settings, with and without a default.
+    for (const name of [
+      'COMFYUI_PORT_START',
+      'COMFYUI_KILL_TIMEOUT_MS',
+      'COMFYUI_RESTART_DELAY_MS',
+      'SHUTDOWN_TIMEOUT_MS',
+      'READY_TIMEOUT_MS',
+      'NVIDIA_SMI_TIMEOUT_MS',
+    ]) {
+      blank[name] = '  ';
+    }
+    expect(loadConfig(blank, '/cwd')).toEqual(DEFAULTS);
+  });
+
+  it('treats an empty NUM_GPUS as unset', () => {
+    expect(loadConfig({ NUM_GPUS: '' }).numGpusHint).toBeUndefined();
+    expect(loadConfig({ NUM_GPUS: '4' }).numGpusHint).toBe(4);
+  });
+});
+
+describe('loadConfig paths', () => {
+  it('derives every path from WORKSPACE_PATH', () => {
+    const c = loadConfig({ WORKSPACE_PATH: '/data/ws' });
+    expect(c.workspacePath).toBe('/data/ws');
+    expect(c.comfyuiPath).toBe('/data/ws/ComfyUI');
+    expect(c.customNodesPath).toBe('/data/ws/ComfyUI/custom_nodes');
+    expect(c.manifestPath).toBe('/data/ws/config_nodes.json');
+    expect(c.stateDir).toBe('/data/ws/.gpu-boot');
+  });
+
+  it('COMFYUI_PATH moves custom_nodes with it; an explicit manifest is marked as such', () => {
+    const c = loadConfig({ WORKSPACE_PATH: '/data/ws', COMFYUI_PATH: '/opt/comfy', CUSTOM_NODES_CONFIG: '/etc/nodes.json' });
+    expect(c.comfyuiPath).toBe('/opt/comfy');
+    expect(c.customNodesPath).toBe('/opt/comfy/custom_nodes');
+    expect(c.manifestPath).toBe('/etc/nodes.json');
+    expect(c.manifestExplicit).toBe(true);
+    expect(c.stateDir).toBe('/data/ws/.gpu-boot');
+  });
+
+  it('resolves relative paths against the cwd argument', () => {
+    const c = loadConfig(
+      {
+        WORKSPACE_PATH: 'ws',
+        COMFYUI_PATH: '../comfy',
+        CUSTOM_NODES_CONFIG: 'conf/nodes.json',
+        SECRETS_ENV_FILE: './secrets.env',
+        GPU_BOOT_STATE_DIR: 'state',
+        PM2_HOME: '.pm2',
+      },
+      '/srv/app',
+    );
+    expect(c.workspacePath).toBe('/srv/app/ws');
+    expect(c.comfyuiPath).toBe('/srv/comfy');
+    expect(c.customNodesPath).toBe('/srv/comfy/custom_nodes');
+    expect(c.manifestPath).toBe('/srv/app/conf/nodes.json');
+    expect(c.secretsEnvFile).toBe('/srv/app/secrets.env');
+    expect(c.stateDir).toBe('/srv/app/state');
+    expect(c.pm2Home).toBe('/srv/app/.pm2');
+  });
+
+  it('a relative WORKSPACE_PATH carries into the derived paths', () => {
+    const c = loadConfig({ WORKSPACE_PATH: 'ws' }, '/srv/app');
+    expect(c.comfyuiPath).toBe('/srv/app/ws/ComfyUI');
+    expect(c.manifestPath).toBe('/srv/app/ws/config_nodes.json');
+    expect(c.stateDir).toBe('/srv/app/ws/.gpu-boot');
+  });
+});
+
+describe('loadConfig values', () => {
+  it('reads GPU_MODE and LOG_LEVEL case-insensitively', () => {
+    expect(loadConfig({ GPU_MODE: 'MOCK' }).gpuMode).toBe('mock');
+    expect(loadConfig({ GPU_MODE: ' Actual ' }).gpuMode).toBe('actual');
+    expect(loadConfig({ LOG_LEVEL: 'DEBUG' }).logLevel).toBe('debug');
+  });
+
+  it('reads the numbers and hints', () => {
+    const c = loadConfig({
+      NUM_GPUS: '8',
+      GPU_MEMORY_GB: '79.6',
+      GPU_MODEL: '  NVIDIA H100 80GB HBM3 ',
+      COMFYUI_PORT_START: '9000',
+      COMFYUI_KILL_TIMEOUT_MS: '2000',
+      SHUTDOWN_TIMEOUT_MS: '3000',
+      NVIDIA_SMI_TIMEOUT_MS: '300',
+    });
+    expect(c.numGpusHint).toBe(8);
+    expect(c.gpuMemoryGbHint).toBe(79.6);
+    expect(c.gpuModelHint).toBe('NVIDIA H100 80GB HBM3');
+    expect(c.portStart).toBe(9000);
+    expect(c.killTimeoutMs).toBe(2000);
+    expect(c.shutdownTimeoutMs).toBe(3000);
+    expect(c.nvidiaSmiTimeoutMs).toBe(300);
+  });
+});
+
+describe('loadConfig problems', () => {
+  it('reports every problem at once, each starting with its variable', () => {
+    const error = configError({ GPU_MODE: 'gpu', COMFYUI_PORT_START: '70000', NUM_GPUS: 'zero', LOG_LEVEL: 'loud' });
+    expect(error.message).toBe('invalid configuration (4 problems)');
+    expect([...error.problems].sort()).toEqual([
+      'COMFYUI_PORT_START: must be at most 65535',
+      'GPU_MODE: must be "actual" or "mock"',
+      'LOG_LEVEL: must be one of fatal, error, warn, info, debug, trace, silent',
+      'NUM_GPUS: expected a whole number',
+    ]);
+  });
+
+  it('says "1 problem" for one', () => {
+    const error = configError({ NUM_GPUS: '0' });
+    expect(error.message).toBe('invalid configuration (1 problem)');
+    expect(error.problems).toEqual(['NUM_GPUS: must be at least 1']);
+  });
+
+  it('refuses fractions where a whole number is needed', () => {
+    expect(configError({ NUM_GPUS: '1.5' }).problems).toEqual(['NUM_GPUS: expected a whole number']);
+    expect(configError({ GPU_MEMORY_GB: '-8' }).problems).toEqual(['GPU_MEMORY_GB: must be a positive number']);
+  });
+
+  it('refuses a kill timeout that leaves under 1 s of the shutdown budget', () => {
+    expect(configError({ COMFYUI_KILL_TIMEOUT_MS: '7500' }).problems).toEqual([KILL_PROBLEM]);
+    expect(configError({ COMFYUI_KILL_TIMEOUT_MS: '2001', SHUTDOWN_TIMEOUT_MS: '3000' }).problems).toEqual([
+      KILL_PROBLEM,
+    ]);
+    expect(loadConfig({ COMFYUI_KILL_TIMEOUT_MS: '2000', SHUTDOWN_TIMEOUT_MS: '3000' }).killTimeoutMs).toBe(2000);
+  });
+
+  it('reports the kill-timeout problem together with problems in other variables', () => {
+    const error = configError({ COMFYUI_KILL_TIMEOUT_MS: '7500', NUM_GPUS: 'x' });
+    expect(error.problems).toEqual(['NUM_GPUS: expected a whole number', KILL_PROBLEM]);
+  });
+
+  it('does not compare timeouts when one of them is itself invalid', () => {
+    expect(configError({ COMFYUI_KILL_TIMEOUT_MS: 'soon', SHUTDOWN_TIMEOUT_MS: '2000' }).problems).toEqual([
+      'COMFYUI_KILL_TIMEOUT_MS: expected a whole number',
+    ]);
+  });
+
+  it('never echoes the offending value', () => {
+    const canary = 's3cr3t-canary';
+    const error = configError({
+      COMFYUI_PORT_START: canary,
+      GPU_MODE: canary,
+      NUM_GPUS: canary,
+      GPU_MEMORY_GB: canary,
+      COMFYUI_LISTEN: `${canary} !`,
+      LOG_LEVEL: canary,
+      NVIDIA_SMI_TIMEOUT_MS: canary,
+    });
+    expect(error.problems).toHaveLength(7);
+    for (const problem of error.problems) expect(problem).not.toContain(canary);
+    expect(error.message).not.toContain(canary);
+    expect(error.problems).toContain('COMFYUI_PORT_START: expected a whole number');
+  });
+});
