@@ -122,7 +122,7 @@ async function runCommand(command: Exclude<Command, 'demo'>, json: boolean, ctx:
     }
     case 'detect': {
       const gpus = await runner.detectPhase(ctx);
-      const out = { count: gpus.count, model: gpus.model, memoryGb: gpus.memoryGb, driver: gpus.driver, source: gpus.source, gpus: gpus.gpus };
+      const out = { count: gpus.count, model: gpus.model, memoryGb: gpus.memoryGb, driver: gpus.driver, source: gpus.source, gpus: gpus.gpus, host: gpus.host ?? null };
       process.stdout.write(json ? `${JSON.stringify(out)}\n` : `${gpus.count} GPU(s) from ${gpus.source}: ${gpus.gpus.map((g) => `#${g.index} ${g.name} ${g.memoryMiB} MiB`).join('; ')}${gpus.driver ? ` (driver ${gpus.driver})` : ''}\n`);
       return ExitCode.ok;
     }

@@ -52,7 +52,7 @@ export async function createLogger(options: LoggerOptions): Promise<Logger> {
   if (!destination) {
     if (pretty) {
       const { default: pinoPretty } = await import('pino-pretty');
-      destination = pinoPretty({ destination: fd, colorize: true, sync: true, ignore: 'pid,hostname' });
+      destination = pinoPretty({ destination: fd, colorize: true, sync: true, singleLine: true, ignore: 'pid,hostname' });
     } else {
       destination = pino.destination({ fd, sync: true });
     }

@@ -27,11 +27,17 @@ export interface RunContext {
   env: NodeJS.ProcessEnv;
 }
 
-async function timed<T>(logger: Logger, phase: string, fn: () => Promise<T>, describe: (value: T) => object = () => ({})): Promise<T> {
+async function timed<T>(
+  logger: Logger,
+  phase: string,
+  fn: () => Promise<T>,
+  describe: (value: T) => object = () => ({}),
+  summary: (value: T) => string = () => 'done',
+): Promise<T> {
   const started = performance.now();
   const value = await fn();
   const ms = Math.round((performance.now() - started) * 10) / 10;
-  logger.info({ phase, ms, ...describe(value) }, `${phase} done in ${ms} ms`);
+  logger.info({ phase, ms, ...describe(value) }, `${phase}: ${summary(value)} in ${ms} ms`);
   return value;
 }
 
@@ -42,7 +48,8 @@ export async function detectPhase(ctx: RunContext): Promise<GpuDetection> {
     model: g.model,
     memoryGb: g.memoryGb,
     driver: g.driver,
-  }));
+    host: g.host,
+  }), (g) => `${g.count} x ${g.model}, ${g.memoryGb} GiB each (${g.source})`);
 }
 
 export async function secretsPhase(ctx: RunContext): Promise<PreparedNodes> {
@@ -51,7 +58,7 @@ export async function secretsPhase(ctx: RunContext): Promise<PreparedNodes> {
     nodes: p.files.length,
     skipped: p.skipped,
     variables: [...p.resolution.variables.values()].map((v) => `${v.variable} <- ${v.source}`),
-  }));
+  }), (p) => `${p.resolution.variables.size} variable(s) resolved for ${p.files.length} node file(s)${p.skipped.length ? `, ${p.skipped.length} node(s) skipped` : ''}`);
 }
 
 /** `plan`: the apps that would start, from detection and the manifest's variable names only. */
@@ -111,6 +118,8 @@ export async function runStart(ctx: RunContext): Promise<BootResult> {
   const onSignal = (signal: NodeJS.Signals) => requestShutdown(signal);
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+  // A closed terminal (SIGHUP) must not kill us before the wipe either.
+  process.on('SIGHUP', onSignal);
   // A bug must not skip the finish stage either: log it, then shut down and wipe.
   let fatal = false;
   const onFatal = (error: unknown) => {
@@ -148,7 +157,7 @@ export async function runStart(ctx: RunContext): Promise<BootResult> {
         files: [],
       });
       return prepared.files;
-    }, (files) => ({ files: files.map((f) => f.path) }));
+    }, (files) => ({ files: files.map((f) => f.path) }), (files) => `plan and ${files.length} .env file(s) written`);
     checkStop();
 
     const instances = await timed(logger, 'pm2-start', async () => {
@@ -160,7 +169,7 @@ export async function runStart(ctx: RunContext): Promise<BootResult> {
     }, (list) => ({
       pm2Home: processes.pm2Home,
       instances: list.map((i) => ({ name: i.name, pid: i.pid, status: i.status })),
-    }));
+    }), (list) => `${list.length} instance(s) started under PM2`);
     knownPids = instances.map((i) => i.pid).filter((pid) => pid > 0);
 
     // Readiness runs beside the wait for a signal: a SIGTERM during a slow start is honoured at once.
@@ -200,6 +209,7 @@ export async function runStart(ctx: RunContext): Promise<BootResult> {
     exitCode = await shutdown(ctx, processes, knownPids, wroteFiles);
     process.off('SIGTERM', onSignal);
     process.off('SIGINT', onSignal);
+    process.off('SIGHUP', onSignal);
     process.off('uncaughtException', onFatal);
     process.off('unhandledRejection', onFatal);
   }

@@ -1,3 +1,4 @@
+import os from 'node:os';
 import { mkdtempSync, readFileSync, rmSync, symlinkSync, mkdirSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -169,6 +170,7 @@ describe('detectGpus with nvidia-smi', () => {
       driver: DRIVER,
       source: 'nvidia-smi',
       gpus: [{ index: 0, name: H100, memoryMiB: 81559, uuid: 'GPU-5f8e8a3c-1b2d-4c6e-9f0a-3b7c2d1e4f5a' }],
+      host: { cpu: expect.any(String), cores: os.cpus().length, memoryGiB: expect.any(Number) },
     });
     expect(readFileSync(log, 'utf8')).toBe(`${NVIDIA_SMI_QUERY_ARGS.join(' ')}\n`);
     expect(lines).toEqual([]);
@@ -294,6 +296,7 @@ describe('detectGpus with GPU_MODE=mock', () => {
       memoryGb: 24,
       driver: null,
       source: 'mock',
+      host: { cpu: expect.any(String), cores: os.cpus().length, memoryGiB: expect.any(Number) },
       gpus: [
         { index: 0, name: 'Mock GPU', memoryMiB: 24576, uuid: 'MOCK-0000' },
         { index: 1, name: 'Mock GPU', memoryMiB: 24576, uuid: 'MOCK-0001' },

@@ -14,6 +14,34 @@ export interface GpuInfo {
   uuid: string;
 }
 
+export interface HostInfo {
+  cpu: string;
+  cores: number;
+  memoryGiB: number;
+}
+
+/** CPU and memory from systeminformation (what it does well: /proc, no GPU tools needed); null if it fails or is slow. */
+export async function detectHost(timeoutMs = 3000): Promise<HostInfo | null> {
+  const query = (async () => {
+    const si = await import('systeminformation');
+    const [cpu, mem] = await Promise.all([si.cpu(), si.mem()]);
+    return {
+      cpu: `${cpu.manufacturer} ${cpu.brand}`.trim(),
+      cores: cpu.cores,
+      memoryGiB: Math.round((mem.total / 1024 ** 3) * 10) / 10,
+    };
+  })().catch(() => null);
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<null>((resolve) => {
+    timer = setTimeout(() => resolve(null), timeoutMs);
+  });
+  try {
+    return await Promise.race([query, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 export type GpuSource = 'nvidia-smi' | 'systeminformation' | 'mock';
 
 export interface GpuDetection {
@@ -24,6 +52,8 @@ export interface GpuDetection {
   driver: string | null;
   source: GpuSource;
   gpus: GpuInfo[];
+  /** CPU and memory of the machine, from systeminformation; null when it could not tell. */
+  host?: HostInfo | null;
 }
 
 /** The one query this program sends to nvidia-smi; the stand-in in test/fixtures answers it. */
@@ -171,6 +201,12 @@ export function hintMismatches(config: Config, detected: GpuDetection): string[]
 }
 
 export async function detectGpus(config: Config, logger: Logger): Promise<GpuDetection> {
+  const host = detectHost();
+  const gpus = await detectGpuList(config, logger);
+  return { ...gpus, host: await host };
+}
+
+async function detectGpuList(config: Config, logger: Logger): Promise<GpuDetection> {
   if (config.gpuMode === 'mock') return mockDetection(config);
 
   const attempts: string[] = [];

@@ -1,4 +1,5 @@
 import { existsSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FAKE_NVIDIA_SMI, makeWorkspace, runBoot, type Workspace } from '../helpers/boot.js';
@@ -64,7 +65,11 @@ describe('detect', () => {
     const w = await workspace();
     const result = await runBoot(['detect', '--json'], { ...w.env, GPU_MODE: 'actual', NVIDIA_SMI_PATH: FAKE_NVIDIA_SMI, FAKE_NVIDIA_SMI_MODE: 'h100x1' });
     expect(result.exitCode).toBe(0);
-    expect(JSON.parse(result.stdout)).toEqual({
+    const detected = JSON.parse(result.stdout) as Record<string, unknown> & { host: { cores: number; memoryGiB: number; cpu: string } };
+    expect(detected.host.cores).toBe(os.cpus().length);
+    expect(Math.abs(detected.host.memoryGiB - os.totalmem() / 1024 ** 3)).toBeLessThan(0.1);
+    delete (detected as Record<string, unknown>).host;
+    expect(detected).toEqual({
       count: 1,
       model: 'NVIDIA H100 80GB HBM3',
       memoryGb: 79.6,

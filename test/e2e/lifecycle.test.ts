@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { chmod, lstat, readFile, readlink, stat, symlink, writeFile } from 'node:fs/promises';
+import { chmod, lstat, readFile, stat, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { alive, makeWorkspace, runBoot, startBoot, waitFor, type Workspace } from '../helpers/boot.js';
@@ -109,6 +109,17 @@ describe('lifecycle', () => {
     expect(boot.logs().filter((l) => typeof l.msg === 'string' && l.msg.includes('received during shutdown')).length).toBeGreaterThanOrEqual(1);
     expect(boot.logs().some((l) => l.phase === 'wipe' && l.removed === 1)).toBe(true);
     expect(existsSync(ws.envFile('hf_node'))).toBe(false);
+  });
+
+  it('a closed terminal (SIGHUP) stops and wipes like SIGTERM', async () => {
+    ws = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 1 });
+    const boot = startBoot(['start'], { ...ws.env, HF_TOKEN });
+    await boot.waitForLog((l) => l.phase === 'ready', 'ready');
+    const daemon = await pm2Pid(ws);
+    boot.child.kill('SIGHUP');
+    expect((await boot.child).exitCode).toBe(0);
+    expect(existsSync(ws.envFile('hf_node'))).toBe(false);
+    expect(alive(daemon)).toBe(false);
   });
 
   it('a SIGTERM during the boot stops it and wipes what was written', async () => {
