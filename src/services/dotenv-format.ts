@@ -31,12 +31,17 @@ function singleQuoted(value: string): string | undefined {
 }
 
 function doubleQuoted(value: string): string | undefined {
-  if (value.includes('"') || PYTHON_DOUBLE_QUOTE_ESCAPE.test(value) || value.endsWith('\\')) return undefined;
+  // A \ right before a CR would meet the \r written for it: python reads \\ then "r".
+  if (value.includes('"') || PYTHON_DOUBLE_QUOTE_ESCAPE.test(value) || value.endsWith('\\') || value.includes('\\\r')) return undefined;
   return `"${value.replace(/\r/g, '\\r')}"`;
 }
 
 function bare(value: string): string | undefined {
-  if (value === '' || /[\r\n#]/.test(value) || value.trim() !== value || /^['"`]/.test(value)) return undefined;
+  // python strips \x1c-\x1f and \x85 at the ends too (str.isspace), which JS trim() keeps; and Node's
+  // dotenv unquotes each U+2028/U+2029-separated line of a bare value, so those are refused as well.
+  if (value === '' || /[\r\n\u2028\u2029#]/.test(value) || /^[\s\x1c-\x1f\x85]|[\s\x1c-\x1f\x85]$/.test(value) || /^['"`]/.test(value)) {
+    return undefined;
+  }
   return value;
 }
 

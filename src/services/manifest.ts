@@ -22,15 +22,18 @@ const NodeName = z
 const NodeEntry = z.looseObject({
   name: NodeName,
   env: z
-    .record(z.string(), z.string({ error: 'must be a string' }))
-    // Checked here rather than on the record's key schema, whose message zod replaces with a generic one.
+    .record(z.string(), z.unknown())
+    // Keys and values are checked in one pass, so a bad key is reported even beside a bad value
+    // (and with our message: zod's for a record's key schema is generic).
     .superRefine((env, ctx) => {
-      for (const key of Object.keys(env)) {
+      for (const [key, value] of Object.entries(env)) {
         if (!VARIABLE_NAME.test(key)) {
           ctx.addIssue({ code: 'custom', path: [key], message: 'is not a valid variable name (letters, digits, _; not starting with a digit)' });
         }
+        if (typeof value !== 'string') ctx.addIssue({ code: 'custom', path: [key], message: 'must be a string' });
       }
     })
+    .transform((env) => env as Record<string, string>)
     .optional(),
 });
 
@@ -97,7 +100,15 @@ export function parseManifest(text: string, manifestPath: string): Manifest {
   try {
     json = JSON.parse(text);
   } catch (error) {
-    throw new ManifestError(`manifest ${manifestPath} is not valid JSON`, [`${manifestPath}: ${(error as Error).message}`]);
+    // JSON.parse's message quotes the text around the error; the manifest could hold a pasted secret.
+    const position = /position (\d+)/.exec((error as Error).message)?.[1];
+    let where = '';
+    if (position !== undefined) {
+      const before = text.slice(0, Number(position));
+      const line = before.split('\n').length;
+      where = ` at line ${line}, column ${Number(position) - before.lastIndexOf('\n')}`;
+    }
+    throw new ManifestError(`manifest ${manifestPath} is not valid JSON`, [`${manifestPath}: not valid JSON${where}`]);
   }
   const parsed = ManifestSchema.safeParse(json);
   const problems: string[] = [];

@@ -65,7 +65,8 @@ export function decodeBase64Strict(input: string, variable: string): string {
     if (bytes.toString('base64') !== text) throw new Error(`${variable} is not canonical base64 (stray bits in the padding)`);
   } else {
     const unpadded = text.replace(/={1,2}$/, '');
-    if (!BASE64URL.test(unpadded) || unpadded.length % 4 === 1) {
+    // Padding, when present, must fill the last group (RFC 4648): 'YQ=' or 'YWJj=' is refused, not guessed at.
+    if (!BASE64URL.test(unpadded) || unpadded.length % 4 === 1 || (unpadded !== text && text.length % 4 !== 0)) {
       throw new Error(`${variable} is not valid base64 or base64url (encode it with \`base64 -w0\`)`);
     }
     bytes = Buffer.from(unpadded, 'base64url');

@@ -152,3 +152,32 @@ describe('lifecycle', () => {
     expect(existsSync(ws.envFile('hf_node'))).toBe(false);
   });
 });
+
+describe('shutdown budget', () => {
+  it('an instance that ignores SIGINT is killed after kill_timeout, and the boot still exits 0 within SHUTDOWN_TIMEOUT_MS with the files wiped', async () => {
+    const stubborn = [
+      'import signal, sys, time',
+      'from http.server import HTTPServer, BaseHTTPRequestHandler',
+      'signal.signal(signal.SIGINT, signal.SIG_IGN)',
+      'class H(BaseHTTPRequestHandler):',
+      '    def do_GET(self):',
+      '        self.send_response(200); self.end_headers()',
+      'port = int(sys.argv[sys.argv.index("--port") + 1])',
+      'HTTPServer(("127.0.0.1", port), H).serve_forever()',
+      '',
+    ].join('\n');
+    ws = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 1, mainPy: stubborn });
+    const boot = startBoot(['start'], { ...ws.env, HF_TOKEN, COMFYUI_KILL_TIMEOUT_MS: '1000', SHUTDOWN_TIMEOUT_MS: '5000' });
+    await boot.waitForLog((l) => l.phase === 'ready', 'ready');
+    const instancePid = (boot.logs().find((l) => l.phase === 'pm2-start')!.instances as Array<{ pid: number }>)[0]!.pid;
+    const stopAsked = Date.now();
+    boot.child.kill('SIGTERM');
+    const result = await boot.child;
+    const took = Date.now() - stopAsked;
+    expect(result.exitCode).toBe(0);
+    expect(took).toBeGreaterThanOrEqual(1000);
+    expect(took).toBeLessThan(5000);
+    expect(alive(instancePid)).toBe(false);
+    expect(existsSync(ws.envFile('hf_node'))).toBe(false);
+  });
+});

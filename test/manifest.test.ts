@@ -1,0 +1,307 @@
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { loadManifest, ManifestError, parseManifest, parseTemplate, referencedVariables } from '../src/services/manifest.js';
+
+let dir: string;
+beforeEach(() => {
+  dir = mkdtempSync(path.join(os.tmpdir(), 'gpu-boot-manifest-'));
+});
+afterEach(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const MANIFEST = '/app/config_nodes.json';
+
+/** The ManifestError parseManifest/loadManifest throws; fails the test when none is thrown. */
+async function manifestErrorOf(fn: () => unknown): Promise<ManifestError> {
+  try {
+    await fn();
+  } catch (error) {
+    expect(error).toBeInstanceOf(ManifestError);
+    expect((error as ManifestError).name).toBe('ManifestError');
+    return error as ManifestError;
+  }
+  throw new Error('expected a ManifestError, none was thrown');
+}
+
+const manifestText = (nodes: unknown): string => JSON.stringify({ custom_nodes: nodes });
+
+describe('parseTemplate', () => {
+  it('reads plain text as one text part', () => {
+    expect(parseTemplate('plain value')).toEqual([{ kind: 'text', text: 'plain value' }]);
+  });
+
+  it('reads an empty string as no parts', () => {
+    expect(parseTemplate('')).toEqual([]);
+  });
+
+  it('reads a lone reference', () => {
+    expect(parseTemplate('${TOKEN}')).toEqual([{ kind: 'ref', variable: 'TOKEN' }]);
+  });
+
+  it('reads text and references in order', () => {
+    expect(parseTemplate('https://${HOST}:${PORT}/v1?key=${API_KEY}&x=1')).toEqual([
+      { kind: 'text', text: 'https://' },
+      { kind: 'ref', variable: 'HOST' },
+      { kind: 'text', text: ':' },
+      { kind: 'ref', variable: 'PORT' },
+      { kind: 'text', text: '/v1?key=' },
+      { kind: 'ref', variable: 'API_KEY' },
+      { kind: 'text', text: '&x=1' },
+    ]);
+  });
+
+  it('reads adjacent references without empty text between them', () => {
+    expect(parseTemplate('${A}${B}')).toEqual([
+      { kind: 'ref', variable: 'A' },
+      { kind: 'ref', variable: 'B' },
+    ]);
+  });
+
+  it('reads defaults, including an empty one and one holding :- and spaces', () => {
+    expect(parseTemplate('models-${STAGE:-dev}')).toEqual([
+      { kind: 'text', text: 'models-' },
+      { kind: 'ref', variable: 'STAGE', fallback: 'dev' },
+    ]);
+    expect(parseTemplate('${X:-}')).toEqual([{ kind: 'ref', variable: 'X', fallback: '' }]);
+    expect(parseTemplate('${X:-a b:-c}')).toEqual([{ kind: 'ref', variable: 'X', fallback: 'a b:-c' }]);
+    expect(parseTemplate('${_lower_1:-$HOME}')).toEqual([{ kind: 'ref', variable: '_lower_1', fallback: '$HOME' }]);
+  });
+
+  it('keeps a reference without default apart from one with an empty default', () => {
+    const [withoutDefault] = parseTemplate('${X}');
+    expect(withoutDefault).toEqual({ kind: 'ref', variable: 'X' });
+    expect(withoutDefault && 'fallback' in withoutDefault).toBe(false);
+  });
+
+  it('treats $ not followed by { as text', () => {
+    expect(parseTemplate('$')).toEqual([{ kind: 'text', text: '$' }]);
+    expect(parseTemplate('$HOME/x')).toEqual([{ kind: 'text', text: '$HOME/x' }]);
+    expect(parseTemplate('pa$$word$')).toEqual([{ kind: 'text', text: 'pa$$word$' }]);
+    expect(parseTemplate('$ {X} and $(cmd)')).toEqual([{ kind: 'text', text: '$ {X} and $(cmd)' }]);
+    expect(parseTemplate('a$${B}')).toEqual([
+      { kind: 'text', text: 'a$' },
+      { kind: 'ref', variable: 'B' },
+    ]);
+  });
+
+  it.each([
+    ['abc${TOKEN', 'unclosed "${" at character 4'],
+    ['${', 'unclosed "${" at character 1'],
+    ['ok ${A} then ${', 'unclosed "${" at character 14'],
+    ['${1BAD}', '"${1BAD}" is not a reference: use ${NAME} or ${NAME:-default}'],
+    ['${}', '"${}" is not a reference: use ${NAME} or ${NAME:-default}'],
+    ['${:-x}', '"${:-x}" is not a reference: use ${NAME} or ${NAME:-default}'],
+    ['${MY-VAR}', '"${MY-VAR}" is not a reference: use ${NAME} or ${NAME:-default}'],
+    ['${A B}', '"${A B}" is not a reference: use ${NAME} or ${NAME:-default}'],
+    ['${A:B}', '"${A:B}" is not a reference: use ${NAME} or ${NAME:-default}'],
+    ['${A-x}', '"${A-x}" is not a reference: use ${NAME} or ${NAME:-default}'],
+  ])('refuses %j', (template, message) => {
+    expect(() => parseTemplate(template)).toThrow(new Error(message));
+  });
+});
+
+describe('parseManifest', () => {
+  it('reads a valid manifest, ignoring keys that belong to other tools', () => {
+    const text = JSON.stringify({
+      version: 3,
+      custom_nodes: [
+        {
+          name: 'emprops_custom_nodes',
+          url: 'https://github.com/stakeordie/emprops_comfy_nodes.git',
+          branch: 'main',
+          requirements: true,
+          env: { AWS_ACCESS_KEY_ID: '${AWS_ACCESS_KEY_ID}', BUCKET: 'models-${STAGE:-dev}', PLAIN: 'x' },
+        },
+        { name: 'ComfyUI-Manager', url: 'https://github.com/ltdrdata/ComfyUI-Manager' },
+        { name: 'with.dots and spaces', env: {} },
+      ],
+    });
+    expect(parseManifest(text, MANIFEST)).toEqual({
+      path: MANIFEST,
+      nodes: [
+        {
+          name: 'emprops_custom_nodes',
+          env: [
+            { key: 'AWS_ACCESS_KEY_ID', template: [{ kind: 'ref', variable: 'AWS_ACCESS_KEY_ID' }] },
+            {
+              key: 'BUCKET',
+              template: [
+                { kind: 'text', text: 'models-' },
+                { kind: 'ref', variable: 'STAGE', fallback: 'dev' },
+              ],
+            },
+            { key: 'PLAIN', template: [{ kind: 'text', text: 'x' }] },
+          ],
+        },
+        { name: 'ComfyUI-Manager', env: [] },
+        { name: 'with.dots and spaces', env: [] },
+      ],
+    });
+  });
+
+  it('reads an empty node list', () => {
+    expect(parseManifest('{"custom_nodes":[]}', MANIFEST)).toEqual({ path: MANIFEST, nodes: [] });
+  });
+
+  it('keeps the env keys in manifest order', () => {
+    const manifest = parseManifest(manifestText([{ name: 'n', env: { Z: 'z', A: 'a', M: 'm', _u: 'u' } }]), MANIFEST);
+    expect(manifest.nodes[0]?.env.map((e) => e.key)).toEqual(['Z', 'A', 'M', '_u']);
+  });
+
+  it('refuses text that is not JSON', async () => {
+    const error = await manifestErrorOf(() => parseManifest('{"custom_nodes": [', MANIFEST));
+    expect(error.message).toBe(`manifest ${MANIFEST} is not valid JSON`);
+    expect(error.problems).toHaveLength(1);
+    expect(error.problems[0]?.startsWith(`${MANIFEST}: `)).toBe(true);
+  });
+
+  it.each([
+    ['custom_nodes is missing', '{"nodes":[]}', [`${MANIFEST}: custom_nodes: must be a list of nodes`]],
+    ['custom_nodes is an object', '{"custom_nodes":{"a":{}}}', [`${MANIFEST}: custom_nodes: must be a list of nodes`]],
+    ['custom_nodes is a string', '{"custom_nodes":"a"}', [`${MANIFEST}: custom_nodes: must be a list of nodes`]],
+    ['the top level is a list', '[]', [`${MANIFEST}: (top level): Invalid input: expected object, received array`]],
+    ['the top level is null', 'null', [`${MANIFEST}: (top level): Invalid input: expected object, received null`]],
+    ['a node name has /', manifestText([{ name: 'a/b' }]), [`${MANIFEST}: custom_nodes.0.name: must be a folder name, without / or \\`]],
+    ['a node name has \\', manifestText([{ name: 'a\\b' }]), [`${MANIFEST}: custom_nodes.0.name: must be a folder name, without / or \\`]],
+    ['a node name is ..', manifestText([{ name: '..' }]), [`${MANIFEST}: custom_nodes.0.name: must not be . or ..`]],
+    ['a node name is .', manifestText([{ name: '.' }]), [`${MANIFEST}: custom_nodes.0.name: must not be . or ..`]],
+    ['a node name is absolute', manifestText([{ name: '/etc' }]), [`${MANIFEST}: custom_nodes.0.name: must be a folder name, without / or \\`]],
+    ['a node name is empty', manifestText([{ name: '' }]), [`${MANIFEST}: custom_nodes.0.name: is empty`]],
+    ['a node name is too long', manifestText([{ name: 'n'.repeat(256) }]), [`${MANIFEST}: custom_nodes.0.name: is longer than 255 characters`]],
+    ['a node name has a newline', manifestText([{ name: 'a\nb' }]), [`${MANIFEST}: custom_nodes.0.name: must not contain control characters`]],
+    ['a node has no name', manifestText([{ env: {} }]), [`${MANIFEST}: custom_nodes.0.name: Invalid input: expected string, received undefined`]],
+    [
+      'a key starts with a digit',
+      manifestText([{ name: 'n', env: { '1KEY': 'v' } }]),
+      [`${MANIFEST}: custom_nodes.0.env.1KEY: is not a valid variable name (letters, digits, _; not starting with a digit)`],
+    ],
+    [
+      'a key has a dash',
+      manifestText([{ name: 'n', env: { 'MY-KEY': 'v' } }]),
+      [`${MANIFEST}: custom_nodes.0.env.MY-KEY: is not a valid variable name (letters, digits, _; not starting with a digit)`],
+    ],
+    ['an env value is a number', manifestText([{ name: 'n', env: { K: 5 } }]), [`${MANIFEST}: custom_nodes.0.env.K: must be a string`]],
+    ['an env value is null', manifestText([{ name: 'n', env: { K: null } }]), [`${MANIFEST}: custom_nodes.0.env.K: must be a string`]],
+    ['a node name is listed twice', manifestText([{ name: 'a' }, { name: 'b' }, { name: 'a' }]), [`${MANIFEST}: custom_nodes.2: node "a" is listed twice`]],
+    [
+      'a template is broken',
+      manifestText([{ name: 'n', env: { OK: '${A}', BAD: 'x-${1BAD}' } }]),
+      [`${MANIFEST}: node "n" key BAD: "\${1BAD}" is not a reference: use \${NAME} or \${NAME:-default}`],
+    ],
+  ])('refuses a manifest where %s', async (_name, text, problems) => {
+    const error = await manifestErrorOf(() => parseManifest(text, MANIFEST));
+    expect(error.problems).toEqual(problems);
+    expect(error.message).toMatch(new RegExp(`^manifest ${MANIFEST.replace(/[./]/g, '\\$&')} has (the wrong shape|errors)$`));
+  });
+
+  it('lists every shape problem, each naming the manifest', async () => {
+    const text = manifestText([{ name: '..', url: 'x' }, { name: 'ok', env: { 'MY-KEY': 'v' } }, { name: 'also', env: { N: 7 } }]);
+    const error = await manifestErrorOf(() => parseManifest(text, MANIFEST));
+    expect(error.message).toBe(`manifest ${MANIFEST} has the wrong shape`);
+    expect(error.problems).toEqual([
+      `${MANIFEST}: custom_nodes.0.name: must not be . or ..`,
+      `${MANIFEST}: custom_nodes.1.env.MY-KEY: is not a valid variable name (letters, digits, _; not starting with a digit)`,
+      `${MANIFEST}: custom_nodes.2.env.N: must be a string`,
+    ]);
+  });
+
+  it('lists every duplicate and template problem, each naming the manifest', async () => {
+    const text = manifestText([
+      { name: 'a', env: { K: '${' } },
+      { name: 'b' },
+      { name: 'a', env: { L: '${}', M: '${FINE}' } },
+    ]);
+    const error = await manifestErrorOf(() => parseManifest(text, MANIFEST));
+    expect(error.message).toBe(`manifest ${MANIFEST} has errors`);
+    expect(error.problems).toEqual([
+      `${MANIFEST}: node "a" key K: unclosed "\${" at character 1`,
+      `${MANIFEST}: custom_nodes.2: node "a" is listed twice`,
+      `${MANIFEST}: node "a" key L: "\${}" is not a reference: use \${NAME} or \${NAME:-default}`,
+    ]);
+    for (const problem of error.problems) expect(problem.startsWith(`${MANIFEST}: `)).toBe(true);
+  });
+});
+
+describe('loadManifest', () => {
+  it('reads and parses a real file', async () => {
+    const file = path.join(dir, 'config_nodes.json');
+    writeFileSync(file, manifestText([{ name: 'n', env: { K: '${V}' } }]));
+    await expect(loadManifest(file)).resolves.toEqual({
+      path: file,
+      nodes: [{ name: 'n', env: [{ key: 'K', template: [{ kind: 'ref', variable: 'V' }] }] }],
+    });
+  });
+
+  it('reports a missing file', async () => {
+    const file = path.join(dir, 'absent.json');
+    const error = await manifestErrorOf(() => loadManifest(file));
+    expect(error.message).toBe(`manifest ${file} does not exist`);
+    expect(error.problems).toEqual([`CUSTOM_NODES_CONFIG: ${file} does not exist`]);
+  });
+
+  it('reports a folder', async () => {
+    const folder = path.join(dir, 'config_nodes.json');
+    mkdirSync(folder);
+    const error = await manifestErrorOf(() => loadManifest(folder));
+    expect(error.message).toBe(`manifest ${folder} is a folder`);
+    expect(error.problems).toEqual([`CUSTOM_NODES_CONFIG: ${folder} is a folder`]);
+  });
+
+  it('passes on parse problems with the file named', async () => {
+    const file = path.join(dir, 'bad.json');
+    writeFileSync(file, manifestText([{ name: '..' }]));
+    const error = await manifestErrorOf(() => loadManifest(file));
+    expect(error.problems).toEqual([`${file}: custom_nodes.0.name: must not be . or ..`]);
+  });
+});
+
+describe('referencedVariables', () => {
+  it('returns every referenced name once, sorted', () => {
+    const manifest = parseManifest(
+      manifestText([
+        { name: 'a', env: { X: '${ZETA}-${ALPHA}-${ZETA}', Y: '${MID:-d} $NOT_A_REF', Z: 'plain' } },
+        { name: 'b', env: { W: '${ALPHA}${Beta}${_under}' } },
+        { name: 'c' },
+      ]),
+      MANIFEST,
+    );
+    expect(referencedVariables(manifest)).toEqual(['ALPHA', 'Beta', 'MID', 'ZETA', '_under']);
+  });
+
+  it('returns nothing for a manifest without references', () => {
+    expect(referencedVariables(parseManifest(manifestText([{ name: 'a', env: { K: 'v' } }]), MANIFEST))).toEqual([]);
+  });
+});
+
+describe('parseManifest reports keys and values together, and never quotes the text', () => {
+  it('a bad key beside a non-string value gives both problems', () => {
+    const error = (() => {
+      try {
+        parseManifest(JSON.stringify({ custom_nodes: [{ name: 'n', env: { '1K': 'a', K: 5 } }] }), '/m.json');
+      } catch (e) {
+        return e as ManifestError;
+      }
+      throw new Error('expected a ManifestError');
+    })();
+    expect(error.problems).toEqual([
+      '/m.json: custom_nodes.0.env.1K: is not a valid variable name (letters, digits, _; not starting with a digit)',
+      '/m.json: custom_nodes.0.env.K: must be a string',
+    ]);
+  });
+
+  it('invalid JSON is reported without any of the text around the error', () => {
+    const canary = 'pasted-secret-canary-913';
+    try {
+      parseManifest(`{"custom_nodes": [{"name": "n", "env": {"K": "${canary}" }]`, '/m.json');
+      throw new Error('expected a ManifestError');
+    } catch (e) {
+      const error = e as ManifestError;
+      expect(error.message).toBe('manifest /m.json is not valid JSON');
+      expect(error.problems.join('\n')).not.toContain(canary);
+      expect(error.problems[0]).toMatch(/^\/m\.json: not valid JSON/);
+    }
+  });
+});
