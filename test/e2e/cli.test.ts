@@ -1,34 +1,11 @@
-import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { FAKE_NVIDIA_SMI, makeWorkspace, runBoot, type Workspace } from '../helpers/boot.js';
+import { describe, expect, it } from 'vitest';
+import { FAKE_NVIDIA_SMI, runBoot, type Workspace } from '../helpers/boot.js';
+import { expectNothingWritten, useTwoNodeWorkspace } from '../helpers/two-nodes.js';
 
 const CANARY = 'canary-check-Secret-77';
-const MANIFEST = {
-  custom_nodes: [
-    { name: 'emprops_custom_nodes', env: { AZURE_STORAGE_KEY: '${AZURE_STORAGE_KEY}', CLOUD_PROVIDER: '${CLOUD_PROVIDER:-azure}' } },
-    { name: 'hf_node', env: { HF_TOKEN: '${HF_TOKEN}' } },
-  ],
-};
-
-let ws: Workspace | undefined;
-afterEach(async () => {
-  await ws?.cleanup();
-  ws = undefined;
-});
-
-async function workspace(): Promise<Workspace> {
-  ws = await makeWorkspace({ nodes: ['emprops_custom_nodes', 'hf_node'], manifest: MANIFEST, gpus: 2 });
-  return ws;
-}
-
-function expectNothingWritten(w: Workspace): void {
-  expect(existsSync(w.envFile('emprops_custom_nodes'))).toBe(false);
-  expect(existsSync(w.envFile('hf_node'))).toBe(false);
-  expect(existsSync(w.stateDir)).toBe(false);
-  expect(existsSync(path.join(w.pm2Home, 'pm2.pid'))).toBe(false);
-}
+const workspace = useTwoNodeWorkspace(2);
 
 describe('check', () => {
   it('prints a masked report, exits 0, and writes and starts nothing', async () => {

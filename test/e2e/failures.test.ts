@@ -1,36 +1,11 @@
-import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { makeWorkspace, runBoot, type Workspace } from '../helpers/boot.js';
+import { describe, expect, it } from 'vitest';
+import { runBoot, type Workspace } from '../helpers/boot.js';
+import { expectNothingWritten, useTwoNodeWorkspace } from '../helpers/two-nodes.js';
 
 const CANARY = 'canary-Secret-Value-5150';
-const MANIFEST = {
-  custom_nodes: [
-    { name: 'emprops_custom_nodes', env: { AZURE_STORAGE_KEY: '${AZURE_STORAGE_KEY}', CLOUD_PROVIDER: '${CLOUD_PROVIDER:-azure}' } },
-    { name: 'hf_node', env: { HF_TOKEN: '${HF_TOKEN}' } },
-  ],
-};
-
-let ws: Workspace | undefined;
-afterEach(async () => {
-  await ws?.cleanup();
-  ws = undefined;
-});
-
-async function workspace(): Promise<Workspace> {
-  ws = await makeWorkspace({ nodes: ['emprops_custom_nodes', 'hf_node'], manifest: MANIFEST, gpus: 1 });
-  return ws;
-}
-
-/** Nothing may be written or started when the boot refuses its input. */
-function expectNothingWritten(w: Workspace): void {
-  expect(existsSync(w.envFile('emprops_custom_nodes'))).toBe(false);
-  expect(existsSync(w.envFile('hf_node'))).toBe(false);
-  expect(existsSync(path.join(w.stateDir, 'written-files.json'))).toBe(false);
-  expect(existsSync(path.join(w.stateDir, 'plan.json'))).toBe(false);
-  expect(existsSync(path.join(w.pm2Home, 'pm2.pid'))).toBe(false);
-}
+const workspace = useTwoNodeWorkspace(1);
 
 describe('start refuses bad input with exit 78, naming the variable, printing no value, writing nothing', () => {
   const cases: Array<{ name: string; env: (w: Workspace) => Promise<Record<string, string>>; message: RegExp }> = [
