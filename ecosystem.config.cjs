@@ -48,6 +48,8 @@ module.exports = {
     args: instance.args,
     cwd: instance.cwd,
     env: instanceEnv(instance.env),
+    // gpu-boot as root runs the instances as COMFYUI_USER (or the owner of COMFYUI_PATH).
+    ...(instance.uid !== undefined ? { uid: instance.uid, gid: instance.gid } : {}),
     filter_env: true,
     exec_mode: 'fork',
     instances: 1,

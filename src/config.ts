@@ -62,6 +62,9 @@ const EnvSchema = z
       z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` }).default('info'),
     ),
     PM2_HOME: optionalString,
+    SECRETS_TMPFS: z.preprocess(blankToUndefined, z.string().default('auto')),
+    COMFYUI_USER: optionalString,
+    ALLOW_SHORT_SECRETS: optionalString,
   })
   .superRefine((env, ctx) => {
     // PM2 must be able to stop an instance gracefully inside the shutdown budget,
@@ -110,6 +113,11 @@ export interface Config {
   nvidiaSmiTimeoutMs: number;
   logLevel: (typeof LOG_LEVELS)[number];
   pm2Home: string | undefined;
+  /** 'auto' (a writable tmpfs: /dev/shm, then /run), 'off' (files in place), or a folder. */
+  secretsTmpfs: string;
+  comfyuiUser: string | undefined;
+  /** Variables whose values may be shorter than 4 characters ('*' for all). */
+  allowShortSecrets: ReadonlySet<string>;
 }
 
 /** Every variable this program reads, its default and meaning: the source of --help and the README table. */
@@ -135,6 +143,9 @@ export const SETTINGS_DOC: ReadonlyArray<{ name: string; default: string; doc: s
   { name: 'NVIDIA_SMI_TIMEOUT_MS', default: '10000', doc: 'nvidia-smi is killed after this long' },
   { name: 'LOG_LEVEL', default: 'info', doc: LOG_LEVELS.join(', ') },
   { name: 'PM2_HOME', default: '~/.pm2', doc: 'PM2\'s folder (socket, logs); `pm2 ls` with the same value lists the instances' },
+  { name: 'SECRETS_TMPFS', default: 'auto', doc: '`auto`: .env contents live on a tmpfs (/dev/shm, else /run), each .env a link to its file; `off`: files in place; or a folder' },
+  { name: 'COMFYUI_USER', default: 'owner of COMFYUI_PATH', doc: 'when gpu-boot runs as root: the user (name or uid) the instances run as and the .env files belong to' },
+  { name: 'ALLOW_SHORT_SECRETS', default: '(none)', doc: 'variables (comma-separated, or `*`) whose values may be shorter than 4 characters, which cannot be masked in logs' },
 ];
 
 /** Parse every setting; all problems are reported together, each naming its variable, never a value. */
@@ -172,5 +183,8 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     nvidiaSmiTimeoutMs: s.NVIDIA_SMI_TIMEOUT_MS,
     logLevel: s.LOG_LEVEL,
     pm2Home: s.PM2_HOME === undefined ? undefined : abs(s.PM2_HOME),
+    secretsTmpfs: ['auto', 'off'].includes(s.SECRETS_TMPFS.toLowerCase()) ? s.SECRETS_TMPFS.toLowerCase() : abs(s.SECRETS_TMPFS),
+    comfyuiUser: s.COMFYUI_USER?.trim(),
+    allowShortSecrets: new Set((s.ALLOW_SHORT_SECRETS ?? '').split(/[\s,]+/).filter(Boolean)),
   };
 }

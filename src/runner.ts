@@ -1,4 +1,6 @@
+import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import type { Config } from './config.js';
@@ -7,7 +9,8 @@ import type { SecretMasker } from './log.js';
 import { detectGpus, type GpuDetection } from './services/hardware.js';
 import { readRecord, wipeRecordedFiles, writeFileAtomic, writeNodeFiles } from './services/env-files.js';
 import { prepareNodeFiles, loadManifestOrEmpty, type PreparedNodes } from './services/node-files.js';
-import { buildPlan, planPath, probeHost, type Plan } from './services/plan.js';
+import { buildPlan, planPath, probeHost, type Plan, type ProcessEnvSource } from './services/plan.js';
+import { chooseOwner, chooseStorage } from './services/storage.js';
 import { ProcessManager } from './services/processes.js';
 import { waitForHttp } from './services/readiness.js';
 import { referencedVariables } from './services/manifest.js';
@@ -68,7 +71,11 @@ export async function computePlan(ctx: RunContext): Promise<Plan> {
   const withheld = new Set<string>();
   for (const v of referencedVariables(manifest)) for (const n of [v, `${v}_FILE`, `${v}_ENCODED`]) withheld.add(n);
   withheld.add('SECRETS_ENV_FILE');
-  return buildPlan(ctx.config, gpus, [...withheld].sort());
+  const owner = await chooseOwner(ctx.config);
+  const processEnv = manifest.nodes
+    .filter((n) => n.processEnv.length > 0 && existsSync(path.join(ctx.config.customNodesPath, n.name)))
+    .map((n) => ({ file: path.join(ctx.config.customNodesPath, n.name, '.env'), keys: n.processEnv }));
+  return buildPlan(ctx.config, gpus, [...withheld].sort(), { ...(owner ? { owner } : {}), processEnv });
 }
 
 /** Remove what a run that died left behind, before anything else. */
@@ -83,6 +90,14 @@ export async function recoverPhase(ctx: RunContext): Promise<void> {
     { previousPid: record.pid, removed: result.removed, restored: result.restored },
     `an earlier run (pid ${record.pid}) did not clean up; wiped ${result.removed} file(s), restored ${result.restored}`,
   );
+}
+
+/** The keys each node asks to have in the instances' process environment, read by the launcher from its .env. */
+function processEnvSources(prepared: PreparedNodes): ProcessEnvSource[] {
+  return prepared.files.flatMap((file) => {
+    const keys = prepared.manifest.nodes.find((n) => n.name === file.node)?.processEnv ?? [];
+    return keys.length ? [{ file: file.path, keys }] : [];
+  });
 }
 
 /** Variables that carried secrets are removed from this process's environment before PM2 is started from it. */
@@ -144,7 +159,11 @@ export async function runStart(ctx: RunContext): Promise<BootResult> {
     if (ctx.env !== process.env) withholdSecretsFromChildren(ctx.env, prepared.resolution.sourceVariableNames);
     checkStop();
 
-    const plan = buildPlan(config, gpus, [...prepared.resolution.sourceVariableNames, 'SECRETS_ENV_FILE'].sort());
+    const [storage, owner] = await Promise.all([chooseStorage(config, logger), chooseOwner(config)]);
+    const plan = buildPlan(config, gpus, [...prepared.resolution.sourceVariableNames, 'SECRETS_ENV_FILE'].sort(), {
+      ...(owner ? { owner } : {}),
+      processEnv: processEnvSources(prepared),
+    });
     const planFile = planPath(config.stateDir);
     await timed(logger, 'write', async () => {
       await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
@@ -155,9 +174,13 @@ export async function runStart(ctx: RunContext): Promise<BootResult> {
         pid: process.pid,
         startedAt: new Date().toISOString(),
         files: [],
-      });
+      }, { storage, ...(owner ? { owner } : {}) });
       return prepared.files;
-    }, (files) => ({ files: files.map((f) => f.path) }), (files) => `plan and ${files.length} .env file(s) written`);
+    }, (files) => ({
+      files: files.map((f) => f.path),
+      storage: storage.kind === 'tmpfs' ? storage.dir : 'in place',
+      ...(owner ? { owner } : {}),
+    }), (files) => `plan and ${files.length} .env file(s) written${storage.kind === 'tmpfs' ? `, contents on tmpfs ${storage.dir}` : ' in place'}`);
     checkStop();
 
     const instances = await timed(logger, 'pm2-start', async () => {

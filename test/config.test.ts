@@ -42,6 +42,9 @@ const DEFAULTS: Config = {
   nvidiaSmiTimeoutMs: 10_000,
   logLevel: 'info',
   pm2Home: undefined,
+  secretsTmpfs: 'auto',
+  comfyuiUser: undefined,
+  allowShortSecrets: new Set<string>(),
 };
 
 describe('loadConfig defaults', () => {

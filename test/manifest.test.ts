@@ -135,9 +135,10 @@ describe('parseManifest', () => {
             },
             { key: 'PLAIN', template: [{ kind: 'text', text: 'x' }] },
           ],
+          processEnv: [],
         },
-        { name: 'ComfyUI-Manager', env: [] },
-        { name: 'with.dots and spaces', env: [] },
+        { name: 'ComfyUI-Manager', env: [], processEnv: [] },
+        { name: 'with.dots and spaces', env: [], processEnv: [] },
       ],
     });
   });
@@ -231,7 +232,7 @@ describe('loadManifest', () => {
     writeFileSync(file, manifestText([{ name: 'n', env: { K: '${V}' } }]));
     await expect(loadManifest(file)).resolves.toEqual({
       path: file,
-      nodes: [{ name: 'n', env: [{ key: 'K', template: [{ kind: 'ref', variable: 'V' }] }] }],
+      nodes: [{ name: 'n', env: [{ key: 'K', template: [{ kind: 'ref', variable: 'V' }] }], processEnv: [] }],
     });
   });
 
@@ -303,5 +304,18 @@ describe('parseManifest reports keys and values together, and never quotes the t
       expect(error.problems.join('\n')).not.toContain(canary);
       expect(error.problems[0]).toMatch(/^\/m\.json: not valid JSON/);
     }
+  });
+});
+
+describe('process_env', () => {
+  it('lists keys that also go to the instances\' process environment', () => {
+    const manifest = parseManifest(JSON.stringify({ custom_nodes: [{ name: 'n', env: { HF_TOKEN: '${HF_TOKEN}' }, process_env: ['HF_TOKEN'] }] }), '/m.json');
+    expect(manifest.nodes[0]!.processEnv).toEqual(['HF_TOKEN']);
+  });
+
+  it('refuses a key that is not in the entry\'s env', () => {
+    expect(() => parseManifest(JSON.stringify({ custom_nodes: [{ name: 'n', env: { A: 'x' }, process_env: ['HF_TOKEN'] }] }), '/m.json')).toThrow(
+      expect.objectContaining({ problems: ['/m.json: node "n" process_env: HF_TOKEN is not a key of its env'] }),
+    );
   });
 });

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { link, lstat, mkdir, open, readdir, readFile, realpath, rename, unlink } from 'node:fs/promises';
+import { chmod, chown, link, lstat, mkdir, open, readdir, readFile, realpath, rename, rmdir, symlink, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 
@@ -21,7 +21,9 @@ const RecordSchema = z.object({
   version: z.literal(1),
   pid: z.number().int(),
   startedAt: z.string(),
-  files: z.array(z.object({ path: z.string(), backup: z.string().optional() })),
+  /** The tmpfs folder holding the contents, when the .env files are links into it. */
+  storageDir: z.string().optional(),
+  files: z.array(z.object({ path: z.string(), target: z.string().optional(), backup: z.string().optional() })),
 });
 export type WriteRecord = z.infer<typeof RecordSchema>;
 
@@ -51,7 +53,12 @@ async function fsyncDir(dir: string): Promise<void> {
  * written, fsynced, chmodded, renamed over the target (rename replaces a planted
  * link instead of writing through it), then the folder fsynced.
  */
-export async function writeFileAtomic(target: string, text: string, mode = FILE_MODE): Promise<void> {
+export interface Owner {
+  uid: number;
+  gid: number;
+}
+
+export async function writeFileAtomic(target: string, text: string, mode = FILE_MODE, owner?: Owner): Promise<void> {
   const dir = path.dirname(target);
   const temp = path.join(dir, `${TEMP_PREFIX}${process.pid}-${randomBytes(6).toString('hex')}`);
   let handle;
@@ -63,6 +70,7 @@ export async function writeFileAtomic(target: string, text: string, mode = FILE_
   try {
     await handle.writeFile(text, 'utf8');
     await handle.chmod(mode);
+    if (owner) await handle.chown(owner.uid, owner.gid);
     await handle.sync();
     await handle.close();
     handle = undefined;
@@ -146,19 +154,64 @@ async function existing(target: string): Promise<'none' | 'file' | 'other'> {
 }
 
 /**
+ * Where the contents go. `tmpfs`: in a 0700 folder on a memory file system, with
+ * custom_nodes/<name>/.env a link to its file there, so no secret touches the
+ * image's or the volume's disk. `in-place`: the .env itself is the file.
+ */
+export type Storage = { kind: 'tmpfs'; dir: string } | { kind: 'in-place' };
+
+export interface WriteOptions {
+  storage: Storage;
+  /** The user the instances run as: files (and the tmpfs folder) belong to them. */
+  owner?: Owner;
+}
+
+/** Replace `linkPath` with a link to `target`, atomically: a planted file or link is replaced, never followed. */
+async function replaceWithLink(target: string, linkPath: string): Promise<void> {
+  const temp = path.join(path.dirname(linkPath), `${TEMP_PREFIX}${process.pid}-${randomBytes(6).toString('hex')}`);
+  try {
+    await symlink(target, temp);
+    await rename(temp, linkPath);
+  } catch (error) {
+    await unlink(temp).catch(() => undefined);
+    throw new FileWriteError(`cannot link ${linkPath}: ${errnoText(error)}`);
+  }
+}
+
+export async function prepareStorageDir(dir: string, owner?: Owner): Promise<void> {
+  try {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await chmod(dir, 0o700);
+    if (owner) await chown(dir, owner.uid, owner.gid);
+  } catch (error) {
+    throw new FileWriteError(`cannot create the secrets folder ${dir}: ${errnoText(error)}`);
+  }
+}
+
+export function storageTarget(storage: Storage, file: NodeFile): string | undefined {
+  return storage.kind === 'tmpfs' ? path.join(storage.dir, `${file.node}.env`) : undefined;
+}
+
+/**
  * Write every node's file. The record listing all of them (and the backups) is
  * written first. Files are written in parallel; any failure is reported with its path.
  */
-export async function writeNodeFiles(stateDir: string, files: NodeFile[], record: WriteRecord): Promise<void> {
-  const plans = await Promise.all(
-    files.map(async (file) => ({ file, before: await existing(file.path) })),
-  );
+export async function writeNodeFiles(stateDir: string, files: NodeFile[], record: WriteRecord, options: WriteOptions): Promise<void> {
+  const { storage, owner } = options;
+  const plans = await Promise.all(files.map(async (file) => ({ file, before: await existing(file.path) })));
   const known = new Set(record.files.map((f) => f.path));
+  if (storage.kind === 'tmpfs') record.storageDir = storage.dir;
   for (const { file, before } of plans) {
     if (known.has(file.path)) continue;
-    record.files.push(before === 'file' ? { path: file.path, backup: file.path + BACKUP_SUFFIX } : { path: file.path });
+    const target = storageTarget(storage, file);
+    record.files.push({
+      path: file.path,
+      ...(target ? { target } : {}),
+      ...(before === 'file' ? { backup: file.path + BACKUP_SUFFIX } : {}),
+    });
   }
   await writeRecord(stateDir, record);
+  if (storage.kind === 'tmpfs') await prepareStorageDir(storage.dir, owner);
   await Promise.all(
     plans.map(async ({ file, before }) => {
       if (before === 'file') {
@@ -172,7 +225,13 @@ export async function writeNodeFiles(stateDir: string, files: NodeFile[], record
           }
         }
       }
-      await writeFileAtomic(file.path, file.text, FILE_MODE);
+      const target = storageTarget(storage, file);
+      if (target) {
+        await writeFileAtomic(target, file.text, FILE_MODE, owner);
+        await replaceWithLink(target, file.path);
+      } else {
+        await writeFileAtomic(file.path, file.text, FILE_MODE, owner);
+      }
     }),
   );
 }
@@ -220,7 +279,10 @@ export async function wipeRecordedFiles(stateDir: string): Promise<WipeResult> {
   await Promise.all(
     record.files.map(async (file) => {
       try {
-        if (await shredFile(file.path)) result.removed += 1;
+        // One .env counts once, whether it was a file or a link to its content on tmpfs.
+        const content = file.target ? await shredFile(file.target) : false;
+        const entry = await shredFile(file.path);
+        if (content || entry) result.removed += 1;
         if (file.backup && (await existing(file.backup)) === 'file') {
           await rename(file.backup, file.path);
           result.restored += 1;
@@ -244,6 +306,20 @@ export async function wipeRecordedFiles(stateDir: string): Promise<WipeResult> {
       await fsyncDir(folder).catch(() => undefined);
     }),
   );
+  if (record.storageDir) {
+    // Only our files live there; anything else left in it is a temp file from a crash.
+    const names = await readdir(record.storageDir).catch(() => [] as string[]);
+    for (const name of names) {
+      try {
+        await shredFile(path.join(record.storageDir, name));
+      } catch (error) {
+        result.problems.push(`${path.join(record.storageDir, name)}: ${errnoText(error)}`);
+      }
+    }
+    await rmdir(record.storageDir).catch((error: NodeJS.ErrnoException) => {
+      if (error.code !== 'ENOENT') result.problems.push(`${record.storageDir}: ${errnoText(error)}`);
+    });
+  }
   if (result.problems.length === 0) await unlink(recordPath(stateDir)).catch(() => undefined);
   return result;
 }

@@ -35,6 +35,8 @@ const NodeEntry = z.looseObject({
     })
     .transform((env) => env as Record<string, string>)
     .optional(),
+  /** Keys of `env` that must also be in the instances' process environment (some libraries read HF_TOKEN there). */
+  process_env: z.array(z.string({ error: 'must be a list of key names' }), { error: 'must be a list of key names' }).optional(),
 });
 
 const ManifestSchema = z.looseObject({
@@ -47,6 +49,8 @@ export interface NodeSpec {
   name: string;
   /** key -> parsed template, in manifest order */
   env: Array<{ key: string; template: TemplatePart[] }>;
+  /** Keys that also go to the instances' process environment. */
+  processEnv: string[];
 }
 
 export interface Manifest {
@@ -132,7 +136,13 @@ export function parseManifest(text: string, manifestPath: string): Manifest {
         problems.push(`${manifestPath}: node "${entry.name}" key ${key}: ${(error as Error).message}`);
       }
     }
-    nodes.push({ name: entry.name, env });
+    const processEnv = entry.process_env ?? [];
+    for (const key of processEnv) {
+      if (!(entry.env && key in entry.env)) {
+        problems.push(`${manifestPath}: node "${entry.name}" process_env: ${key} is not a key of its env`);
+      }
+    }
+    nodes.push({ name: entry.name, env, processEnv });
   });
   if (problems.length) throw new ManifestError(`manifest ${manifestPath} has errors`, problems);
   return { path: manifestPath, nodes };

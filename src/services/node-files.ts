@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { ConfigError } from '../errors.js';
-import type { SecretMasker } from '../log.js';
+import { SecretMasker } from '../log.js';
 import { renderEnvFile, UnrepresentableValueError, quoteValue } from './dotenv-format.js';
 import { nodeEnvPath, type NodeFile } from './env-files.js';
 import { loadManifest, ManifestError, referencedVariables, type Manifest } from './manifest.js';
@@ -64,6 +64,15 @@ export async function prepareNodeFiles(
   // Mask before anything else can print: values are known from here on.
   for (const resolved of resolution.variables.values()) masker.add(resolved.variable, resolved.value);
   problems.push(...resolution.problems);
+  // A value this short cannot be masked in logs without masking ordinary text: refuse it unless allowed.
+  for (const resolved of resolution.variables.values()) {
+    const allowed = config.allowShortSecrets.has('*') || config.allowShortSecrets.has(resolved.variable);
+    if (resolved.value.length < SecretMasker.minLength && !allowed) {
+      problems.push(
+        `${resolved.variable} (from ${resolved.source}): the value is shorter than ${SecretMasker.minLength} characters, too short to mask in logs; use a longer secret or list ${resolved.variable} in ALLOW_SHORT_SECRETS`,
+      );
+    }
+  }
 
   const files: NodeFile[] = [];
   for (const node of resolution.nodes) {

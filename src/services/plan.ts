@@ -1,4 +1,5 @@
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parse as parseShellWords } from 'shell-quote';
 import type { Config } from '../config.js';
 import { ConfigError } from '../errors.js';
@@ -13,6 +14,21 @@ import type { GpuDetection } from './hardware.js';
 export const APP_PREFIX = 'comfyui-gpu';
 export const PLAN_FILE_NAME = 'plan.json';
 
+/** The launcher that puts declared keys in an instance's environment without passing them through PM2. */
+export const LAUNCHER = fileURLToPath(new URL('../../launcher/exec-with-env.py', import.meta.url));
+
+export interface ProcessEnvSource {
+  /** A node's .env */
+  file: string;
+  keys: string[];
+}
+
+export interface PlanOptions {
+  /** The user the instances run as (gpu-boot as root); absent: as gpu-boot. */
+  owner?: { uid: number; gid: number };
+  processEnv?: ProcessEnvSource[];
+}
+
 export interface InstancePlan {
   name: string;
   gpuIndex: number;
@@ -23,6 +39,8 @@ export interface InstancePlan {
   args: string[];
   /** Added to the instance's environment; nothing else from the plan reaches it. */
   env: Record<string, string>;
+  uid?: number;
+  gid?: number;
 }
 
 export interface Plan {
@@ -61,7 +79,13 @@ export function probeHost(listen: string): string {
   return listen.replace(/^\[(.*)\]$/, '$1');
 }
 
-export function buildPlan(config: Config, gpus: GpuDetection, withheldVariables: string[]): Plan {
+export function buildPlan(config: Config, gpus: GpuDetection, withheldVariables: string[], options: PlanOptions = {}): Plan {
+  const main = path.join(config.comfyuiPath, 'main.py');
+  const sources = (options.processEnv ?? []).filter((s) => s.keys.length > 0);
+  // With keys to pass, the launcher runs first and execs main.py; the values never appear in the plan.
+  const launch = sources.length
+    ? { script: LAUNCHER, prefix: [...sources.flatMap((s) => ['--from', `${s.file}:${s.keys.join(',')}`]), '--', main] }
+    : { script: main, prefix: [] as string[] };
   const extra = parseComfyArgs(config.comfyArgs);
   const lastPort = config.portStart + gpus.count - 1;
   if (lastPort > 65535) {
@@ -77,9 +101,10 @@ export function buildPlan(config: Config, gpus: GpuDetection, withheldVariables:
       gpuIndex: gpu.index,
       port,
       cwd: config.comfyuiPath,
-      script: path.join(config.comfyuiPath, 'main.py'),
+      script: launch.script,
       interpreter: config.comfyuiPython,
-      args: ['--listen', config.comfyuiListen, '--port', String(port), ...device, ...extra],
+      args: [...launch.prefix, '--listen', config.comfyuiListen, '--port', String(port), ...device, ...extra],
+      ...(options.owner ? { uid: options.owner.uid, gid: options.owner.gid } : {}),
       env: {
         CUDA_VISIBLE_DEVICES: config.gpuMode === 'mock' ? '' : String(gpu.index),
         GPU_INDEX: String(gpu.index),

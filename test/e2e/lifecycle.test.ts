@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { chmod, lstat, readFile, stat, symlink, writeFile } from 'node:fs/promises';
+import { chmod, readFile, readlink, stat, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { alive, makeWorkspace, runBoot, startBoot, waitFor, type Workspace } from '../helpers/boot.js';
@@ -88,7 +88,10 @@ describe('lifecycle', () => {
     await symlink(victim, ws.envFile('hf_node'));
     const boot = startBoot(['start'], { ...ws.env, HF_TOKEN });
     await boot.waitForLog((l) => l.phase === 'ready', 'ready');
-    expect((await lstat(ws.envFile('hf_node'))).isFile()).toBe(true);
+    // Replaced by gpu-boot's own link into its tmpfs folder; the victim is untouched.
+    const link = await readlink(ws.envFile('hf_node'));
+    expect(link).toMatch(/^\/dev\/shm\/gpu-boot-[0-9a-f]{12}\/hf_node\.env$/);
+    expect(await readFile(ws.envFile('hf_node'), 'utf8')).toContain(HF_TOKEN);
     expect(await readFile(victim, 'utf8')).toBe('root:x:0:0\n');
     boot.child.kill('SIGTERM');
     expect((await boot.child).exitCode).toBe(0);
