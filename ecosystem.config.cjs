@@ -29,7 +29,7 @@ function loadPlan() {
 const plan = loadPlan();
 const withheld = new Set(plan.withheldVariables);
 // PM2's own bookkeeping variables of a calling process must not leak into the apps.
-const internal = /^(pm_|PM2_(?!HOME$)|GPU_BOOT_PLAN_FILE$)/;
+const internal = /^(pm_|PM2_(?!HOME$))/;
 
 function instanceEnv(extra) {
   const env = {};

@@ -13,10 +13,12 @@ export class SecretMasker {
 
   add(variable: string, value: string): void {
     if (value.length < SecretMasker.minLength) return;
+    // The first name a value was known by stays its marker.
+    if (this.patterns.has(value)) return;
     const marker = `[masked:${variable}]`;
     this.patterns.set(value, marker);
     const escaped = JSON.stringify(value).slice(1, -1);
-    if (escaped !== value) this.patterns.set(escaped, marker);
+    if (escaped !== value && !this.patterns.has(escaped)) this.patterns.set(escaped, marker);
     // Longest first, so a value that contains another is masked whole.
     this.ordered = [...this.patterns.entries()].sort((a, b) => b[0].length - a[0].length);
   }

@@ -155,12 +155,13 @@ export async function runStart(ctx: RunContext): Promise<BootResult> {
     const gpus = await detectPhase(ctx);
     checkStop();
     const prepared = await secretsPhase(ctx);
-    withholdSecretsFromChildren(process.env, prepared.resolution.sourceVariableNames);
-    if (ctx.env !== process.env) withholdSecretsFromChildren(ctx.env, prepared.resolution.sourceVariableNames);
+    const withheld = [...prepared.resolution.sourceVariableNames, 'SECRETS_ENV_FILE'];
+    withholdSecretsFromChildren(process.env, withheld);
+    if (ctx.env !== process.env) withholdSecretsFromChildren(ctx.env, withheld);
     checkStop();
 
     const [storage, owner] = await Promise.all([chooseStorage(config, logger), chooseOwner(config)]);
-    const plan = buildPlan(config, gpus, [...prepared.resolution.sourceVariableNames, 'SECRETS_ENV_FILE'].sort(), {
+    const plan = buildPlan(config, gpus, withheld.sort(), {
       ...(owner ? { owner } : {}),
       processEnv: processEnvSources(prepared),
     });
@@ -188,7 +189,7 @@ export async function runStart(ctx: RunContext): Promise<BootResult> {
       const stale = await processes.removeStaleApps();
       if (stale.length) logger.warn({ apps: stale }, 'removed instances left in PM2 by an earlier run');
       await processes.watch();
-      return processes.startFromEcosystem(planFile);
+      return processes.startFromEcosystem(config.stateDir);
     }, (list) => ({
       pm2Home: processes.pm2Home,
       instances: list.map((i) => ({ name: i.name, pid: i.pid, status: i.status })),

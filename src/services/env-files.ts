@@ -3,6 +3,7 @@ import { constants } from 'node:fs';
 import { chmod, chown, link, lstat, mkdir, open, readdir, readFile, realpath, rename, rmdir, symlink, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
+import { BootError, ExitCode } from '../errors.js';
 
 /**
  * The one place this program writes files. Every .env it writes is recorded in
@@ -27,8 +28,12 @@ const RecordSchema = z.object({
 });
 export type WriteRecord = z.infer<typeof RecordSchema>;
 
-export class FileWriteError extends Error {
-  override name = 'FileWriteError';
+/** A file could not be written: exit 73, the path and the reason named (a read-only or full disk, say). */
+export class FileWriteError extends BootError {
+  constructor(message: string) {
+    super(ExitCode.cantCreate, message);
+    this.name = 'FileWriteError';
+  }
 }
 
 function errnoText(error: unknown): string {

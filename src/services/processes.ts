@@ -144,8 +144,9 @@ export class ProcessManager {
     return stale.map((a) => a.name);
   }
 
-  async startFromEcosystem(planFile: string): Promise<InstanceState[]> {
-    process.env.GPU_BOOT_PLAN_FILE = planFile;
+  async startFromEcosystem(stateDir: string): Promise<InstanceState[]> {
+    // ecosystem.config.cjs finds plan.json here, as it does for a person running pm2 by hand.
+    process.env.GPU_BOOT_STATE_DIR = stateDir;
     await call((cb) => this.pm2.start(this.ecosystemFile, cb));
     return this.list();
   }

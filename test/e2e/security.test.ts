@@ -1,0 +1,239 @@
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { chmod, lstat, mkdir, readdir, readFile, readlink, stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { execa } from 'execa';
+import { afterEach, describe, expect, it } from 'vitest';
+import { makeWorkspace, PM2_BIN, runBoot, startBoot, type Workspace } from '../helpers/boot.js';
+
+// One canary per kind of source; each may appear only where it belongs.
+const PLAIN = 'canaryPLAIN-hf-4c1d';
+const FROM_FILE = 'canaryFILE-aws-77e2';
+const ENCODED = 'canaryENCODED-azure-91ab';
+const AGENT = 'canaryAGENT-openai-5d0f';
+const CANARIES = [PLAIN, FROM_FILE, ENCODED, AGENT];
+
+const MANIFEST = {
+  custom_nodes: [
+    {
+      name: 'emprops_custom_nodes',
+      env: { AWS_SECRET_ACCESS_KEY: '${AWS_SECRET_ACCESS_KEY}', AZURE_STORAGE_KEY: '${AZURE_STORAGE_KEY}' },
+    },
+    // This node asks for HF_TOKEN in the instances' process environment too.
+    { name: 'hf_node', env: { HF_TOKEN: '${HF_TOKEN}' }, process_env: ['HF_TOKEN'] },
+    { name: 'openai_node', env: { OPENAI_API_KEY: '${OPENAI_API_KEY}' } },
+  ],
+};
+
+let ws: Workspace | undefined;
+afterEach(async () => {
+  await ws?.cleanup();
+  ws = undefined;
+});
+
+async function filesUnder(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const entry of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
+    const full = path.join(dir, entry.name);
+    if (entry.isDirectory()) out.push(...(await filesUnder(full)));
+    else if (entry.isFile()) out.push(full);
+  }
+  return out;
+}
+
+async function canaryEnv(w: Workspace): Promise<Record<string, string>> {
+  await writeFile(path.join(w.secrets, 'aws'), `${FROM_FILE}\n`);
+  await writeFile(path.join(w.secrets, 'agent.env'), `OPENAI_API_KEY="${AGENT}"\n`);
+  return {
+    ...w.env,
+    HF_TOKEN: PLAIN,
+    AWS_SECRET_ACCESS_KEY_FILE: path.join(w.secrets, 'aws'),
+    AZURE_STORAGE_KEY_ENCODED: Buffer.from(ENCODED).toString('base64'),
+    SECRETS_ENV_FILE: path.join(w.secrets, 'agent.env'),
+  };
+}
+
+describe('canaries go only where they belong', () => {
+  it('finds each secret only in its node\'s file on tmpfs, and HF_TOKEN only in the instances that declared it', async () => {
+    ws = await makeWorkspace({ nodes: ['emprops_custom_nodes', 'hf_node', 'openai_node'], manifest: MANIFEST, gpus: 2 });
+    const env = await canaryEnv(ws);
+    const boot = startBoot(['start'], env);
+    await boot.waitForLog((l) => l.phase === 'ready', 'ready');
+    const pm2 = (args: string[]) =>
+      execa('node', [PM2_BIN, ...args], { env: { PATH: env.PATH!, HOME: ws!.root, PM2_HOME: ws!.pm2Home }, extendEnv: false, reject: false });
+
+    // Each .env is a link into a 0700 folder on tmpfs; the content there is 0600.
+    const link = await readlink(ws.envFile('hf_node'));
+    const storage = path.dirname(link);
+    expect(storage).toMatch(/^\/dev\/shm\/gpu-boot-[0-9a-f]{12}$/);
+    expect((await stat(storage)).mode & 0o777).toBe(0o700);
+    expect((await lstat(ws.envFile('hf_node'))).isSymbolicLink()).toBe(true);
+    expect((await stat(link)).mode & 0o777).toBe(0o600);
+    expect((await readdir(storage)).sort()).toEqual(['emprops_custom_nodes.env', 'hf_node.env', 'openai_node.env']);
+
+    // Ask PM2 every way it can tell, and save its dump, before searching.
+    const jlist = await pm2(['jlist']);
+    const show = await pm2(['show', 'comfyui-gpu0']);
+    const envDump = await pm2(['env', '0']);
+    expect((await pm2(['save'])).exitCode).toBe(0);
+    const pm2Output = [jlist.stdout, show.stdout, envDump.stdout].join('\n');
+    expect(show.stdout).toContain('comfyui-gpu0');
+
+    const where = new Map<string, string[]>();
+    const note = (canary: string, place: string) => where.set(canary, [...(where.get(canary) ?? []), place]);
+    const searched = [...(await filesUnder(ws.workspace)), ...(await filesUnder(ws.pm2Home)), ...(await filesUnder(storage))];
+    expect(searched).toContain(path.join(ws.pm2Home, 'dump.pm2'));
+    for (const file of searched) {
+      const text = await readFile(file, 'utf8');
+      for (const canary of CANARIES) if (text.includes(canary)) note(canary, file);
+    }
+    for (const canary of CANARIES) {
+      if (pm2Output.includes(canary)) note(canary, 'pm2 jlist/show/env');
+      if (boot.lines.join('\n').includes(canary)) note(canary, 'log output');
+    }
+    expect(Object.fromEntries(where)).toEqual({
+      [PLAIN]: [path.join(storage, 'hf_node.env')],
+      [FROM_FILE]: [path.join(storage, 'emprops_custom_nodes.env')],
+      [ENCODED]: [path.join(storage, 'emprops_custom_nodes.env')],
+      [AGENT]: [path.join(storage, 'openai_node.env')],
+    });
+
+    // The instances' environments: HF_TOKEN (declared) and nothing else secret, nor any source variable.
+    const apps = JSON.parse(jlist.stdout.trim().split('\n').pop()!) as Array<{ pid: number }>;
+    for (const { pid } of apps) {
+      const environ = (await readFile(`/proc/${pid}/environ`, 'utf8')).split('\0');
+      expect(environ).toContain(`HF_TOKEN=${PLAIN}`);
+      for (const canary of [FROM_FILE, ENCODED, AGENT]) expect(environ.join('\n')).not.toContain(canary);
+      expect(environ.filter((e) => /^(\w+_FILE|\w+_ENCODED|SECRETS_ENV_FILE)=/.test(e))).toEqual([]);
+    }
+    const daemon = Number.parseInt(await readFile(path.join(ws.pm2Home, 'pm2.pid'), 'utf8'), 10);
+    const daemonEnv = await readFile(`/proc/${daemon}/environ`, 'utf8');
+    for (const canary of CANARIES) expect(daemonEnv).not.toContain(canary);
+
+    boot.child.kill('SIGTERM');
+    expect((await boot.child).exitCode).toBe(0);
+    expect(existsSync(storage)).toBe(false);
+    for (const node of ['emprops_custom_nodes', 'hf_node', 'openai_node']) expect(existsSync(ws.envFile(node))).toBe(false);
+    for (const canary of CANARIES) expect(boot.lines.join('\n')).not.toContain(canary);
+  });
+});
+
+describe('masking instance output', () => {
+  it('masks a value an instance prints in two writes', async () => {
+    const leaky = [
+      'import os, sys, time',
+      'from http.server import HTTPServer, BaseHTTPRequestHandler',
+      'from dotenv import dotenv_values',
+      'value = dotenv_values(os.path.join("custom_nodes", "hf_node", ".env"))["HF_TOKEN"]',
+      'sys.stdout.write("token is " + value[:6]); sys.stdout.flush(); time.sleep(0.3)',
+      'sys.stdout.write(value[6:] + " (end)\\n"); sys.stdout.flush()',
+      'class H(BaseHTTPRequestHandler):',
+      '    def do_GET(self):',
+      '        self.send_response(200); self.end_headers()',
+      'port = int(sys.argv[sys.argv.index("--port") + 1])',
+      'HTTPServer(("127.0.0.1", port), H).serve_forever()',
+      '',
+    ].join('\n');
+    ws = await makeWorkspace({ nodes: ['hf_node'], manifest: { custom_nodes: [{ name: 'hf_node', env: { HF_TOKEN: '${HF_TOKEN}' } }] }, gpus: 1, mainPy: leaky });
+    const boot = startBoot(['start'], { ...ws.env, HF_TOKEN: PLAIN });
+    const line = await boot.waitForLog((l) => typeof l.msg === 'string' && l.msg.startsWith('token is'), 'the leaky line');
+    expect(line.msg).toBe('token is [masked:HF_TOKEN] (end)');
+    expect(line.instance).toBe('comfyui-gpu0');
+    boot.child.kill('SIGTERM');
+    await boot.child;
+    expect(boot.lines.join('\n')).not.toContain(PLAIN);
+    expect(boot.lines.join('\n')).not.toContain(PLAIN.slice(6));
+  });
+});
+
+describe('short values', () => {
+  it('refuses a secret under 4 characters, unless ALLOW_SHORT_SECRETS lists it', async () => {
+    ws = await makeWorkspace({ nodes: ['hf_node'], manifest: { custom_nodes: [{ name: 'hf_node', env: { HF_TOKEN: '${HF_TOKEN}' } }] }, gpus: 1 });
+    const refused = await runBoot(['check'], { ...ws.env, HF_TOKEN: 'x7z' });
+    expect(refused.exitCode).toBe(78);
+    expect(refused.stdout).toContain('HF_TOKEN (from HF_TOKEN): the value is shorter than 4 characters, too short to mask in logs; use a longer secret or list HF_TOKEN in ALLOW_SHORT_SECRETS');
+    expect(refused.stdout + refused.stderr).not.toContain('x7z');
+    const allowed = await runBoot(['check'], { ...ws.env, HF_TOKEN: 'x7z', ALLOW_SHORT_SECRETS: 'OTHER, HF_TOKEN' });
+    expect(allowed.exitCode).toBe(0);
+  });
+});
+
+describe('instances as another user', () => {
+  it.skipIf(process.getuid?.() !== 0)('as root with COMFYUI_USER=nobody: files owned by nobody, 0600, and the instances run as nobody', async () => {
+    ws = await makeWorkspace({ nodes: ['hf_node'], manifest: { custom_nodes: [{ name: 'hf_node', env: { HF_TOKEN: '${HF_TOKEN}' } }] }, gpus: 1 });
+    // nobody must be able to reach main.py and its node folder.
+    await chmod(ws.root, 0o755);
+    const nobody = Number(execFileSync('id', ['-u', 'nobody']).toString());
+    const boot = startBoot(['start'], { ...ws.env, HF_TOKEN: PLAIN, COMFYUI_USER: 'nobody' });
+    await boot.waitForLog((l) => l.phase === 'ready', 'ready');
+    const content = await readlink(ws.envFile('hf_node'));
+    const info = await stat(content);
+    expect([info.uid, info.mode & 0o777]).toEqual([nobody, 0o600]);
+    expect((await stat(path.dirname(content))).uid).toBe(nobody);
+    const pid = (boot.logs().find((l) => l.phase === 'pm2-start')!.instances as Array<{ pid: number }>)[0]!.pid;
+    const status = await readFile(`/proc/${pid}/status`, 'utf8');
+    expect(status).toMatch(new RegExp(`^Uid:\\s+${nobody}\\s`, 'm'));
+    const report = (await (await fetch(`http://127.0.0.1:${ws.portStart}/gpu-boot/nodes`)).json()) as { nodes: Record<string, { keys?: string[] }> };
+    expect(report.nodes.hf_node!.keys).toEqual(['HF_TOKEN']);
+    boot.child.kill('SIGTERM');
+    expect((await boot.child).exitCode).toBe(0);
+    expect(existsSync(content)).toBe(false);
+  });
+
+  it('refuses an unknown COMFYUI_USER with exit 78', async () => {
+    ws = await makeWorkspace({ nodes: ['hf_node'], manifest: { custom_nodes: [{ name: 'hf_node', env: { HF_TOKEN: '${HF_TOKEN}' } }] }, gpus: 1 });
+    const result = await runBoot(['start'], { ...ws.env, HF_TOKEN: PLAIN, COMFYUI_USER: 'no-such-user-xyz' });
+    expect(result.exitCode).toBe(78);
+    expect(result.stderr).toContain('COMFYUI_USER: no such user "no-such-user-xyz"');
+    expect(existsSync(ws.envFile('hf_node'))).toBe(false);
+  });
+});
+
+/** Mount a small tmpfs (root only); returns false where mounting is not allowed. */
+function mountTmpfs(dir: string, options: string): boolean {
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', options, 'tmpfs', dir], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe('a full or read-only disk', () => {
+  it.skipIf(process.getuid?.() !== 0)('a full secrets folder fails with exit 73 naming the path, and leaves no partial state', async (ctx) => {
+    ws = await makeWorkspace({
+      nodes: ['a_node', 'b_node'],
+      manifest: { custom_nodes: [{ name: 'a_node', env: { BIG: '${BIG}' } }, { name: 'b_node', env: { HF_TOKEN: '${HF_TOKEN}' } }] },
+      gpus: 1,
+    });
+    const small = path.join(ws.root, 'small');
+    await mkdir(small);
+    if (!mountTmpfs(small, 'size=8k')) return ctx.skip();
+    try {
+      const result = await runBoot(['start'], { ...ws.env, HF_TOKEN: PLAIN, BIG: 'y'.repeat(64 * 1024), SECRETS_TMPFS: small });
+      expect(result.exitCode).toBe(73);
+      expect(result.stderr).toMatch(/cannot write .*small\/gpu-boot-[0-9a-f]{12}\/[ab]_node\.env: no space left on the device/);
+      for (const node of ['a_node', 'b_node']) expect(existsSync(ws.envFile(node))).toBe(false);
+      expect(await filesUnder(small)).toEqual([]);
+      expect(existsSync(path.join(ws.stateDir, 'written-files.json'))).toBe(false);
+      expect(existsSync(path.join(ws.pm2Home, 'pm2.pid'))).toBe(false);
+    } finally {
+      execFileSync('umount', [small]);
+    }
+  });
+
+  it.skipIf(process.getuid?.() !== 0)('a read-only node folder fails with exit 73 naming the path', async (ctx) => {
+    ws = await makeWorkspace({ nodes: ['hf_node'], manifest: { custom_nodes: [{ name: 'hf_node', env: { HF_TOKEN: '${HF_TOKEN}' } }] }, gpus: 1 });
+    const nodeDir = path.dirname(ws.envFile('hf_node'));
+    if (!mountTmpfs(nodeDir, 'ro,size=8k')) return ctx.skip();
+    try {
+      const result = await runBoot(['start'], { ...ws.env, HF_TOKEN: PLAIN });
+      expect(result.exitCode).toBe(73);
+      expect(result.stderr).toContain(`cannot link ${ws.envFile('hf_node')}: the file system is read-only`);
+      expect(existsSync(path.join(ws.stateDir, 'written-files.json'))).toBe(false);
+      expect((await readdir('/dev/shm')).filter((n) => n.startsWith('gpu-boot-'))).not.toContain(expect.anything());
+    } finally {
+      execFileSync('umount', [nodeDir]);
+    }
+  });
+});
