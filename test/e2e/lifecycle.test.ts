@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { chmod, readFile, readlink, stat, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { alive, makeWorkspace, runBoot, startBoot, waitFor, type Workspace } from '../helpers/boot.js';
+import { alive, makeWorkspace, runBoot, startBoot, tinyServerMain, waitFor, type Workspace } from '../helpers/boot.js';
 
 const HF_TOKEN = 'hf_canaryLifecycle42';
 const MANIFEST = { custom_nodes: [{ name: 'hf_node', env: { HF_TOKEN: '${HF_TOKEN}' } }] };
@@ -158,17 +158,7 @@ describe('lifecycle', () => {
 
 describe('shutdown budget', () => {
   it('an instance that ignores SIGINT is killed after kill_timeout, and the boot still exits 0 within SHUTDOWN_TIMEOUT_MS with the files wiped', async () => {
-    const stubborn = [
-      'import signal, sys, time',
-      'from http.server import HTTPServer, BaseHTTPRequestHandler',
-      'signal.signal(signal.SIGINT, signal.SIG_IGN)',
-      'class H(BaseHTTPRequestHandler):',
-      '    def do_GET(self):',
-      '        self.send_response(200); self.end_headers()',
-      'port = int(sys.argv[sys.argv.index("--port") + 1])',
-      'HTTPServer(("127.0.0.1", port), H).serve_forever()',
-      '',
-    ].join('\n');
+    const stubborn = tinyServerMain(['signal.signal(signal.SIGINT, signal.SIG_IGN)']);
     ws = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 1, mainPy: stubborn });
     const boot = startBoot(['start'], { ...ws.env, HF_TOKEN, COMFYUI_KILL_TIMEOUT_MS: '1000', SHUTDOWN_TIMEOUT_MS: '5000' });
     await boot.waitForLog((l) => l.phase === 'ready', 'ready');

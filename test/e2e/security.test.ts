@@ -4,7 +4,7 @@ import { chmod, lstat, mkdir, readdir, readFile, readlink, stat, writeFile } fro
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterEach, describe, expect, it } from 'vitest';
-import { makeWorkspace, PM2_BIN, runBoot, startBoot, type Workspace } from '../helpers/boot.js';
+import { makeWorkspace, PM2_BIN, runBoot, startBoot, tinyServerMain, type Workspace } from '../helpers/boot.js';
 
 // One canary per kind of source; each may appear only where it belongs.
 const PLAIN = 'canaryPLAIN-hf-4c1d';
@@ -120,20 +120,12 @@ describe('canaries go only where they belong', () => {
 
 describe('masking instance output', () => {
   it('masks a value an instance prints in two writes', async () => {
-    const leaky = [
-      'import os, sys, time',
-      'from http.server import HTTPServer, BaseHTTPRequestHandler',
+    const leaky = tinyServerMain([
       'from dotenv import dotenv_values',
       'value = dotenv_values(os.path.join("custom_nodes", "hf_node", ".env"))["HF_TOKEN"]',
       'sys.stdout.write("token is " + value[:6]); sys.stdout.flush(); time.sleep(0.3)',
       'sys.stdout.write(value[6:] + " (end)\\n"); sys.stdout.flush()',
-      'class H(BaseHTTPRequestHandler):',
-      '    def do_GET(self):',
-      '        self.send_response(200); self.end_headers()',
-      'port = int(sys.argv[sys.argv.index("--port") + 1])',
-      'HTTPServer(("127.0.0.1", port), H).serve_forever()',
-      '',
-    ].join('\n');
+    ]);
     ws = await makeWorkspace({ nodes: ['hf_node'], manifest: { custom_nodes: [{ name: 'hf_node', env: { HF_TOKEN: '${HF_TOKEN}' } }] }, gpus: 1, mainPy: leaky });
     const boot = startBoot(['start'], { ...ws.env, HF_TOKEN: PLAIN });
     const line = await boot.waitForLog((l) => typeof l.msg === 'string' && l.msg.startsWith('token is'), 'the leaky line');

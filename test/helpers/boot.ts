@@ -199,3 +199,18 @@ export async function makeExecutable(file: string, text: string): Promise<void> 
   await writeFile(file, text);
   await chmod(file, 0o755);
 }
+
+/** A minimal ComfyUI stand-in: `before` runs first (python lines), then it answers HTTP on its --port. */
+export function tinyServerMain(before: string[]): string {
+  return [
+    'import os, signal, sys, time',
+    'from http.server import HTTPServer, BaseHTTPRequestHandler',
+    ...before,
+    'class H(BaseHTTPRequestHandler):',
+    '    def do_GET(self):',
+    '        self.send_response(200); self.end_headers()',
+    'port = int(sys.argv[sys.argv.index("--port") + 1])',
+    'HTTPServer(("127.0.0.1", port), H).serve_forever()',
+    '',
+  ].join('\n');
+}
