@@ -3,7 +3,7 @@
 // gpu-boot and a person running `pm2 start ecosystem.config.cjs` in the container
 // read it here, so they see the same apps.
 //
-// Secrets never pass through PM2: `filter_env: true` drops the caller's environment,
+// Secrets never pass through PM2: `filter_env` drops the caller's environment,
 // and the environment given back leaves out every variable that carried a secret
 // (plan.withheldVariables). Custom nodes get their secrets from their own .env.
 'use strict';
@@ -28,6 +28,9 @@ function loadPlan() {
 
 const plan = loadPlan();
 const withheld = new Set(plan.withheldVariables);
+// Someone running `pm2 start ecosystem.config.cjs` by hand may have the platform's secrets in
+// their shell: drop them from this process before PM2 can copy its environment anywhere.
+for (const name of withheld) delete process.env[name];
 // PM2's own bookkeeping variables of a calling process must not leak into the apps.
 const internal = /^(pm_|PM2_(?!HOME$))/;
 
@@ -50,7 +53,9 @@ module.exports = {
     env: instanceEnv(instance.env),
     // gpu-boot as root runs the instances as COMFYUI_USER (or the owner of COMFYUI_PATH).
     ...(instance.uid !== undefined ? { uid: instance.uid, gid: instance.gid } : {}),
-    filter_env: true,
+    // PM2 7 ignores `filter_env: true` (it tests .length); [''] matches every name, so nothing of
+    // the calling process's environment is copied: the app gets exactly `env` above.
+    filter_env: [''],
     exec_mode: 'fork',
     instances: 1,
     autorestart: true,

@@ -69,11 +69,13 @@ const EnvSchema = z
   .superRefine((env, ctx) => {
     // PM2 must be able to stop an instance gracefully inside the shutdown budget,
     // with time left to wipe the files and stop PM2 itself.
-    if (env.COMFYUI_KILL_TIMEOUT_MS > env.SHUTDOWN_TIMEOUT_MS - 1000) {
+    // The runner keeps max(1000 ms, a quarter of the budget) for the wipe and PM2's own exit.
+    const reserve = Math.max(1000, Math.floor(env.SHUTDOWN_TIMEOUT_MS / 4));
+    if (env.COMFYUI_KILL_TIMEOUT_MS > env.SHUTDOWN_TIMEOUT_MS - reserve) {
       ctx.addIssue({
         code: 'custom',
         path: ['COMFYUI_KILL_TIMEOUT_MS'],
-        message: 'must be at least 1000 ms below SHUTDOWN_TIMEOUT_MS, so the wipe still fits in the shutdown budget',
+        message: `must be at most SHUTDOWN_TIMEOUT_MS minus max(1000, SHUTDOWN_TIMEOUT_MS/4) (${env.SHUTDOWN_TIMEOUT_MS - reserve} ms here), so the wipe still fits in the shutdown budget`,
       });
     }
   }, {

@@ -6,7 +6,7 @@ import { pino, type Logger, type DestinationStream } from 'pino';
  * matched in their JSON-escaped form, since log lines are JSON.
  */
 export class SecretMasker {
-  /** Shorter values would mask ordinary words; `check` refuses them (see README). */
+  /** Shorter values would mask ordinary words; `start` and `check` refuse them unless ALLOW_SHORT_SECRETS. */
   static readonly minLength = 4;
   private readonly patterns = new Map<string, string>();
   private ordered: Array<[string, string]> = [];
@@ -19,6 +19,10 @@ export class SecretMasker {
     this.patterns.set(value, marker);
     const escaped = JSON.stringify(value).slice(1, -1);
     if (escaped !== value && !this.patterns.has(escaped)) this.patterns.set(escaped, marker);
+    // Output is relayed line by line, so each line of a multi-line value (a PEM key) is masked on its own too.
+    for (const line of value.split(/\r?\n/)) {
+      if (line !== value && line.trim().length >= SecretMasker.minLength && !this.patterns.has(line)) this.patterns.set(line, marker);
+    }
     // Longest first, so a value that contains another is masked whole.
     this.ordered = [...this.patterns.entries()].sort((a, b) => b[0].length - a[0].length);
   }

@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile, rmdir, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
@@ -11,7 +11,7 @@ import { readRecord, wipeRecordedFiles, writeFileAtomic, writeNodeFiles } from '
 import { prepareNodeFiles, loadManifestOrEmpty, type PreparedNodes } from './services/node-files.js';
 import { buildPlan, planPath, probeHost, type Plan, type ProcessEnvSource } from './services/plan.js';
 import { chooseOwner, chooseStorage } from './services/storage.js';
-import { ProcessManager } from './services/processes.js';
+import { isAlive, ProcessManager } from './services/processes.js';
 import { waitForHttp } from './services/readiness.js';
 import { referencedVariables } from './services/manifest.js';
 
@@ -70,6 +70,7 @@ export async function computePlan(ctx: RunContext): Promise<Plan> {
   const manifest = await loadManifestOrEmpty(ctx.config, ctx.logger);
   const withheld = new Set<string>();
   for (const v of referencedVariables(manifest)) for (const n of [v, `${v}_FILE`, `${v}_ENCODED`]) withheld.add(n);
+  for (const node of manifest.nodes) for (const { key } of node.env) withheld.add(key);
   withheld.add('SECRETS_ENV_FILE');
   const owner = await chooseOwner(ctx.config);
   const processEnv = manifest.nodes
@@ -79,13 +80,32 @@ export async function computePlan(ctx: RunContext): Promise<Plan> {
 }
 
 /** Remove what a run that died left behind, before anything else. */
+/** True when `pid` is a live gpu-boot (a node process), not ours: its files and instances are in use. */
+async function liveOtherRun(pid: number): Promise<boolean> {
+  if (pid === process.pid) return false;
+  try {
+    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8');
+    return /node/.test(cmdline.split('\0')[0] ?? '');
+  } catch {
+    return false;
+  }
+}
+
+async function refuseIfRunning(ctx: RunContext, pid: number): Promise<void> {
+  if (await liveOtherRun(pid)) {
+    throw new BootError(ExitCode.tempFail, `gpu-boot (pid ${pid}) is running on this workspace (${ctx.config.stateDir}); stop it first`);
+  }
+}
+
 export async function recoverPhase(ctx: RunContext): Promise<void> {
   const record = await readRecord(ctx.config.stateDir);
   if (!record) return;
+  await refuseIfRunning(ctx, record.pid);
   const result = await wipeRecordedFiles(ctx.config.stateDir);
   if (result.problems.length) {
     throw new BootError(ExitCode.ioError, `cannot wipe the files left by an earlier run (pid ${record.pid})`, result.problems);
   }
+  for (const skipped of result.skipped) ctx.logger.warn(skipped);
   ctx.logger.warn(
     { previousPid: record.pid, removed: result.removed, restored: result.restored },
     `an earlier run (pid ${record.pid}) did not clean up; wiped ${result.removed} file(s), restored ${result.restored}`,
@@ -115,6 +135,8 @@ export async function runStart(ctx: RunContext): Promise<BootResult> {
   const processes = new ProcessManager(logger, ECOSYSTEM_FILE);
   let wroteFiles = false;
   let knownPids: number[] = [];
+  let daemonDied = false;
+  let stopDaemonWatch: () => void = () => undefined;
   let exitCode: number = ExitCode.ok;
 
   // Signals: the first starts the shutdown; later ones are noted and ignored, so the wipe always runs.
@@ -185,16 +207,34 @@ export async function runStart(ctx: RunContext): Promise<BootResult> {
     checkStop();
 
     const instances = await timed(logger, 'pm2-start', async () => {
-      await processes.connect(config.stateDir);
-      const stale = await processes.removeStaleApps();
-      if (stale.length) logger.warn({ apps: stale }, 'removed instances left in PM2 by an earlier run');
-      await processes.watch();
-      return processes.startFromEcosystem(config.stateDir);
+      try {
+        await processes.connect(config.stateDir);
+        const stale = await processes.removeStaleApps();
+        if (stale.length) logger.warn({ apps: stale }, 'removed instances left in PM2 by an earlier run');
+        await processes.watch();
+        return await processes.startFromEcosystem(config.stateDir);
+      } catch (error) {
+        if (error instanceof BootError) throw error;
+        throw new BootError(ExitCode.ioError, `PM2 could not start the instances: ${describeError(error)}`);
+      }
     }, (list) => ({
       pm2Home: processes.pm2Home,
       instances: list.map((i) => ({ name: i.name, pid: i.pid, status: i.status })),
     }), (list) => `${list.length} instance(s) started under PM2`);
     knownPids = instances.map((i) => i.pid).filter((pid) => pid > 0);
+
+    // Without its daemon nothing restarts the instances: treat its death as fatal.
+    const daemonPid = await processes.daemonPid();
+    const daemonWatch = setInterval(() => {
+      if (daemonPid !== undefined && !isAlive(daemonPid)) {
+        clearInterval(daemonWatch);
+        daemonDied = true;
+        logger.error({ pm2Pid: daemonPid }, 'the PM2 daemon exited (pm2 kill?); no instance will be restarted: shutting down');
+        requestShutdown('PM2 daemon exit');
+      }
+    }, 1000);
+    daemonWatch.unref();
+    stopDaemonWatch = () => clearInterval(daemonWatch);
 
     // Readiness runs beside the wait for a signal: a SIGTERM during a slow start is honoured at once.
     const ready = (async () => {
@@ -216,8 +256,19 @@ export async function runStart(ctx: RunContext): Promise<BootResult> {
           `all ${plan.instances.length} instance(s) answer; boot took ${Math.round(performance.now() - bootStarted)} ms`,
         );
       } else {
-        const late = plan.instances.filter((_, i) => !results[i]).map((i) => i.name);
-        logger.warn({ phase: 'ready', instances: late }, `instances not answering after READY_TIMEOUT_MS=${config.readyTimeoutMs}: ${late.join(', ')}; still waiting on PM2`);
+        const late = plan.instances.filter((_, i) => !results[i]);
+        logger.warn(
+          { phase: 'ready', instances: late.map((i) => i.name) },
+          `instances not answering after READY_TIMEOUT_MS=${config.readyTimeoutMs}: ${late.map((i) => i.name).join(', ')}; still waiting`,
+        );
+        // Keep watching: a slow instance that comes up later is reported when it does.
+        await Promise.all(
+          late.map(async (instance) => {
+            if (await waitForHttp(host, instance.port, Number.POSITIVE_INFINITY, abort.signal)) {
+              logger.info({ instance: instance.name, port: instance.port, late: true }, `${instance.name} answers on port ${instance.port}, late`);
+            }
+          }),
+        );
       }
     })();
 
@@ -230,7 +281,9 @@ export async function runStart(ctx: RunContext): Promise<BootResult> {
     logger.info({ signal: shutdownRequested }, `${shutdownRequested} received during boot: stopping`);
   } finally {
     abort.abort();
+    stopDaemonWatch();
     exitCode = await shutdown(ctx, processes, knownPids, wroteFiles);
+    if (daemonDied && exitCode === ExitCode.ok) exitCode = ExitCode.ioError;
     process.off('SIGTERM', onSignal);
     process.off('SIGINT', onSignal);
     process.off('SIGHUP', onSignal);
@@ -267,13 +320,17 @@ async function shutdown(ctx: RunContext, processes: ProcessManager, knownPids: n
   ]);
   clearTimeout(timer);
   if (!inTime) {
-    logger.error({ pids: knownPids }, 'instances did not stop within the shutdown budget; killing them');
-    await processes.killRemaining(knownPids);
+    // The pids PM2 has now (an instance may have restarted since the boot), plus those seen at start that still live.
+    const pids = [...new Set([...(await processes.currentPids()), ...knownPids.filter(isAlive)])];
+    logger.error({ pids }, 'instances did not stop within the shutdown budget; killing them');
+    await processes.killRemaining(pids);
     exitCode = ExitCode.ioError;
   }
   const instancesStoppedAt = performance.now();
 
   if (wroteFiles) {
+    // The plan is only PM2's view of a running boot: it goes with the boot.
+    await unlink(planPath(config.stateDir)).catch(() => undefined);
     const result = await wipeRecordedFiles(config.stateDir);
     if (result.problems.length) {
       logger.error({ problems: result.problems }, 'some files could not be wiped; run `gpu-boot wipe`');
@@ -285,6 +342,8 @@ async function shutdown(ctx: RunContext, processes: ProcessManager, knownPids: n
     );
   }
   await Promise.race([processes.close(), new Promise((resolve) => setTimeout(resolve, Math.max(0, budgetEnd - Date.now())))]);
+  // Leave no empty state folder behind (the daemon record went with the daemon).
+  if (wroteFiles) await rmdir(config.stateDir).catch(() => undefined);
   logger.info({ phase: 'shutdown', ms: Math.round(performance.now() - started) }, 'stopped');
   return exitCode;
 }
@@ -296,8 +355,10 @@ export async function runWipe(ctx: RunContext): Promise<number> {
     ctx.logger.info({ stateDir: ctx.config.stateDir }, 'nothing to wipe: no record of written files');
     return ExitCode.ok;
   }
+  await refuseIfRunning(ctx, record.pid);
   const result = await wipeRecordedFiles(ctx.config.stateDir);
   if (result.problems.length) throw new BootError(ExitCode.ioError, 'some files could not be wiped', result.problems);
+  for (const skipped of result.skipped) ctx.logger.warn(skipped);
   ctx.logger.info({ removed: result.removed, restored: result.restored }, `wiped ${result.removed} file(s), restored ${result.restored}`);
   return ExitCode.ok;
 }

@@ -15,8 +15,8 @@ function configError(env: NodeJS.ProcessEnv): ConfigError {
   return caught as ConfigError;
 }
 
-const KILL_PROBLEM =
-  'COMFYUI_KILL_TIMEOUT_MS: must be at least 1000 ms below SHUTDOWN_TIMEOUT_MS, so the wipe still fits in the shutdown budget';
+const killProblem = (limit: number) =>
+  `COMFYUI_KILL_TIMEOUT_MS: must be at most SHUTDOWN_TIMEOUT_MS minus max(1000, SHUTDOWN_TIMEOUT_MS/4) (${limit} ms here), so the wipe still fits in the shutdown budget`;
 
 const DEFAULTS: Config = {
   gpuMode: 'actual',
@@ -191,17 +191,16 @@ describe('loadConfig problems', () => {
     expect(configError({ GPU_MEMORY_GB: '-8' }).problems).toEqual(['GPU_MEMORY_GB: must be a positive number']);
   });
 
-  it('refuses a kill timeout that leaves under 1 s of the shutdown budget', () => {
-    expect(configError({ COMFYUI_KILL_TIMEOUT_MS: '7500' }).problems).toEqual([KILL_PROBLEM]);
-    expect(configError({ COMFYUI_KILL_TIMEOUT_MS: '2001', SHUTDOWN_TIMEOUT_MS: '3000' }).problems).toEqual([
-      KILL_PROBLEM,
-    ]);
+  it('refuses a kill timeout that leaves less than max(1 s, a quarter) of the shutdown budget', () => {
+    expect(configError({ COMFYUI_KILL_TIMEOUT_MS: '6001' }).problems).toEqual([killProblem(6000)]);
+    expect(loadConfig({ COMFYUI_KILL_TIMEOUT_MS: '6000' }).killTimeoutMs).toBe(6000);
+    expect(configError({ COMFYUI_KILL_TIMEOUT_MS: '2001', SHUTDOWN_TIMEOUT_MS: '3000' }).problems).toEqual([killProblem(2000)]);
     expect(loadConfig({ COMFYUI_KILL_TIMEOUT_MS: '2000', SHUTDOWN_TIMEOUT_MS: '3000' }).killTimeoutMs).toBe(2000);
   });
 
   it('reports the kill-timeout problem together with problems in other variables', () => {
     const error = configError({ COMFYUI_KILL_TIMEOUT_MS: '7500', NUM_GPUS: 'x' });
-    expect(error.problems).toEqual(['NUM_GPUS: expected a whole number', KILL_PROBLEM]);
+    expect(error.problems).toEqual(['NUM_GPUS: expected a whole number', killProblem(6000)]);
   });
 
   it('does not compare timeouts when one of them is itself invalid', () => {

@@ -5,7 +5,8 @@ import path from 'node:path';
 import dotenv from 'dotenv';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
-import { readRecord, TEMP_PREFIX, wipeRecordedFiles, writeNodeFiles, type NodeFile, type WriteRecord } from '../src/services/env-files.js';
+import { HEADER } from '../src/services/dotenv-format.js';
+import { readRecord, TEMP_PREFIX, writeRecord, wipeRecordedFiles, writeNodeFiles, type NodeFile, type WriteRecord } from '../src/services/env-files.js';
 import { chooseStorage } from '../src/services/storage.js';
 import { captureLogger } from './helpers/logger.js';
 
@@ -24,9 +25,10 @@ afterEach(async () => {
 
 const record = (): WriteRecord => ({ version: 1, pid: process.pid, startedAt: new Date().toISOString(), files: [] });
 
-async function nodeFile(node: string, text: string): Promise<NodeFile> {
+/** A node's file as gpu-boot renders it: the generated header, then the given lines. */
+async function nodeFile(node: string, body: string): Promise<NodeFile> {
   await mkdir(path.join(root, node), { recursive: true });
-  return { node, path: path.join(root, node, '.env'), text };
+  return { node, path: path.join(root, node, '.env'), text: `${HEADER}\n${body}` };
 }
 
 describe('writeNodeFiles and wipeRecordedFiles', () => {
@@ -36,16 +38,17 @@ describe('writeNodeFiles and wipeRecordedFiles', () => {
     for (const f of files) {
       expect((await stat(f.path)).mode & 0o777).toBe(0o600);
       expect(await readFile(f.path, 'utf8')).toBe(f.text);
+      expect(dotenv.parse(f.text)).toEqual(f.node === 'a' ? { A: '1' } : { B: '2' });
     }
     expect((await readRecord(stateDir))!.files.map((f) => f.path)).toEqual(files.map((f) => f.path));
     // A crash mid-write leaves a temp file beside the target: wipe removes it too.
     await writeFile(path.join(root, 'a', `${TEMP_PREFIX}999-abc`), 'A="half');
     const result = await wipeRecordedFiles(stateDir);
-    expect(result).toEqual({ removed: 3, restored: 0, problems: [] });
+    expect(result).toEqual({ removed: 3, restored: 0, problems: [], skipped: [] });
     expect(await readdir(path.join(root, 'a'))).toEqual([]);
     expect(await readdir(path.join(root, 'b'))).toEqual([]);
     expect(await readRecord(stateDir)).toBeUndefined();
-    expect(await wipeRecordedFiles(stateDir)).toEqual({ removed: 0, restored: 0, problems: [] });
+    expect(await wipeRecordedFiles(stateDir)).toEqual({ removed: 0, restored: 0, problems: [], skipped: [] });
   });
 
   it('on tmpfs: each .env is a link to a 0600 file in a 0700 folder, and both readers read through it', async () => {
@@ -57,7 +60,7 @@ describe('writeNodeFiles and wipeRecordedFiles', () => {
     expect((await stat(path.join(dir, 'a.env'))).mode & 0o777).toBe(0o600);
     expect(dotenv.parse(await readFile(files[0]!.path))).toEqual({ A: 'x #y' });
     expect((await readRecord(stateDir))!.storageDir).toBe(dir);
-    expect(await wipeRecordedFiles(stateDir)).toEqual({ removed: 1, restored: 0, problems: [] });
+    expect(await wipeRecordedFiles(stateDir)).toEqual({ removed: 1, restored: 0, problems: [], skipped: [] });
     expect(existsSync(dir)).toBe(false);
     expect(existsSync(files[0]!.path)).toBe(false);
   });
@@ -66,8 +69,8 @@ describe('writeNodeFiles and wipeRecordedFiles', () => {
     const f = await nodeFile('a', 'A="ours"\n');
     await writeFile(f.path, 'MINE=1\n', { mode: 0o644 });
     await writeNodeFiles(stateDir, [f], record(), { storage: { kind: 'tmpfs', dir: path.join(shm, 's') } });
-    expect(await readFile(f.path, 'utf8')).toBe('A="ours"\n');
-    expect(await wipeRecordedFiles(stateDir)).toEqual({ removed: 1, restored: 1, problems: [] });
+    expect(await readFile(f.path, 'utf8')).toBe(f.text);
+    expect(await wipeRecordedFiles(stateDir)).toEqual({ removed: 1, restored: 1, problems: [], skipped: [] });
     expect(await readFile(f.path, 'utf8')).toBe('MINE=1\n');
     expect((await stat(f.path)).mode & 0o777).toBe(0o644);
   });
@@ -107,5 +110,34 @@ describe('chooseStorage', () => {
     const chosen = await chooseStorage(config(path.join(root, 'mine')), logger);
     expect(chosen).toEqual({ kind: 'tmpfs', dir: expect.stringContaining(path.join(root, 'mine', 'gpu-boot-')) });
     expect(lines.map((l) => JSON.parse(l).msg)).toEqual([`SECRETS_TMPFS=${path.join(root, 'mine')} is not a memory file system: secrets will be on disk there`]);
+  });
+});
+
+describe('wipe trusts nothing but its own files', () => {
+  it('leaves alone recorded paths that gpu-boot did not write', async () => {
+    const userFile = path.join(root, 'user', '.env');
+    await mkdir(path.dirname(userFile), { recursive: true });
+    await writeFile(userFile, 'MINE=1\n');
+    const victim = path.join(root, 'passwd');
+    await writeFile(victim, 'root:x:0:0\n');
+    const foreignLink = path.join(root, 'linked', '.env');
+    await mkdir(path.dirname(foreignLink), { recursive: true });
+    const { symlink } = await import('node:fs/promises');
+    await symlink(victim, foreignLink);
+    await writeRecord(stateDir, {
+      ...record(),
+      storageDir: path.join(shm, 's'),
+      files: [{ path: userFile }, { path: victim }, { path: foreignLink, target: path.join(shm, 's', 'linked.env') }, { path: path.join(root, 'x', '.env'), target: victim }],
+    });
+    const result = await wipeRecordedFiles(stateDir);
+    expect([...result.skipped].sort()).toEqual([
+      `${userFile}: not generated by gpu-boot; left alone`,
+      `${victim}: not a .env; left alone`,
+      `${foreignLink}: a link gpu-boot did not make; left alone`,
+      `${path.join(root, 'x', '.env')}: its content is not in the recorded secrets folder; left alone`,
+    ].sort());
+    expect(await readFile(userFile, 'utf8')).toBe('MINE=1\n');
+    expect(await readFile(victim, 'utf8')).toBe('root:x:0:0\n');
+    expect(await readlink(foreignLink)).toBe(victim);
   });
 });

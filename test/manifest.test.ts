@@ -91,13 +91,13 @@ describe('parseTemplate', () => {
     ['abc${TOKEN', 'unclosed "${" at character 4'],
     ['${', 'unclosed "${" at character 1'],
     ['ok ${A} then ${', 'unclosed "${" at character 14'],
-    ['${1BAD}', '"${1BAD}" is not a reference: use ${NAME} or ${NAME:-default}'],
-    ['${}', '"${}" is not a reference: use ${NAME} or ${NAME:-default}'],
-    ['${:-x}', '"${:-x}" is not a reference: use ${NAME} or ${NAME:-default}'],
-    ['${MY-VAR}', '"${MY-VAR}" is not a reference: use ${NAME} or ${NAME:-default}'],
-    ['${A B}', '"${A B}" is not a reference: use ${NAME} or ${NAME:-default}'],
-    ['${A:B}', '"${A:B}" is not a reference: use ${NAME} or ${NAME:-default}'],
-    ['${A-x}', '"${A-x}" is not a reference: use ${NAME} or ${NAME:-default}'],
+    ['${1BAD}', 'the "${" at character 1 is not a reference: use ${NAME} or ${NAME:-default}'],
+    ['${}', 'the "${" at character 1 is not a reference: use ${NAME} or ${NAME:-default}'],
+    ['${:-x}', 'the "${" at character 1 is not a reference: use ${NAME} or ${NAME:-default}'],
+    ['${MY-VAR}', 'the "${" at character 1 is not a reference: use ${NAME} or ${NAME:-default}'],
+    ['${A B}', 'the "${" at character 1 is not a reference: use ${NAME} or ${NAME:-default}'],
+    ['${A:B}', 'the "${" at character 1 is not a reference: use ${NAME} or ${NAME:-default}'],
+    ['${A-x}', 'the "${" at character 1 is not a reference: use ${NAME} or ${NAME:-default}'],
   ])('refuses %j', (template, message) => {
     expect(() => parseTemplate(template)).toThrow(new Error(message));
   });
@@ -190,7 +190,7 @@ describe('parseManifest', () => {
     [
       'a template is broken',
       manifestText([{ name: 'n', env: { OK: '${A}', BAD: 'x-${1BAD}' } }]),
-      [`${MANIFEST}: node "n" key BAD: "\${1BAD}" is not a reference: use \${NAME} or \${NAME:-default}`],
+      [`${MANIFEST}: node "n" key BAD: the "\${" at character 3 is not a reference: use \${NAME} or \${NAME:-default}`],
     ],
   ])('refuses a manifest where %s', async (_name, text, problems) => {
     const error = await manifestErrorOf(() => parseManifest(text, MANIFEST));
@@ -220,7 +220,7 @@ describe('parseManifest', () => {
     expect(error.problems).toEqual([
       `${MANIFEST}: node "a" key K: unclosed "\${" at character 1`,
       `${MANIFEST}: custom_nodes.2: node "a" is listed twice`,
-      `${MANIFEST}: node "a" key L: "\${}" is not a reference: use \${NAME} or \${NAME:-default}`,
+      `${MANIFEST}: node "a" key L: the "\${" at character 1 is not a reference: use \${NAME} or \${NAME:-default}`,
     ]);
     for (const problem of error.problems) expect(problem.startsWith(`${MANIFEST}: `)).toBe(true);
   });

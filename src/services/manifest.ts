@@ -84,7 +84,8 @@ export function parseTemplate(value: string): TemplatePart[] {
       const sep = body.indexOf(':-');
       const variable = sep === -1 ? body : body.slice(0, sep);
       if (!VARIABLE_NAME.test(variable)) {
-        throw new Error(`"\${${body.slice(0, 40)}}" is not a reference: use \${NAME} or \${NAME:-default}`);
+        // The text itself is not repeated: a manifest can hold a pasted secret by mistake.
+        throw new Error(`the "\${" at character ${i + 1} is not a reference: use \${NAME} or \${NAME:-default}`);
       }
       if (text) parts.push({ kind: 'text', text });
       text = '';

@@ -60,6 +60,9 @@ export async function prepareNodeFiles(
   // Every variable the whole manifest names is withheld from PM2, installed node or not.
   const withheld = new Set(resolution.sourceVariableNames);
   for (const v of referencedVariables(manifest)) for (const n of [v, `${v}_FILE`, `${v}_ENCODED`]) withheld.add(n);
+  // A key a node gets from its .env must not also come from the environment: load_dotenv does not
+  // override, so a stale platform value of the same name would win over the file.
+  for (const node of manifest.nodes) for (const { key } of node.env) withheld.add(key);
   resolution.sourceVariableNames = [...withheld].sort();
   // Mask before anything else can print: values are known from here on.
   for (const resolved of resolution.variables.values()) masker.add(resolved.variable, resolved.value);

@@ -106,6 +106,8 @@ export function buildPlan(config: Config, gpus: GpuDetection, withheldVariables:
       args: [...launch.prefix, '--listen', config.comfyuiListen, '--port', String(port), ...device, ...extra],
       ...(options.owner ? { uid: options.owner.uid, gid: options.owner.gid } : {}),
       env: {
+        // nvidia-smi numbers GPUs in PCI bus order; CUDA's default order is fastest first.
+        CUDA_DEVICE_ORDER: 'PCI_BUS_ID',
         CUDA_VISIBLE_DEVICES: config.gpuMode === 'mock' ? '' : String(gpu.index),
         GPU_INDEX: String(gpu.index),
         GPU_MODEL: gpu.name,

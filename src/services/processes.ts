@@ -1,4 +1,4 @@
-import { readFile, unlink, writeFile } from 'node:fs/promises';
+import { readdir, readFile, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { APP_PREFIX } from './plan.js';
@@ -38,7 +38,7 @@ interface Pm2Api {
   disconnect(callback?: () => void): void;
 }
 
-function isAlive(pid: number): boolean {
+export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -186,6 +186,18 @@ export class ProcessManager {
     if (!this.api) return;
     const apps = await this.list();
     await Promise.all(apps.map((app) => call((cb) => this.pm2.delete(app.name, cb))));
+  }
+
+  /** Our instances' pids as PM2 has them now, from $PM2_HOME/pids (readable even when the daemon hangs). */
+  async currentPids(): Promise<number[]> {
+    const dir = path.join(this.pm2Home, 'pids');
+    const names = await readdir(dir).catch(() => [] as string[]);
+    const pids = await Promise.all(
+      names
+        .filter((n) => n.startsWith(APP_PREFIX) && n.endsWith('.pid'))
+        .map(async (n) => Number.parseInt(await readFile(path.join(dir, n), 'utf8').catch(() => ''), 10)),
+    );
+    return pids.filter((pid) => Number.isInteger(pid) && pid > 0 && isAlive(pid));
   }
 
   /** SIGKILL whatever of ours still runs: the last resort when the shutdown budget is spent. */
