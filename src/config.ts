@@ -85,6 +85,8 @@ const EnvSchema = z
       !payload.issues.some((i) => i.path?.[0] === 'COMFYUI_KILL_TIMEOUT_MS' || i.path?.[0] === 'SHUTDOWN_TIMEOUT_MS'),
   });
 
+const HINT_SETTINGS = ['NUM_GPUS', 'GPU_MEMORY_GB'];
+
 export type RawSettings = z.infer<typeof EnvSchema>;
 
 /** The names the schema reads: the README and --help must document exactly these. */
@@ -118,6 +120,8 @@ export interface Config {
   /** 'auto' (a writable tmpfs: /dev/shm, then /run), 'off' (files in place), or a folder. */
   secretsTmpfs: string;
   comfyuiUser: string | undefined;
+  /** Problems that do not stop the boot (a malformed platform hint in actual mode). */
+  warnings: string[];
   /** Variables whose values may be shorter than 4 characters ('*' for all). */
   allowShortSecrets: ReadonlySet<string>;
 }
@@ -152,7 +156,22 @@ export const SETTINGS_DOC: ReadonlyArray<{ name: string; default: string; doc: s
 
 /** Parse every setting; all problems are reported together, each naming its variable, never a value. */
 export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config {
-  const parsed = EnvSchema.safeParse(env);
+  let parsed = EnvSchema.safeParse(env);
+  // In actual mode NUM_GPUS and GPU_MEMORY_GB are only the platform's hints and detection decides:
+  // a malformed hint is a warning, not a reason to refuse a machine whose GPUs work.
+  const warnings: string[] = [];
+  const mode = String(env.GPU_MODE ?? '').trim().toLowerCase();
+  if (!parsed.success && (mode === '' || mode === 'actual')) {
+    const hintIssues = parsed.error.issues.filter((i) => HINT_SETTINGS.includes(String(i.path[0])));
+    if (hintIssues.length) {
+      const withoutBadHints = { ...env };
+      for (const issue of hintIssues) {
+        delete withoutBadHints[String(issue.path[0])];
+        warnings.push(`${String(issue.path[0])}: ${issue.message}; ignored (a platform hint: detection decides)`);
+      }
+      parsed = EnvSchema.safeParse(withoutBadHints);
+    }
+  }
   if (!parsed.success) {
     const problems = parsed.error.issues.map((issue) => `${issue.path.join('.') || 'environment'}: ${issue.message}`);
     throw new ConfigError(`invalid configuration (${problems.length} problem${problems.length === 1 ? '' : 's'})`, problems);
@@ -187,6 +206,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     pm2Home: s.PM2_HOME === undefined ? undefined : abs(s.PM2_HOME),
     secretsTmpfs: ['auto', 'off'].includes(s.SECRETS_TMPFS.toLowerCase()) ? s.SECRETS_TMPFS.toLowerCase() : abs(s.SECRETS_TMPFS),
     comfyuiUser: s.COMFYUI_USER?.trim(),
+    warnings,
     allowShortSecrets: new Set((s.ALLOW_SHORT_SECRETS ?? '').split(/[\s,]+/).filter(Boolean)),
   };
 }

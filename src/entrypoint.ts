@@ -101,6 +101,7 @@ export async function main(argv: string[]): Promise<number> {
       throw error;
     }
     logger = await createLogger({ level: config.logLevel, masker, fd: quietStdout ? 2 : 1 });
+    for (const warning of config.warnings) logger.warn(warning);
     if (config.pm2Home) process.env.PM2_HOME = config.pm2Home;
     const ctx = { config, logger, masker, env };
     try {

@@ -319,11 +319,15 @@ async function shutdown(ctx: RunContext, processes: ProcessManager, knownPids: n
     }),
   ]);
   clearTimeout(timer);
-  if (!inTime) {
-    // The pids PM2 has now (an instance may have restarted since the boot), plus those seen at start that still live.
-    const pids = [...new Set([...(await processes.currentPids()), ...knownPids.filter(isAlive)])];
-    logger.error({ pids }, 'instances did not stop within the shutdown budget; killing them');
-    await processes.killRemaining(pids);
+  // Whatever of ours still runs now (the budget ran out, or the daemon died and left its children) is killed:
+  // the pids PM2 has now (an instance may have restarted since the boot), plus those seen at start.
+  // Only a run that started instances may kill any: a refused second run must not touch the first's.
+  const leftovers = processes.startedInstances
+    ? [...new Set([...(await processes.currentPids()), ...knownPids.filter(isAlive)])]
+    : [];
+  if (leftovers.length) {
+    logger.error({ pids: leftovers }, inTime ? 'instances outlived PM2; killing them' : 'instances did not stop within the shutdown budget; killing them');
+    await processes.killRemaining(leftovers);
     exitCode = ExitCode.ioError;
   }
   const instancesStoppedAt = performance.now();

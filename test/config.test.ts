@@ -45,6 +45,7 @@ const DEFAULTS: Config = {
   secretsTmpfs: 'auto',
   comfyuiUser: undefined,
   allowShortSecrets: new Set<string>(),
+  warnings: [],
 };
 
 describe('loadConfig defaults', () => {
@@ -181,14 +182,14 @@ describe('loadConfig problems', () => {
   });
 
   it('says "1 problem" for one', () => {
-    const error = configError({ NUM_GPUS: '0' });
+    const error = configError({ GPU_MODE: 'mock', NUM_GPUS: '0' });
     expect(error.message).toBe('invalid configuration (1 problem)');
     expect(error.problems).toEqual(['NUM_GPUS: must be at least 1']);
   });
 
   it('refuses fractions where a whole number is needed', () => {
-    expect(configError({ NUM_GPUS: '1.5' }).problems).toEqual(['NUM_GPUS: expected a whole number']);
-    expect(configError({ GPU_MEMORY_GB: '-8' }).problems).toEqual(['GPU_MEMORY_GB: must be a positive number']);
+    expect(configError({ GPU_MODE: 'mock', NUM_GPUS: '1.5' }).problems).toEqual(['NUM_GPUS: expected a whole number']);
+    expect(configError({ GPU_MODE: 'mock', GPU_MEMORY_GB: '-8' }).problems).toEqual(['GPU_MEMORY_GB: must be a positive number']);
   });
 
   it('refuses a kill timeout that leaves less than max(1 s, a quarter) of the shutdown budget', () => {
@@ -199,7 +200,7 @@ describe('loadConfig problems', () => {
   });
 
   it('reports the kill-timeout problem together with problems in other variables', () => {
-    const error = configError({ COMFYUI_KILL_TIMEOUT_MS: '7500', NUM_GPUS: 'x' });
+    const error = configError({ GPU_MODE: 'mock', COMFYUI_KILL_TIMEOUT_MS: '7500', NUM_GPUS: 'x' });
     expect(error.problems).toEqual(['NUM_GPUS: expected a whole number', killProblem(6000)]);
   });
 
@@ -224,5 +225,21 @@ describe('loadConfig problems', () => {
     for (const problem of error.problems) expect(problem).not.toContain(canary);
     expect(error.message).not.toContain(canary);
     expect(error.problems).toContain('COMFYUI_PORT_START: expected a whole number');
+  });
+});
+
+describe('platform hints in actual mode', () => {
+  it('a malformed NUM_GPUS or GPU_MEMORY_GB is a warning, not a refusal: detection decides', () => {
+    const config = loadConfig({ NUM_GPUS: '0', GPU_MEMORY_GB: '80GB' });
+    expect(config.numGpusHint).toBeUndefined();
+    expect(config.gpuMemoryGbHint).toBeUndefined();
+    expect(config.warnings).toEqual([
+      'NUM_GPUS: must be at least 1; ignored (a platform hint: detection decides)',
+      'GPU_MEMORY_GB: expected a number; ignored (a platform hint: detection decides)',
+    ]);
+  });
+
+  it('other problems are still reported', () => {
+    expect(configError({ NUM_GPUS: '0', COMFYUI_PORT_START: '0' }).problems).toEqual(['COMFYUI_PORT_START: must be at least 1']);
   });
 });

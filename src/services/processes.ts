@@ -144,7 +144,11 @@ export class ProcessManager {
     return stale.map((a) => a.name);
   }
 
+  /** True once this run asked PM2 to start the instances. */
+  startedInstances = false;
+
   async startFromEcosystem(stateDir: string): Promise<InstanceState[]> {
+    this.startedInstances = true;
     // ecosystem.config.cjs finds plan.json here, as it does for a person running pm2 by hand.
     process.env.GPU_BOOT_STATE_DIR = stateDir;
     await call((cb) => this.pm2.start(this.ecosystemFile, cb));

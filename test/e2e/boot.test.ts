@@ -135,6 +135,8 @@ describe('start: the whole boot with real PM2', () => {
     expect(existsSync(emprops)).toBe(false);
     expect(existsSync(ws.envFile('hf_node'))).toBe(false);
     expect(existsSync(path.join(ws.stateDir, 'written-files.json'))).toBe(false);
+    // The plan goes with the boot, and so does the (then empty) state folder.
+    expect(existsSync(ws.stateDir)).toBe(false);
     expect((await readdir(path.dirname(emprops))).filter((n) => n.startsWith('.env'))).toEqual([]);
     for (const pid of [...instancePids, daemonPid]) expect(alive(pid)).toBe(false);
     const phases = boot.logs().map((l) => l.phase).filter(Boolean);

@@ -145,8 +145,12 @@ describe('lifecycle', () => {
     ws = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 1, mainPy: crashingMain });
     const boot = startBoot(['start'], { ...ws.env, HF_TOKEN, COMFYUI_RESTART_DELAY_MS: '100', READY_TIMEOUT_MS: '1500' });
     const exits = () => boot.logs().filter((l) => l.msg === 'instance comfyui-gpu0 exited; PM2 restarts it with backoff');
-    await waitFor('three crashes', () => exits().length >= 3);
+    await waitFor('four crashes', () => exits().length >= 4);
     expect(exits()[0]!.exitCode).toBe(3);
+    // Backoff, not a tight loop: 100 ms, then x1.5 each time, so the gaps between crashes grow.
+    const times = exits().map((l) => l.time as number);
+    const gaps = times.slice(1).map((t, i) => t - times[i]!);
+    expect(gaps[2]!).toBeGreaterThan(gaps[0]! + 80);
     await boot.waitForLog((l) => l.phase === 'ready' && l.level === 40, 'ready warning');
     expect(boot.logs().some((l) => l.instance === 'comfyui-gpu0' && l.msg === 'stand-in: failing on purpose')).toBe(true);
     expect(alive(boot.child.pid!)).toBe(true);
@@ -171,6 +175,37 @@ describe('shutdown budget', () => {
     expect(took).toBeGreaterThanOrEqual(1000);
     expect(took).toBeLessThan(5000);
     expect(alive(instancePid)).toBe(false);
+    expect(existsSync(ws.envFile('hf_node'))).toBe(false);
+  });
+});
+
+describe('one boot per workspace, and a boot that notices its PM2 dying', () => {
+  it('a second start (or wipe) on a live workspace is refused with exit 75 and the first run keeps going', async () => {
+    ws = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 1 });
+    const first = startBoot(['start'], { ...ws.env, HF_TOKEN });
+    await first.waitForLog((l) => l.phase === 'ready', 'ready');
+    for (const command of ['start', 'wipe']) {
+      const second = await runBoot([command], { ...ws.env, HF_TOKEN });
+      expect(second.exitCode).toBe(75);
+      expect(second.stderr).toContain(`gpu-boot (pid ${first.child.pid}) is running on this workspace`);
+    }
+    expect(existsSync(ws.envFile('hf_node'))).toBe(true);
+    expect((await fetch(`http://127.0.0.1:${ws.portStart}/`)).status).toBe(200);
+    first.child.kill('SIGTERM');
+    expect((await first.child).exitCode).toBe(0);
+  });
+
+  it('when the PM2 daemon is killed, it says so, wipes and exits 74', async () => {
+    ws = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 1 });
+    const boot = startBoot(['start'], { ...ws.env, HF_TOKEN });
+    await boot.waitForLog((l) => l.phase === 'ready', 'ready');
+    const instancePid = (boot.logs().find((l) => l.phase === 'pm2-start')!.instances as Array<{ pid: number }>)[0]!.pid;
+    process.kill(await pm2Pid(ws), 'SIGKILL');
+    const result = await boot.child;
+    expect(result.exitCode).toBe(74);
+    // The daemon's orphaned instance does not outlive the boot.
+    expect(alive(instancePid)).toBe(false);
+    expect(boot.logs().some((l) => typeof l.msg === 'string' && l.msg.startsWith('the PM2 daemon exited'))).toBe(true);
     expect(existsSync(ws.envFile('hf_node'))).toBe(false);
   });
 });

@@ -229,3 +229,24 @@ describe('a full or read-only disk', () => {
     }
   });
 });
+
+describe('PM2 used by hand', () => {
+  it('`pm2 start ecosystem.config.cjs` from a shell holding the secrets records none of them', async () => {
+    ws = await makeWorkspace({ nodes: ['hf_node'], manifest: { custom_nodes: [{ name: 'hf_node', env: { HF_TOKEN: '${HF_TOKEN}', AWS_KEY: '${NODE_AWS}' } }] }, gpus: 1 });
+    const plan = await runBoot(['plan'], { ...ws.env, LOG_LEVEL: 'silent' });
+    expect(plan.exitCode).toBe(0);
+    const planFile = path.join(ws.root, 'plan.json');
+    await writeFile(planFile, plan.stdout);
+    // The operator's shell: the platform's secrets, and a stale value under a manifest key.
+    const shell = { PATH: ws.env.PATH!, HOME: ws.root, PM2_HOME: ws.pm2Home, GPU_BOOT_PLAN_FILE: planFile, HF_TOKEN: PLAIN, NODE_AWS: FROM_FILE, AWS_KEY: ENCODED };
+    const started = await execa('node', [PM2_BIN, 'start', path.resolve('ecosystem.config.cjs')], { env: shell, extendEnv: false, reject: false });
+    expect(started.exitCode).toBe(0);
+    const jlist = await execa('node', [PM2_BIN, 'jlist'], { env: shell, extendEnv: false });
+    const apps = JSON.parse(jlist.stdout.trim().split('\n').pop()!) as Array<{ name: string; pid: number }>;
+    expect(apps.map((a) => a.name)).toEqual(['comfyui-gpu0']);
+    for (const canary of [PLAIN, FROM_FILE, ENCODED]) expect(jlist.stdout).not.toContain(canary);
+    const environ = await readFile(`/proc/${apps[0]!.pid}/environ`, 'utf8');
+    for (const canary of [PLAIN, FROM_FILE, ENCODED]) expect(environ).not.toContain(canary);
+    expect(environ.split('\0').some((e) => e.startsWith('AWS_KEY='))).toBe(false);
+  });
+});

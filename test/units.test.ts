@@ -1,0 +1,102 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { describe, expect, it } from 'vitest';
+import { loadConfig } from '../src/config.js';
+import { SecretMasker } from '../src/log.js';
+import type { GpuDetection } from '../src/services/hardware.js';
+import { buildPlan, LAUNCHER, parseComfyArgs, probeHost } from '../src/services/plan.js';
+import { probeHttp, waitForHttp } from '../src/services/readiness.js';
+import { freePorts } from './helpers/boot.js';
+
+describe('SecretMasker', () => {
+  it('masks every occurrence, the JSON-escaped form, and each line of a multi-line value', () => {
+    const masker = new SecretMasker();
+    masker.add('PEM', '-----BEGIN-----\nsecretLINE1\nsecretLINE2\n-----END-----');
+    masker.add('TOKEN', 'tok"en\\x');
+    expect(masker.mask('a secretLINE2 b')).toBe('a [masked:PEM] b');
+    expect(masker.mask(JSON.stringify({ v: '-----BEGIN-----\nsecretLINE1\nsecretLINE2\n-----END-----' }))).toBe('{"v":"[masked:PEM]"}');
+    expect(masker.mask(JSON.stringify('x tok"en\\x y'))).toBe('"x [masked:TOKEN] y"');
+    expect(masker.mask('tok"en\\x twice tok"en\\x')).toBe('[masked:TOKEN] twice [masked:TOKEN]');
+  });
+
+  it('keeps the first name a value was known by, masks the longer of two overlapping values whole, and skips values under 4 characters', () => {
+    const masker = new SecretMasker();
+    masker.add('A', 'abcd');
+    masker.add('node.A', 'abcd');
+    masker.add('B', 'abcdefgh');
+    masker.add('SHORT', 'xyz');
+    expect(masker.mask('abcd abcdefgh xyz')).toBe('[masked:A] [masked:B] xyz');
+  });
+});
+
+const detection = (count: number): GpuDetection => ({
+  count,
+  model: 'NVIDIA H100 80GB HBM3',
+  memoryGb: 79.6,
+  driver: '580.159.04',
+  source: 'nvidia-smi',
+  gpus: Array.from({ length: count }, (_, index) => ({ index, name: 'NVIDIA H100 80GB HBM3', memoryMiB: 81559, uuid: `GPU-${index}` })),
+});
+
+describe('buildPlan', () => {
+  it('one app per GPU, each on its own device and port, COMFY_ARGS appended', () => {
+    const config = loadConfig({ WORKSPACE_PATH: '/w', COMFYUI_PORT_START: '9000', COMFY_ARGS: "--preview-method auto --output-directory '/data/out put'" });
+    const plan = buildPlan(config, detection(2), ['HF_TOKEN']);
+    expect(plan.instances.map((i) => [i.name, i.port, i.script, i.cwd])).toEqual([
+      ['comfyui-gpu0', 9000, '/w/ComfyUI/main.py', '/w/ComfyUI'],
+      ['comfyui-gpu1', 9001, '/w/ComfyUI/main.py', '/w/ComfyUI'],
+    ]);
+    expect(plan.instances[1]!.args).toEqual(['--listen', '0.0.0.0', '--port', '9001', '--cuda-device', '1', '--preview-method', 'auto', '--output-directory', '/data/out put']);
+    expect(plan.instances[1]!.env).toEqual({ CUDA_DEVICE_ORDER: 'PCI_BUS_ID', CUDA_VISIBLE_DEVICES: '1', GPU_INDEX: '1', GPU_MODEL: 'NVIDIA H100 80GB HBM3', GPU_MEMORY_GB: '79.6', COMFYUI_PORT: '9001' });
+    expect(plan.pm2).toEqual({ killTimeoutMs: 5000, restartDelayMs: 1000, minUptimeMs: 10_000, maxRestarts: 1_000_000 });
+    expect(plan.withheldVariables).toEqual(['HF_TOKEN']);
+  });
+
+  it('mock mode gets --cpu and no visible device; process_env keys go through the launcher, by name only', () => {
+    const config = loadConfig({ WORKSPACE_PATH: '/w', GPU_MODE: 'mock' });
+    const plan = buildPlan(config, detection(1), [], { processEnv: [{ file: '/w/ComfyUI/custom_nodes/hf/.env', keys: ['HF_TOKEN', 'B'] }], owner: { uid: 1000, gid: 1001 } });
+    const app = plan.instances[0]!;
+    expect(app.script).toBe(LAUNCHER);
+    expect(app.args).toEqual(['--from', '/w/ComfyUI/custom_nodes/hf/.env:HF_TOKEN,B', '--', '/w/ComfyUI/main.py', '--listen', '0.0.0.0', '--port', '8188', '--cpu']);
+    expect(app.env.CUDA_VISIBLE_DEVICES).toBe('');
+    expect([app.uid, app.gid]).toEqual([1000, 1001]);
+  });
+
+  it('refuses ports past 65535 and shell operators in COMFY_ARGS', () => {
+    expect(() => buildPlan(loadConfig({ COMFYUI_PORT_START: '65535' }), detection(2), [])).toThrow(expect.objectContaining({ problems: ['COMFYUI_PORT_START: 2 instances need ports up to 65536, above 65535'] }));
+    expect(() => parseComfyArgs('--a; rm -rf /')).toThrow(expect.objectContaining({ exitCode: 78 }));
+    expect(parseComfyArgs('')).toEqual([]);
+  });
+
+  it('probes a wildcard listener on loopback', () => {
+    expect(probeHost('0.0.0.0')).toBe('127.0.0.1');
+    expect(probeHost('::')).toBe('::1');
+    expect(probeHost('[::1]')).toBe('::1');
+    expect(probeHost('10.1.2.3')).toBe('10.1.2.3');
+  });
+});
+
+describe('readiness', () => {
+  it('is false on a closed port until the deadline, and true once a server answers (any status)', async () => {
+    const port = await freePorts(1);
+    expect(await probeHttp('127.0.0.1', port, 500)).toBe(false);
+    expect(await waitForHttp('127.0.0.1', port, Date.now() + 150)).toBe(false);
+    const server = http.createServer((_req, res) => {
+      res.statusCode = 503;
+      res.end();
+    });
+    const waiting = waitForHttp('127.0.0.1', port, Date.now() + 10_000);
+    setTimeout(() => server.listen(port, '127.0.0.1'), 100);
+    expect(await waiting).toBe(true);
+    expect((server.address() as AddressInfo).port).toBe(port);
+    server.close();
+  });
+
+  it('stops waiting when aborted', async () => {
+    const port = await freePorts(1);
+    const abort = new AbortController();
+    const waiting = waitForHttp('127.0.0.1', port, Number.POSITIVE_INFINITY, abort.signal);
+    setTimeout(() => abort.abort(), 100);
+    expect(await waiting).toBe(false);
+  });
+});
