@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -118,5 +119,27 @@ describe('no GPU', () => {
     expect(result.stderr).toContain(`- ${path.join(w.root, 'no-nvidia-smi')} was not found on PATH`);
     expect(result.stderr).toMatch(/- (lspci is not installed|systeminformation \(lspci\) listed no NVIDIA controller)/);
     expectNothingWritten(w);
+  });
+});
+
+describe('node folders that are links', () => {
+  it('refuses a node folder that links outside custom_nodes (exit 78, nothing written) and accepts one that stays inside', async () => {
+    const { rename, symlink, mkdir } = await import('node:fs/promises');
+    const w = await workspace();
+    const outside = path.join(w.root, 'elsewhere');
+    await mkdir(outside);
+    await rename(path.dirname(w.envFile('hf_node')), path.join(w.nodes, 'hf_node_real'));
+    await symlink(outside, path.dirname(w.envFile('hf_node')));
+    const refused = await runBoot(['start'], { ...w.env, HF_TOKEN: CANARY, AZURE_STORAGE_KEY: CANARY });
+    expect(refused.exitCode).toBe(78);
+    expect(refused.stderr).toContain(`node "hf_node": ${path.join(w.nodes, 'hf_node')} is a link that leads outside ${w.nodes}; refusing to write through it`);
+    expect(existsSync(path.join(outside, '.env'))).toBe(false);
+    expectNothingWritten(w);
+
+    const { unlink } = await import('node:fs/promises');
+    await unlink(path.join(w.nodes, 'hf_node'));
+    await symlink(path.join(w.nodes, 'hf_node_real'), path.join(w.nodes, 'hf_node'));
+    const checked = await runBoot(['check'], { ...w.env, HF_TOKEN: CANARY, AZURE_STORAGE_KEY: CANARY });
+    expect(checked.exitCode).toBe(0);
   });
 });
