@@ -37,6 +37,8 @@ export interface Workspace {
   comfyui: string;
   nodes: string;
   pm2Home: string;
+  /** SECRETS_TMPFS of this test: the boot's secrets folder is gpu-boot-<id> inside it. */
+  tmpfs: string;
   stateDir: string;
   secrets: string;
   portStart: number;
@@ -71,6 +73,8 @@ export async function makeWorkspace(options: WorkspaceOptions): Promise<Workspac
   const gpus = options.gpus ?? 2;
   const portStart = await freePorts(gpus);
   const pm2Home = path.join(root, 'pm2');
+  // Each test's secrets live in its own tmpfs folder, removed with the test even if the boot was killed.
+  const tmpfs = path.join('/dev/shm', path.basename(root));
   const env: Record<string, string> = {
     PATH: process.env.PATH ?? '/usr/bin:/bin',
     HOME: root,
@@ -83,6 +87,7 @@ export async function makeWorkspace(options: WorkspaceOptions): Promise<Workspac
     COMFYUI_PORT_START: String(portStart),
     COMFYUI_KILL_TIMEOUT_MS: '3000',
     LOG_LEVEL: 'debug',
+    SECRETS_TMPFS: tmpfs,
   };
   return {
     root,
@@ -90,6 +95,7 @@ export async function makeWorkspace(options: WorkspaceOptions): Promise<Workspac
     comfyui,
     nodes,
     pm2Home,
+    tmpfs,
     stateDir: path.join(workspace, '.gpu-boot'),
     secrets,
     portStart,
@@ -98,6 +104,7 @@ export async function makeWorkspace(options: WorkspaceOptions): Promise<Workspac
     cleanup: async () => {
       await killPm2(pm2Home);
       await rm(root, { recursive: true, force: true });
+      await rm(tmpfs, { recursive: true, force: true });
     },
   };
 }
