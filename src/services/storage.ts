@@ -41,7 +41,8 @@ export async function chooseStorage(config: Config, logger: Logger, candidates =
   }
   const base = config.secretsTmpfs;
   try {
-    await mkdir(base, { recursive: true, mode: 0o700 });
+    // Traversable, not listable: the instances' user must reach its own 0700 folder inside.
+    await mkdir(base, { recursive: true, mode: 0o711 });
   } catch (error) {
     throw new ConfigError('invalid configuration', [`SECRETS_TMPFS: ${base} cannot be created (${(error as NodeJS.ErrnoException).code})`]);
   }
