@@ -65,6 +65,16 @@ const EnvSchema = z
     SECRETS_TMPFS: z.preprocess(blankToUndefined, z.string().default('auto')),
     COMFYUI_USER: optionalString,
     ALLOW_SHORT_SECRETS: optionalString,
+    HEALTH_PORT: int(0, 65535, 9090),
+    HEALTH_BIND: z.preprocess(
+      blankToUndefined,
+      z.string().regex(/^[A-Za-z0-9.:[\]-]+$/, { error: 'must be an IP address or host name' }).default('0.0.0.0'),
+    ),
+    ROTATION: z.preprocess(
+      (v) => (typeof v === 'string' ? blankToUndefined(v.trim().toLowerCase()) : v),
+      z.enum(['restart', 'files', 'off'], { error: 'must be "restart", "files" or "off"' }).default('restart'),
+    ),
+    ROTATION_DEBOUNCE_MS: int(0, 60_000, 500),
   })
   .superRefine((env, ctx) => {
     // PM2 must be able to stop an instance gracefully inside the shutdown budget,
@@ -120,6 +130,12 @@ export interface Config {
   /** 'auto' (a writable tmpfs: /dev/shm, then /run), 'off' (files in place), or a folder. */
   secretsTmpfs: string;
   comfyuiUser: string | undefined;
+  /** 0: no health server. */
+  healthPort: number;
+  healthBind: string;
+  /** restart: rewrite changed files and roll the instances; files: rewrite only; off: ignore changes. */
+  rotation: 'restart' | 'files' | 'off';
+  rotationDebounceMs: number;
   /** Problems that do not stop the boot (a malformed platform hint in actual mode). */
   warnings: string[];
   /** Variables whose values may be shorter than 4 characters ('*' for all). */
@@ -151,6 +167,10 @@ export const SETTINGS_DOC: ReadonlyArray<{ name: string; default: string; doc: s
   { name: 'PM2_HOME', default: '~/.pm2', doc: 'PM2\'s folder (socket, logs); `pm2 ls` with the same value lists the instances' },
   { name: 'SECRETS_TMPFS', default: 'auto', doc: '`auto`: .env contents live on a tmpfs (/dev/shm, else /run), each .env a link to its file; `off`: files in place; or a folder' },
   { name: 'COMFYUI_USER', default: 'owner of COMFYUI_PATH', doc: 'when gpu-boot runs as root: the user (name or uid) the instances run as and the .env files belong to' },
+  { name: 'HEALTH_PORT', default: '9090', doc: 'port of the health server (/health, /ready, /status, /metrics); 0 turns it off' },
+  { name: 'HEALTH_BIND', default: '0.0.0.0', doc: 'address the health server listens on' },
+  { name: 'ROTATION', default: 'restart', doc: 'on a changed secret source or SIGHUP: `restart` rewrites changed files and restarts instances one at a time; `files` only rewrites; `off` ignores changes' },
+  { name: 'ROTATION_DEBOUNCE_MS', default: '500', doc: 'quiet time after the last change event before re-reading the sources' },
   { name: 'ALLOW_SHORT_SECRETS', default: '(none)', doc: 'variables (comma-separated, or `*`) whose values may be shorter than 4 characters, which cannot be masked in logs' },
 ];
 
@@ -206,6 +226,10 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     pm2Home: s.PM2_HOME === undefined ? undefined : abs(s.PM2_HOME),
     secretsTmpfs: ['auto', 'off'].includes(s.SECRETS_TMPFS.toLowerCase()) ? s.SECRETS_TMPFS.toLowerCase() : abs(s.SECRETS_TMPFS),
     comfyuiUser: s.COMFYUI_USER?.trim(),
+    healthPort: s.HEALTH_PORT,
+    healthBind: s.HEALTH_BIND,
+    rotation: s.ROTATION,
+    rotationDebounceMs: s.ROTATION_DEBOUNCE_MS,
     warnings,
     allowShortSecrets: new Set((s.ALLOW_SHORT_SECRETS ?? '').split(/[\s,]+/).filter(Boolean)),
   };

@@ -58,6 +58,8 @@ export async function prepareDemo(userEnv: NodeJS.ProcessEnv): Promise<{ env: No
     COMFYUI_PYTHON: python,
     COMFYUI_LISTEN: '127.0.0.1',
     COMFYUI_PORT_START: userEnv.COMFYUI_PORT_START ?? String(await freePortBlock(8188, numGpus)),
+    HEALTH_PORT: userEnv.HEALTH_PORT ?? String(await freePortBlock(9090, 1)),
+    HEALTH_BIND: '127.0.0.1',
     // Fake secrets, one per kind of source.
     AWS_ACCESS_KEY_ID: 'AKIADEMONOTAREALKEY0',
     AWS_SECRET_ACCESS_KEY_FILE: path.join(root, 'secrets', 'aws_secret_access_key'),

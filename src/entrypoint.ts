@@ -105,7 +105,7 @@ export async function main(argv: string[]): Promise<number> {
     if (config.pm2Home) process.env.PM2_HOME = config.pm2Home;
     const ctx = { config, logger, masker, env };
     try {
-      return await runCommand(command === 'demo' ? 'start' : command, json, ctx);
+      return await runCommand(command, json, ctx);
     } finally {
       await cleanupDemo?.();
     }
@@ -114,12 +114,13 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-async function runCommand(command: Exclude<Command, 'demo'>, json: boolean, ctx: { config: Config; logger: Logger; masker: SecretMasker; env: NodeJS.ProcessEnv }): Promise<number> {
+async function runCommand(command: Command, json: boolean, ctx: { config: Config; logger: Logger; masker: SecretMasker; env: NodeJS.ProcessEnv }): Promise<number> {
   const runner = await import('./runner.js');
   switch (command) {
-    case 'start': {
+    case 'start':
+    case 'demo': {
       ctx.logger.info({ mode: ctx.config.gpuMode, workspace: ctx.config.workspacePath }, 'gpu-boot starting');
-      return (await runner.runStart(ctx)).exitCode;
+      return (await runner.runStart(ctx, { hangupStops: command === 'demo' })).exitCode;
     }
     case 'detect': {
       const gpus = await runner.detectPhase(ctx);

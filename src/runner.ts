@@ -7,11 +7,14 @@ import type { Config } from './config.js';
 import { BootError, ExitCode, describeError } from './errors.js';
 import type { SecretMasker } from './log.js';
 import { detectGpus, type GpuDetection } from './services/hardware.js';
-import { readRecord, wipeRecordedFiles, writeFileAtomic, writeNodeFiles } from './services/env-files.js';
+import { readRecord, wipeRecordedFiles, writeFileAtomic, writeNodeFiles, type WriteRecord } from './services/env-files.js';
 import { prepareNodeFiles, loadManifestOrEmpty, type PreparedNodes } from './services/node-files.js';
 import { buildPlan, planPath, probeHost, type Plan, type ProcessEnvSource } from './services/plan.js';
 import { chooseOwner, chooseStorage } from './services/storage.js';
 import { isAlive, ProcessManager } from './services/processes.js';
+import { startHealthServer, type HealthServer } from './services/health.js';
+import { Rotator } from './services/rotation.js';
+import { BootState } from './services/state.js';
 import { waitForHttp } from './services/readiness.js';
 import { referencedVariables } from './services/manifest.js';
 
@@ -28,10 +31,12 @@ export interface RunContext {
   logger: Logger;
   masker: SecretMasker;
   env: NodeJS.ProcessEnv;
+  /** What /status and /metrics report; `start` sets it. */
+  state?: BootState;
 }
 
 async function timed<T>(
-  logger: Logger,
+  ctx: { logger: Logger; state?: BootState | undefined },
   phase: string,
   fn: () => Promise<T>,
   describe: (value: T) => object = () => ({}),
@@ -40,12 +45,13 @@ async function timed<T>(
   const started = performance.now();
   const value = await fn();
   const ms = Math.round((performance.now() - started) * 10) / 10;
-  logger.info({ phase, ms, ...describe(value) }, `${phase}: ${summary(value)} in ${ms} ms`);
+  ctx.logger.info({ phase, ms, ...describe(value) }, `${phase}: ${summary(value)} in ${ms} ms`);
+  ctx.state?.recordPhase(phase, ms);
   return value;
 }
 
 export async function detectPhase(ctx: RunContext): Promise<GpuDetection> {
-  return timed(ctx.logger, 'detect', () => detectGpus(ctx.config, ctx.logger), (g) => ({
+  return timed(ctx, 'detect', () => detectGpus(ctx.config, ctx.logger), (g) => ({
     source: g.source,
     count: g.count,
     model: g.model,
@@ -56,7 +62,7 @@ export async function detectPhase(ctx: RunContext): Promise<GpuDetection> {
 }
 
 export async function secretsPhase(ctx: RunContext): Promise<PreparedNodes> {
-  return timed(ctx.logger, 'secrets', () => prepareNodeFiles(ctx.config, ctx.env, ctx.masker, ctx.logger), (p) => ({
+  return timed(ctx, 'secrets', () => prepareNodeFiles(ctx.config, ctx.env, ctx.masker, ctx.logger), (p) => ({
     manifest: p.manifest.path,
     nodes: p.files.length,
     skipped: p.skipped,
@@ -77,6 +83,25 @@ export async function computePlan(ctx: RunContext): Promise<Plan> {
     .filter((n) => n.processEnv.length > 0 && existsSync(path.join(ctx.config.customNodesPath, n.name)))
     .map((n) => ({ file: path.join(ctx.config.customNodesPath, n.name, '.env'), keys: n.processEnv }));
   return buildPlan(ctx.config, gpus, [...withheld].sort(), { ...(owner ? { owner } : {}), processEnv });
+}
+
+async function startHealth(ctx: RunContext, state: BootState, processes: ProcessManager): Promise<HealthServer> {
+  const { config, logger } = ctx;
+  try {
+    const server = await startHealthServer(config.healthPort, config.healthBind, {
+      state,
+      logger,
+      probeHost: probeHost(config.comfyuiListen),
+      listInstances: async () => (processes.connected ? processes.list() : undefined),
+    });
+    logger.info({ port: server.port, bind: config.healthBind }, `health server on ${config.healthBind}:${server.port} (/health, /ready, /status, /metrics)`);
+    return server;
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    throw new BootError(ExitCode.config, 'invalid configuration', [
+      `HEALTH_PORT: cannot listen on ${config.healthBind}:${config.healthPort} (${code === 'EADDRINUSE' ? 'the port is in use' : code ?? describeError(error)}); set another port, or 0 to turn the server off`,
+    ]);
+  }
 }
 
 /** Remove what a run that died left behind, before anything else. */
@@ -129,10 +154,19 @@ export interface BootResult {
   exitCode: number;
 }
 
-export async function runStart(ctx: RunContext): Promise<BootResult> {
+export interface StartOptions {
+  /** `demo` at a terminal: a closed terminal (SIGHUP) stops the boot. Otherwise SIGHUP re-reads the secrets. */
+  hangupStops?: boolean;
+}
+
+export async function runStart(runCtx: RunContext, options: StartOptions = {}): Promise<BootResult> {
+  const state = new BootState();
+  const ctx: RunContext = { ...runCtx, state };
   const { config, logger } = ctx;
   const bootStarted = performance.now();
   const processes = new ProcessManager(logger, ECOSYSTEM_FILE);
+  let rotator: Rotator | undefined;
+  let health: HealthServer | undefined;
   let wroteFiles = false;
   let knownPids: number[] = [];
   let daemonDied = false;
@@ -155,8 +189,13 @@ export async function runStart(ctx: RunContext): Promise<BootResult> {
   const onSignal = (signal: NodeJS.Signals) => requestShutdown(signal);
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
-  // A closed terminal (SIGHUP) must not kill us before the wipe either.
-  process.on('SIGHUP', onSignal);
+  const onHangup = () => {
+    if (options.hangupStops) return requestShutdown('SIGHUP');
+    if (!rotator) return logger.warn('SIGHUP: the secrets are re-read once the boot is done (or ROTATION=off)');
+    logger.info('SIGHUP: re-reading the secret sources');
+    void rotator.now('SIGHUP');
+  };
+  process.on('SIGHUP', onHangup);
   // A bug must not skip the finish stage either: log it, then shut down and wipe.
   let fatal = false;
   const onFatal = (error: unknown) => {
@@ -172,11 +211,15 @@ export async function runStart(ctx: RunContext): Promise<BootResult> {
   };
 
   try {
-    await timed(logger, 'recover', () => recoverPhase(ctx));
+    await timed(ctx, 'recover', () => recoverPhase(ctx));
+    // After recover: a second boot refused on a live workspace must not take the first one's port.
+    if (config.healthPort > 0) health = await startHealth(ctx, state, processes);
     checkStop();
     const gpus = await detectPhase(ctx);
     checkStop();
     const prepared = await secretsPhase(ctx);
+    // Rotation re-reads the sources later; this process's own environment loses them just below.
+    const sourceEnv: NodeJS.ProcessEnv = { ...ctx.env };
     const withheld = [...prepared.resolution.sourceVariableNames, 'SECRETS_ENV_FILE'];
     withholdSecretsFromChildren(process.env, withheld);
     if (ctx.env !== process.env) withholdSecretsFromChildren(ctx.env, withheld);
@@ -188,16 +231,14 @@ export async function runStart(ctx: RunContext): Promise<BootResult> {
       processEnv: processEnvSources(prepared),
     });
     const planFile = planPath(config.stateDir);
-    await timed(logger, 'write', async () => {
+    const record: WriteRecord = { version: 1, pid: process.pid, startedAt: new Date().toISOString(), files: [] };
+    state.gpus = gpus;
+    state.nodes = prepared.files.map((f) => ({ name: f.node, file: f.path, keys: prepared.resolution.nodes.find((n) => n.name === f.node)?.values.map((v) => v.key) ?? [] }));
+    await timed(ctx, 'write', async () => {
       await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
       await writeFileAtomic(planFile, `${JSON.stringify(plan, null, 2)}\n`, 0o644);
       wroteFiles = true;
-      await writeNodeFiles(config.stateDir, prepared.files, {
-        version: 1,
-        pid: process.pid,
-        startedAt: new Date().toISOString(),
-        files: [],
-      }, { storage, ...(owner ? { owner } : {}) });
+      await writeNodeFiles(config.stateDir, prepared.files, record, { storage, ...(owner ? { owner } : {}) });
       return prepared.files;
     }, (files) => ({
       files: files.map((f) => f.path),
@@ -206,7 +247,7 @@ export async function runStart(ctx: RunContext): Promise<BootResult> {
     }), (files) => `plan and ${files.length} .env file(s) written${storage.kind === 'tmpfs' ? `, contents on tmpfs ${storage.dir}` : ' in place'}`);
     checkStop();
 
-    const instances = await timed(logger, 'pm2-start', async () => {
+    const instances = await timed(ctx, 'pm2-start', async () => {
       try {
         await processes.connect(config.stateDir);
         const stale = await processes.removeStaleApps();
@@ -222,6 +263,10 @@ export async function runStart(ctx: RunContext): Promise<BootResult> {
       instances: list.map((i) => ({ name: i.name, pid: i.pid, status: i.status })),
     }), (list) => `${list.length} instance(s) started under PM2`);
     knownPids = instances.map((i) => i.pid).filter((pid) => pid > 0);
+    state.instances = plan.instances;
+    state.phase = 'running';
+    const rotationDeps = { config, logger, masker: ctx.masker, sourceEnv, processes, state, record, storage, owner, probeHost: probeHost(config.comfyuiListen) };
+    rotator = new Rotator(rotationDeps, prepared);
 
     // Without its daemon nothing restarts the instances: treat its death as fatal.
     const daemonPid = await processes.daemonPid();
@@ -282,11 +327,15 @@ export async function runStart(ctx: RunContext): Promise<BootResult> {
   } finally {
     abort.abort();
     stopDaemonWatch();
+    state.phase = 'stopping';
+    // A rotation in progress finishes its write first: a file is never cut in half.
+    await rotator?.close();
     exitCode = await shutdown(ctx, processes, knownPids, wroteFiles);
+    await health?.close();
     if (daemonDied && exitCode === ExitCode.ok) exitCode = ExitCode.ioError;
     process.off('SIGTERM', onSignal);
     process.off('SIGINT', onSignal);
-    process.off('SIGHUP', onSignal);
+    process.off('SIGHUP', onHangup);
     process.off('uncaughtException', onFatal);
     process.off('unhandledRejection', onFatal);
   }

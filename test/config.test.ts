@@ -45,6 +45,10 @@ const DEFAULTS: Config = {
   secretsTmpfs: 'auto',
   comfyuiUser: undefined,
   allowShortSecrets: new Set<string>(),
+  healthPort: 9090,
+  healthBind: '0.0.0.0',
+  rotation: 'restart',
+  rotationDebounceMs: 500,
   warnings: [],
 };
 

@@ -220,7 +220,8 @@ export async function writeNodeFiles(stateDir: string, files: NodeFile[], record
   if (storage.kind === 'tmpfs') await prepareStorageDir(storage.dir, owner);
   await Promise.all(
     plans.map(async ({ file, before }) => {
-      if (before === 'file') {
+      // A file already in the record is ours (a rewrite after rotation): nothing to keep aside.
+      if (before === 'file' && !known.has(file.path)) {
         const backup = file.path + BACKUP_SUFFIX;
         // A hard link keeps the original inode: bytes, mode and owner come back unchanged.
         try {

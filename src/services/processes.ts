@@ -31,6 +31,7 @@ type Callback<T> = (error: Error | null | undefined, value: T) => void;
 interface Pm2Api {
   connect(callback: Callback<{ new_pm2_instance?: boolean }>): void;
   start(configFile: string, callback: Callback<unknown>): void;
+  start(configFile: string, options: { only: string }, callback: Callback<unknown>): void;
   list(callback: Callback<Pm2ProcessDescription[]>): void;
   delete(name: string, callback: Callback<unknown>): void;
   killDaemon(callback: Callback<unknown>): void;
@@ -77,6 +78,8 @@ export interface InstanceState {
   pid: number;
   status: string;
   restarts: number;
+  /** When PM2 last started it (ms since the epoch). */
+  startedAt: number | undefined;
 }
 
 export class ProcessManager {
@@ -87,6 +90,8 @@ export class ProcessManager {
   private daemonRecord: string | undefined;
   private stopping = false;
   private readonly partialLines = new Map<string, string>();
+  /** Instances being restarted on purpose: their exit is not a crash. */
+  private readonly restarting = new Set<string>();
 
   constructor(
     private readonly logger: Logger,
@@ -134,6 +139,7 @@ export class ProcessManager {
         pid: p.pid ?? 0,
         status: p.pm2_env?.status ?? 'unknown',
         restarts: p.pm2_env?.restart_time ?? 0,
+        startedAt: p.pm2_env?.pm_uptime,
       }));
   }
 
@@ -155,6 +161,25 @@ export class ProcessManager {
     return this.list();
   }
 
+  get connected(): boolean {
+    return this.api !== undefined;
+  }
+
+  /**
+   * Restart one instance with a fresh environment: delete it and start it again from the
+   * ecosystem file (PM2's restart keeps the old environment, even with --update-env).
+   */
+  async restartFresh(name: string): Promise<InstanceState | undefined> {
+    this.restarting.add(name);
+    try {
+      await call((cb) => this.pm2.delete(name, cb));
+      await call((cb) => this.pm2.start(this.ecosystemFile, { only: name }, cb));
+    } finally {
+      this.restarting.delete(name);
+    }
+    return (await this.list()).find((i) => i.name === name);
+  }
+
   /** Relay each instance's output (line by line, through the masking logger) and report crashes. */
   async watch(): Promise<void> {
     const bus = await call<Pm2Bus>((cb) => this.pm2.launchBus(cb));
@@ -172,7 +197,7 @@ export class ProcessManager {
     bus.on('log:err', relay('stderr'));
     bus.on('process:event', (packet) => {
       const name = packet.process?.name;
-      if (!name?.startsWith(APP_PREFIX) || this.stopping) return;
+      if (!name?.startsWith(APP_PREFIX) || this.stopping || this.restarting.has(name)) return;
       if (packet.event === 'exit') {
         this.logger.warn(
           { instance: name, exitCode: packet.process?.exit_code, restarts: packet.process?.restart_time },

@@ -5,8 +5,8 @@ import { alive, freePorts, killPm2, startBoot } from '../helpers/boot.js';
 
 describe('the built-in demo (npm start)', () => {
   it('boots the shipped workspace with fake secrets, answers, and leaves nothing after Ctrl-C', async () => {
-    const port = await freePorts(2);
-    const boot = startBoot(['demo'], { PATH: process.env.PATH!, HOME: process.env.HOME ?? '/root', COMFYUI_PORT_START: String(port) });
+    const port = await freePorts(3);
+    const boot = startBoot(['demo'], { PATH: process.env.PATH!, HOME: process.env.HOME ?? '/root', COMFYUI_PORT_START: String(port), HEALTH_PORT: String(port + 2) });
     try {
       const ready = await boot.waitForLog((l) => l.phase === 'ready', 'demo ready');
       expect(ready.instances).toBe(2);

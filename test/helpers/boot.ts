@@ -42,6 +42,7 @@ export interface Workspace {
   stateDir: string;
   secrets: string;
   portStart: number;
+  healthPort: number;
   env: Record<string, string>;
   envFile(node: string): string;
   cleanup(): Promise<void>;
@@ -71,7 +72,8 @@ export async function makeWorkspace(options: WorkspaceOptions): Promise<Workspac
   const secrets = path.join(root, 'secrets');
   await mkdir(secrets, { recursive: true });
   const gpus = options.gpus ?? 2;
-  const portStart = await freePorts(gpus);
+  // The instances' ports, then the health server's.
+  const portStart = await freePorts(gpus + 1);
   const pm2Home = path.join(root, 'pm2');
   // Each test's secrets live in its own tmpfs folder, removed with the test even if the boot was killed.
   const tmpfs = path.join('/dev/shm', path.basename(root));
@@ -85,6 +87,8 @@ export async function makeWorkspace(options: WorkspaceOptions): Promise<Workspac
     COMFYUI_PYTHON: PYTHON,
     COMFYUI_LISTEN: '127.0.0.1',
     COMFYUI_PORT_START: String(portStart),
+    HEALTH_PORT: String(portStart + gpus),
+    HEALTH_BIND: '127.0.0.1',
     COMFYUI_KILL_TIMEOUT_MS: '3000',
     LOG_LEVEL: 'debug',
     SECRETS_TMPFS: tmpfs,
@@ -99,6 +103,7 @@ export async function makeWorkspace(options: WorkspaceOptions): Promise<Workspac
     stateDir: path.join(workspace, '.gpu-boot'),
     secrets,
     portStart,
+    healthPort: portStart + gpus,
     env,
     envFile: (node) => path.join(nodes, node, '.env'),
     cleanup: async () => {
