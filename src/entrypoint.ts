@@ -6,7 +6,7 @@ import { SecretMasker, createLogger } from './log.js';
 import type { Logger } from 'pino';
 
 const COMMANDS = {
-  start: 'detect GPUs, write each custom node its .env, start one ComfyUI per GPU under PM2, stay up; wipe on SIGTERM/SIGINT (default)',
+  start: 'detect GPUs, write each custom node its .env, start one ComfyUI per GPU under PM2, stay up (health server, rotation; SIGHUP re-reads secrets); wipe on SIGTERM/SIGINT (default)',
   check: 'pre-flight: validate configuration, manifest, secrets and GPUs; print a masked report; start and write nothing (exit 0 or 78)',
   detect: 'print the GPUs found (--json: only the JSON on stdout, logs on stderr)',
   plan: 'print the PM2 apps that start would run (JSON, no secrets)',
