@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rmdir, unlink } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
@@ -12,6 +12,7 @@ import { prepareNodeFiles, loadManifestOrEmpty, type PreparedNodes } from './ser
 import { buildPlan, planPath, probeHost, type Plan, type ProcessEnvSource } from './services/plan.js';
 import { chooseOwner, chooseStorage } from './services/storage.js';
 import { isAlive, ProcessManager } from './services/processes.js';
+import { shutdown } from './shutdown.js';
 import { startHealthServer, type HealthServer } from './services/health.js';
 import { Rotator } from './services/rotation.js';
 import { BootState } from './services/state.js';
@@ -343,63 +344,6 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
 }
 
 class StopRequested extends Error {}
-
-/** The finish stage: stop instances within the budget, then wipe no matter what, then stop PM2. */
-async function shutdown(ctx: RunContext, processes: ProcessManager, knownPids: number[], wroteFiles: boolean): Promise<number> {
-  const { config, logger } = ctx;
-  const started = performance.now();
-  const budgetEnd = Date.now() + config.shutdownTimeoutMs;
-  let exitCode: number = ExitCode.ok;
-
-  const stopped = processes.stopAll().then(
-    () => true,
-    (error: unknown) => {
-      logger.error({ err: describeError(error) }, 'PM2 could not stop the instances cleanly');
-      return false;
-    },
-  );
-  // Leave a quarter of the budget (at least 1 s) for the wipe and PM2's own exit.
-  const stopBudget = Math.max(0, budgetEnd - Date.now() - Math.max(1000, config.shutdownTimeoutMs / 4));
-  let timer: NodeJS.Timeout | undefined;
-  const inTime = await Promise.race([
-    stopped,
-    new Promise<false>((resolve) => {
-      timer = setTimeout(() => resolve(false), stopBudget);
-    }),
-  ]);
-  clearTimeout(timer);
-  // Whatever of ours still runs now (the budget ran out, or the daemon died and left its children) is killed:
-  // the pids PM2 has now (an instance may have restarted since the boot), plus those seen at start.
-  // Only a run that started instances may kill any: a refused second run must not touch the first's.
-  const leftovers = processes.startedInstances
-    ? [...new Set([...(await processes.currentPids()), ...knownPids.filter(isAlive)])]
-    : [];
-  if (leftovers.length) {
-    logger.error({ pids: leftovers }, inTime ? 'instances outlived PM2; killing them' : 'instances did not stop within the shutdown budget; killing them');
-    await processes.killRemaining(leftovers);
-    exitCode = ExitCode.ioError;
-  }
-  const instancesStoppedAt = performance.now();
-
-  if (wroteFiles) {
-    // The plan is only PM2's view of a running boot: it goes with the boot.
-    await unlink(planPath(config.stateDir)).catch(() => undefined);
-    const result = await wipeRecordedFiles(config.stateDir);
-    if (result.problems.length) {
-      logger.error({ problems: result.problems }, 'some files could not be wiped; run `gpu-boot wipe`');
-      exitCode = ExitCode.ioError;
-    }
-    logger.info(
-      { phase: 'wipe', ms: Math.round((performance.now() - instancesStoppedAt) * 10) / 10, removed: result.removed, restored: result.restored },
-      `wiped ${result.removed} file(s), restored ${result.restored}`,
-    );
-  }
-  await Promise.race([processes.close(), new Promise((resolve) => setTimeout(resolve, Math.max(0, budgetEnd - Date.now())))]);
-  // Leave no empty state folder behind (the daemon record went with the daemon).
-  if (wroteFiles) await rmdir(config.stateDir).catch(() => undefined);
-  logger.info({ phase: 'shutdown', ms: Math.round(performance.now() - started) }, 'stopped');
-  return exitCode;
-}
 
 /** `wipe`: remove every file a previous run left. */
 export async function runWipe(ctx: RunContext): Promise<number> {

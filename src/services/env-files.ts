@@ -218,7 +218,9 @@ export async function writeNodeFiles(stateDir: string, files: NodeFile[], record
   }
   await writeRecord(stateDir, record);
   if (storage.kind === 'tmpfs') await prepareStorageDir(storage.dir, owner);
-  await Promise.all(
+  // allSettled: on a failure, every other write has finished before the error goes up, so the
+  // wipe that follows cannot race a write still in flight.
+  const results = await Promise.allSettled(
     plans.map(async ({ file, before }) => {
       // A file already in the record is ours (a rewrite after rotation): nothing to keep aside.
       if (before === 'file' && !known.has(file.path)) {
@@ -241,6 +243,8 @@ export async function writeNodeFiles(stateDir: string, files: NodeFile[], record
       }
     }),
   );
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
 }
 
 /** Overwrite with zeros, fsync, unlink. A link is unlinked, never written through. */

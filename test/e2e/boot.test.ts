@@ -5,7 +5,7 @@ import path from 'node:path';
 import dotenv from 'dotenv';
 import { execa } from 'execa';
 import { afterEach, describe, expect, it } from 'vitest';
-import { alive, getJson, makeWorkspace, PM2_BIN, startBoot, waitFor, type Workspace } from '../helpers/boot.js';
+import { alive, getJson, makeWorkspace, PM2_BIN, startBoot, type Workspace } from '../helpers/boot.js';
 
 const sha = (value: string) => createHash('sha256').update(value).digest('hex');
 

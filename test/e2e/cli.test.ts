@@ -1,7 +1,6 @@
 import os from 'node:os';
-import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { FAKE_NVIDIA_SMI, runBoot, type Workspace } from '../helpers/boot.js';
+import { FAKE_NVIDIA_SMI, runBoot } from '../helpers/boot.js';
 import { expectNothingWritten, useTwoNodeWorkspace } from '../helpers/two-nodes.js';
 
 const CANARY = 'canary-check-Secret-77';

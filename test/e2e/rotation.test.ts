@@ -3,7 +3,7 @@ import { mkdir, readFile, rename, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import dotenv from 'dotenv';
 import { afterEach, describe, expect, it } from 'vitest';
-import { getJson, makeWorkspace, startBoot, waitFor, type Boot, type Workspace } from '../helpers/boot.js';
+import { getJson, makeWorkspace, startBoot, type Boot, type Workspace } from '../helpers/boot.js';
 
 const sha = (value: string) => createHash('sha256').update(value).digest('hex');
 const MANIFEST = { custom_nodes: [{ name: 'hf_node', env: { HF_TOKEN: '${HF_TOKEN}' } }] };
