@@ -12,10 +12,11 @@ const COMMANDS = {
   plan: 'print the PM2 apps that start would run (JSON, no secrets)',
   wipe: 'remove every .env a previous run left (after a crash), restoring what they replaced',
   demo: 'run start on the shipped demo workspace: mock GPUs, a ComfyUI stand-in, fake secrets',
+  install: 'build time: clone each manifest node with a url at its branch or commit, pip install its requirements, run its custom_script; refuses to run with secrets set',
 } as const;
 type Command = keyof typeof COMMANDS;
 
-const EXIT_CODES = `exit codes: 0 ok, 64 usage, 69 no GPU (GPU_MODE=actual), 70 internal error, 73 cannot write, 74 I/O or PM2 failure, 75 another gpu-boot runs on this workspace, 78 configuration, manifest or secret error`;
+const EXIT_CODES = `exit codes: 0 ok, 1 install failed, 64 usage, 69 no GPU (GPU_MODE=actual), 70 internal error, 73 cannot write, 74 I/O or PM2 failure, 75 another gpu-boot runs on this workspace, 78 configuration, manifest or secret error`;
 
 function mainHelp(): string {
   const width = Math.max(...SETTINGS_DOC.map((s) => s.name.length));
@@ -135,6 +136,11 @@ async function runCommand(command: Command, json: boolean, ctx: { config: Config
     }
     case 'wipe':
       return runner.runWipe(ctx);
+    case 'install': {
+      const { runInstall } = await import('./services/installer.js');
+      await runInstall(ctx.config, ctx.env, ctx.logger);
+      return ExitCode.ok;
+    }
     case 'check': {
       const { buildCheckReport, formatCheckReport } = await import('./check.js');
       const problems: string[] = [];

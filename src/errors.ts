@@ -4,6 +4,7 @@
  */
 export const ExitCode = {
   ok: 0,
+  failed: 1, // `install`: a node could not be cloned, checked out or set up
   usage: 64, // EX_USAGE: unknown subcommand or flag
   unavailable: 69, // EX_UNAVAILABLE: no GPU where one was required
   software: 70, // EX_SOFTWARE: a bug or an unexpected failure

@@ -93,7 +93,7 @@ describe('command line', () => {
     }
   });
 
-  it.each(['start', 'check', 'detect', 'plan', 'wipe', 'demo'])('%s --help answers without running', async (command) => {
+  it.each(['start', 'check', 'detect', 'plan', 'wipe', 'demo', 'install'])('%s --help answers without running', async (command) => {
     const result = await runBoot([command, '--help'], { PATH: process.env.PATH! });
     expect(result.exitCode).toBe(0);
     expect(result.stdout.split('\n')[0]).toMatch(new RegExp(`^usage: gpu-boot ${command}`));
