@@ -9,7 +9,9 @@ export class SecretMasker {
   /** Shorter values would mask ordinary words; `start` and `check` refuse them unless ALLOW_SHORT_SECRETS. */
   static readonly minLength = 4;
   private readonly patterns = new Map<string, string>();
-  private ordered: Array<[string, string]> = [];
+  private byPrefix = new Map<string, Array<[string, string]>>();
+  /** Indexed on the next mask(), not on every add(): 500 nodes x 5 keys would re-index 2,500 times. */
+  private dirty = false;
 
   add(variable: string, value: string): void {
     if (value.length < SecretMasker.minLength) return;
@@ -23,20 +25,47 @@ export class SecretMasker {
     for (const line of value.split(/\r?\n/)) {
       if (line !== value && line.trim().length >= SecretMasker.minLength && !this.patterns.has(line)) this.patterns.set(line, marker);
     }
-    // Longest first, so a value that contains another is masked whole.
-    this.ordered = [...this.patterns.entries()].sort((a, b) => b[0].length - a[0].length);
+    this.dirty = true;
   }
 
-  get size(): number {
-    return this.ordered.length;
-  }
-
-  mask(text: string): string {
-    let out = text;
-    for (const [value, marker] of this.ordered) {
-      if (out.includes(value)) out = out.split(value).join(marker);
+  /** Patterns by their first 4 characters, each list longest first: one pass over a line finds every candidate. */
+  private index(): Map<string, Array<[string, string]>> {
+    if (this.dirty) {
+      this.byPrefix = new Map();
+      for (const entry of this.patterns.entries()) {
+        const key = entry[0].slice(0, SecretMasker.minLength);
+        const list = this.byPrefix.get(key) ?? [];
+        list.push(entry);
+        this.byPrefix.set(key, list);
+      }
+      for (const list of this.byPrefix.values()) list.sort((x, y) => y[0].length - x[0].length);
+      this.dirty = false;
     }
-    return out;
+    return this.byPrefix;
+  }
+
+  /**
+   * Replace every known value. Scans the line once, looking up each 4-character window,
+   * so the cost follows the line's length, not the number of secrets times the length.
+   * At each position the longest value wins, so a value that contains another is masked whole.
+   */
+  mask(text: string): string {
+    if (this.patterns.size === 0) return text;
+    const index = this.index();
+    let out = '';
+    let last = 0;
+    for (let i = 0; i + SecretMasker.minLength <= text.length; ) {
+      const candidates = index.get(text.slice(i, i + SecretMasker.minLength));
+      const hit = candidates?.find(([value]) => text.startsWith(value, i));
+      if (hit) {
+        out += text.slice(last, i) + hit[1];
+        i += hit[0].length;
+        last = i;
+      } else {
+        i += 1;
+      }
+    }
+    return last === 0 ? text : out + text.slice(last);
   }
 }
 
