@@ -51,8 +51,8 @@ async function timed<T>(
   return value;
 }
 
-export async function detectPhase(ctx: RunContext): Promise<GpuDetection> {
-  return timed(ctx, 'detect', () => detectGpus(ctx.config, ctx.logger), (g) => ({
+export async function detectPhase(ctx: RunContext, withHost = true): Promise<GpuDetection> {
+  return timed(ctx, 'detect', () => detectGpus(ctx.config, ctx.logger, withHost), (g) => ({
     source: g.source,
     count: g.count,
     model: g.model,
@@ -67,8 +67,13 @@ export async function secretsPhase(ctx: RunContext): Promise<PreparedNodes> {
     manifest: p.manifest.path,
     nodes: p.files.length,
     skipped: p.skipped,
-    variables: [...p.resolution.variables.values()].map((v) => `${v.variable} <- ${v.source}`),
+    variables: capList([...p.resolution.variables.values()].map((v) => `${v.variable} <- ${v.source}`)),
   }), (p) => `${p.resolution.variables.size} variable(s) resolved for ${p.files.length} node file(s)${p.skipped.length ? `, ${p.skipped.length} node(s) skipped` : ''}`);
+}
+
+/** Long lists (500 nodes) make log lines no one reads and that cost time to mask: keep the first 50 and a count. */
+function capList(items: string[], limit = 50): string[] {
+  return items.length <= limit ? items : [...items.slice(0, limit), `... and ${items.length - limit} more`];
 }
 
 /** `plan`: the apps that would start, from detection and the manifest's variable names only. */
@@ -216,7 +221,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     // After recover: a second boot refused on a live workspace must not take the first one's port.
     if (config.healthPort > 0) health = await startHealth(ctx, state, processes);
     checkStop();
-    const gpus = await detectPhase(ctx);
+    const gpus = await detectPhase(ctx, false);
     checkStop();
     const prepared = await secretsPhase(ctx);
     // Rotation re-reads the sources later; this process's own environment loses them just below.
@@ -242,7 +247,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
       await writeNodeFiles(config.stateDir, prepared.files, record, { storage, ...(owner ? { owner } : {}) });
       return prepared.files;
     }, (files) => ({
-      files: files.map((f) => f.path),
+      files: capList(files.map((f) => f.path)),
       storage: storage.kind === 'tmpfs' ? storage.dir : 'in place',
       ...(owner ? { owner } : {}),
     }), (files) => `plan and ${files.length} .env file(s) written${storage.kind === 'tmpfs' ? `, contents on tmpfs ${storage.dir}` : ' in place'}`);

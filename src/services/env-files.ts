@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { constants } from 'node:fs';
-import { chmod, chown, link, lstat, mkdir, open, readdir, readFile, readlink, realpath, rename, rmdir, symlink, unlink } from 'node:fs/promises';
+import { closeSync, constants, fchownSync, fstatSync, fsyncSync, symlinkSync, lstatSync, openSync, readdirSync, readlinkSync, readSync, renameSync, rmdirSync, unlinkSync, writeSync } from 'node:fs';
+import { chmod, chown, link, lstat, mkdir, open, readFile, realpath, rename, unlink } from 'node:fs/promises';
 import { HEADER } from './dotenv-format.js';
 import path from 'node:path';
 import { z } from 'zod';
@@ -172,14 +172,43 @@ export interface WriteOptions {
   owner?: Owner;
 }
 
+/**
+ * On tmpfs: the same temp-then-rename write, synchronously and without fsync (memory has
+ * nothing to flush). Hundreds of tiny files are written far faster than through the thread pool.
+ */
+function writeMemoryFileSync(target: string, text: string, owner: Owner | undefined): void {
+  const temp = path.join(path.dirname(target), `${TEMP_PREFIX}${process.pid}-${randomBytes(6).toString('hex')}`);
+  let fd: number | undefined;
+  try {
+    fd = openSync(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, FILE_MODE);
+    writeSync(fd, text);
+    if (owner) fchownSync(fd, owner.uid, owner.gid);
+    closeSync(fd);
+    fd = undefined;
+    renameSync(temp, target);
+  } catch (error) {
+    if (fd !== undefined) closeSync(fd);
+    try {
+      unlinkSync(temp);
+    } catch {
+      // never created
+    }
+    throw new FileWriteError(`cannot write ${target}: ${errnoText(error)}`);
+  }
+}
+
 /** Replace `linkPath` with a link to `target`, atomically: a planted file or link is replaced, never followed. */
-async function replaceWithLink(target: string, linkPath: string): Promise<void> {
+function replaceWithLinkSync(target: string, linkPath: string): void {
   const temp = path.join(path.dirname(linkPath), `${TEMP_PREFIX}${process.pid}-${randomBytes(6).toString('hex')}`);
   try {
-    await symlink(target, temp);
-    await rename(temp, linkPath);
+    symlinkSync(target, temp);
+    renameSync(temp, linkPath);
   } catch (error) {
-    await unlink(temp).catch(() => undefined);
+    try {
+      unlinkSync(temp);
+    } catch {
+      // never created
+    }
     throw new FileWriteError(`cannot link ${linkPath}: ${errnoText(error)}`);
   }
 }
@@ -236,8 +265,8 @@ export async function writeNodeFiles(stateDir: string, files: NodeFile[], record
       }
       const target = storageTarget(storage, file);
       if (target) {
-        await writeFileAtomic(target, file.text, FILE_MODE, owner);
-        await replaceWithLink(target, file.path);
+        writeMemoryFileSync(target, file.text, owner);
+        replaceWithLinkSync(target, file.path);
       } else {
         await writeFileAtomic(file.path, file.text, FILE_MODE, owner);
       }
@@ -247,28 +276,32 @@ export async function writeNodeFiles(stateDir: string, files: NodeFile[], record
   if (failed) throw failed.reason;
 }
 
-/** Overwrite with zeros, fsync, unlink. A link is unlinked, never written through. */
-async function shredFile(target: string): Promise<boolean> {
-  let handle;
+/**
+ * Overwrite with zeros, fsync (skipped on tmpfs, where it means nothing), unlink. A link is
+ * unlinked, never written through. Synchronous: a wipe is hundreds of tiny calls, which the
+ * thread pool would only queue.
+ */
+function shredFileSync(target: string, durable: boolean): boolean {
+  let fd: number;
   try {
-    handle = await open(target, constants.O_WRONLY | constants.O_NOFOLLOW);
+    fd = openSync(target, constants.O_WRONLY | constants.O_NOFOLLOW);
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') return false;
     if (code === 'ELOOP') {
-      await unlink(target);
+      unlinkSync(target);
       return true;
     }
     throw error;
   }
   try {
-    const { size } = await handle.stat();
-    if (size > 0) await handle.write(Buffer.alloc(size), 0, size, 0);
-    await handle.sync();
+    const { size } = fstatSync(fd);
+    if (size > 0) writeSync(fd, Buffer.alloc(size), 0, size, 0);
+    if (durable) fsyncSync(fd);
   } finally {
-    await handle.close();
+    closeSync(fd);
   }
-  await unlink(target);
+  unlinkSync(target);
   return true;
 }
 
@@ -281,29 +314,34 @@ export interface WipeResult {
 }
 
 /** Why a recorded entry is not one of ours, or undefined when it is (or is already gone). */
-async function notOurs(file: { path: string; target?: string | undefined }, storageDir: string | undefined): Promise<string | undefined> {
+function notOursSync(file: { path: string; target?: string | undefined }, storageDir: string | undefined): string | undefined {
   if (path.basename(file.path) !== ENV_FILE_NAME) return 'not a .env';
   if (file.target !== undefined && (storageDir === undefined || path.dirname(file.target) !== storageDir)) {
     return 'its content is not in the recorded secrets folder';
   }
   let stat;
   try {
-    stat = await lstat(file.path);
+    stat = lstatSync(file.path);
   } catch {
     return undefined;
   }
   if (stat.isSymbolicLink()) {
-    const to = await readlink(file.path).catch(() => '');
+    let to = '';
+    try {
+      to = readlinkSync(file.path);
+    } catch {
+      // unreadable link: not ours
+    }
     return to === file.target ? undefined : 'a link gpu-boot did not make';
   }
   if (!stat.isFile()) return 'not a file';
-  const handle = await open(file.path, constants.O_RDONLY | constants.O_NOFOLLOW);
+  const fd = openSync(file.path, constants.O_RDONLY | constants.O_NOFOLLOW);
   try {
     const head = Buffer.alloc(HEADER.length);
-    await handle.read(head, 0, HEADER.length, 0);
+    readSync(fd, head, 0, HEADER.length, 0);
     return head.toString('utf8') === HEADER ? undefined : 'not generated by gpu-boot';
   } finally {
-    await handle.close();
+    closeSync(fd);
   }
 }
 
@@ -316,55 +354,65 @@ export async function wipeRecordedFiles(stateDir: string): Promise<WipeResult> {
   const result: WipeResult = { removed: 0, restored: 0, problems: [], skipped: [] };
   if (!record) return result;
   const folders = new Set(record.files.map((f) => path.dirname(f.path)));
-  await Promise.all(
-    record.files.map(async (file) => {
-      try {
-        // The record sits on a workspace that may be shared: act only on what gpu-boot itself would have written.
-        const why = await notOurs(file, record.storageDir);
-        if (why) {
-          result.skipped.push(`${file.path}: ${why}; left alone`);
-          return;
-        }
-        // One .env counts once, whether it was a file or a link to its content on tmpfs.
-        const content = file.target ? await shredFile(file.target) : false;
-        const entry = await shredFile(file.path);
-        if (content || entry) result.removed += 1;
-        if (file.backup && (await existing(file.backup)) === 'file') {
-          await rename(file.backup, file.path);
-          result.restored += 1;
-        }
-      } catch (error) {
-        result.problems.push(`${file.path}: ${errnoText(error)}`);
+  const onDisk = record.files.some((f) => f.target === undefined);
+  for (const file of record.files) {
+    try {
+      // The record sits on a workspace that may be shared: act only on what gpu-boot itself would have written.
+      const why = notOursSync(file, record.storageDir);
+      if (why) {
+        result.skipped.push(`${file.path}: ${why}; left alone`);
+        continue;
       }
-    }),
-  );
-  await Promise.all(
-    [...folders].map(async (folder) => {
-      const names = await readdir(folder).catch(() => [] as string[]);
-      for (const name of names.filter((n) => n.startsWith(TEMP_PREFIX))) {
-        try {
-          await shredFile(path.join(folder, name));
-          result.removed += 1;
-        } catch (error) {
-          result.problems.push(`${path.join(folder, name)}: ${errnoText(error)}`);
-        }
+      // One .env counts once, whether it was a file or a link to its content on tmpfs.
+      const content = file.target ? shredFileSync(file.target, false) : false;
+      const entry = shredFileSync(file.path, file.target === undefined);
+      if (content || entry) result.removed += 1;
+      if (file.backup && (await existing(file.backup)) === 'file') {
+        renameSync(file.backup, file.path);
+        result.restored += 1;
       }
-      await fsyncDir(folder).catch(() => undefined);
-    }),
-  );
-  if (record.storageDir) {
-    // Only our files live there; anything else left in it is a temp file from a crash.
-    const names = await readdir(record.storageDir).catch(() => [] as string[]);
+    } catch (error) {
+      result.problems.push(`${file.path}: ${errnoText(error)}`);
+    }
+  }
+  // Temp files a crash left beside the targets.
+  for (const folder of folders) {
+    let names: string[] = [];
+    try {
+      names = readdirSync(folder).filter((n) => n.startsWith(TEMP_PREFIX));
+    } catch {
+      continue;
+    }
     for (const name of names) {
       try {
-        await shredFile(path.join(record.storageDir, name));
+        shredFileSync(path.join(folder, name), true);
+        result.removed += 1;
+      } catch (error) {
+        result.problems.push(`${path.join(folder, name)}: ${errnoText(error)}`);
+      }
+    }
+    if (onDisk || names.length) await fsyncDir(folder).catch(() => undefined);
+  }
+  if (record.storageDir) {
+    // Only our files live there; anything else left in it is a temp file from a crash.
+    let names: string[] = [];
+    try {
+      names = readdirSync(record.storageDir);
+    } catch {
+      // already gone
+    }
+    for (const name of names) {
+      try {
+        shredFileSync(path.join(record.storageDir, name), false);
       } catch (error) {
         result.problems.push(`${path.join(record.storageDir, name)}: ${errnoText(error)}`);
       }
     }
-    await rmdir(record.storageDir).catch((error: NodeJS.ErrnoException) => {
-      if (error.code !== 'ENOENT') result.problems.push(`${record.storageDir}: ${errnoText(error)}`);
-    });
+    try {
+      rmdirSync(record.storageDir);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') result.problems.push(`${record.storageDir}: ${errnoText(error)}`);
+    }
   }
   if (result.problems.length === 0) await unlink(recordPath(stateDir)).catch(() => undefined);
   return result;

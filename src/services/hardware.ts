@@ -200,10 +200,14 @@ export function hintMismatches(config: Config, detected: GpuDetection): string[]
   return warnings;
 }
 
-export async function detectGpus(config: Config, logger: Logger): Promise<GpuDetection> {
-  const host = detectHost();
+/**
+ * `withHost`: also ask systeminformation for CPU and memory (detect, check). `start`
+ * leaves it out: it costs ~40 ms of imports and /proc reads on the boot's hot path.
+ */
+export async function detectGpus(config: Config, logger: Logger, withHost = true): Promise<GpuDetection> {
+  const host = withHost ? detectHost() : undefined;
   const gpus = await detectGpuList(config, logger);
-  return { ...gpus, host: await host };
+  return host ? { ...gpus, host: await host } : gpus;
 }
 
 async function detectGpuList(config: Config, logger: Logger): Promise<GpuDetection> {
