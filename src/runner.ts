@@ -172,6 +172,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
   const bootStarted = performance.now();
   const processes = new ProcessManager(logger, ECOSYSTEM_FILE);
   let rotator: Rotator | undefined;
+  let pm2Connecting: Promise<void> | undefined;
   let health: HealthServer | undefined;
   let wroteFiles = false;
   let knownPids: number[] = [];
@@ -240,6 +241,10 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     const record: WriteRecord = { version: 1, pid: process.pid, startedAt: new Date().toISOString(), files: [] };
     state.gpus = gpus;
     state.nodes = prepared.files.map((f) => ({ name: f.node, file: f.path, keys: prepared.resolution.nodes.find((n) => n.name === f.node)?.values.map((v) => v.key) ?? [] }));
+    // The PM2 daemon takes ~300 ms to come up: start it now, beside the writes. The secrets are
+    // already out of this process's environment, which the daemon inherits.
+    pm2Connecting = processes.connect(config.stateDir);
+    pm2Connecting.catch(() => undefined);
     await timed(ctx, 'write', async () => {
       await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
       await writeFileAtomic(planFile, `${JSON.stringify(plan, null, 2)}\n`, 0o644);
@@ -255,7 +260,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
 
     const instances = await timed(ctx, 'pm2-start', async () => {
       try {
-        await processes.connect(config.stateDir);
+        await pm2Connecting;
         const stale = await processes.removeStaleApps();
         if (stale.length) logger.warn({ apps: stale }, 'removed instances left in PM2 by an earlier run');
         await processes.watch();
@@ -336,6 +341,8 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     state.phase = 'stopping';
     // A rotation in progress finishes its write first: a file is never cut in half.
     await rotator?.close();
+    // A daemon still coming up must be up before it can be stopped.
+    await pm2Connecting?.catch(() => undefined);
     exitCode = await shutdown(ctx, processes, knownPids, wroteFiles);
     await health?.close();
     if (daemonDied && exitCode === ExitCode.ok) exitCode = ExitCode.ioError;

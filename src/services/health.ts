@@ -1,7 +1,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
-import { collectDefaultMetrics, Gauge, Registry } from 'prom-client';
+import type { Registry } from 'prom-client';
 import type { InstanceState } from './processes.js';
 import { probeHttp } from './readiness.js';
 import type { BootState } from './state.js';
@@ -74,7 +74,9 @@ export async function statusReport(deps: HealthDeps): Promise<object> {
   };
 }
 
-function buildRegistry(deps: HealthDeps): Registry {
+/** prom-client is loaded on the first scrape of /metrics, not on the boot's path. */
+async function buildRegistry(deps: HealthDeps): Promise<Registry> {
+  const { collectDefaultMetrics, Gauge, Registry } = await import('prom-client');
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'gpu_boot_process_' });
   const { state } = deps;
@@ -144,7 +146,7 @@ export interface HealthServer {
 }
 
 export async function startHealthServer(port: number, host: string, deps: HealthDeps): Promise<HealthServer> {
-  const registry = buildRegistry(deps);
+  let registry: Promise<Registry> | undefined;
   const send = (res: http.ServerResponse, status: number, body: string, type = 'application/json'): void => {
     res.writeHead(status, { 'Content-Type': type, 'Cache-Control': 'no-store' });
     res.end(body);
@@ -162,8 +164,11 @@ export async function startHealthServer(port: number, host: string, deps: Health
         }
         case '/status':
           return send(res, 200, JSON.stringify(await statusReport(deps)));
-        case '/metrics':
-          return send(res, 200, await registry.metrics(), registry.contentType);
+        case '/metrics': {
+          registry ??= buildRegistry(deps);
+          const r = await registry;
+          return send(res, 200, await r.metrics(), r.contentType);
+        }
         default:
           return send(res, 404, JSON.stringify({ error: 'not found', endpoints: ['/health', '/ready', '/status', '/metrics'] }));
       }

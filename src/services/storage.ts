@@ -2,7 +2,6 @@ import { createHash } from 'node:crypto';
 import { constants } from 'node:fs';
 import { access, mkdir, stat, statfs } from 'node:fs/promises';
 import path from 'node:path';
-import { execa } from 'execa';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { ConfigError } from '../errors.js';
@@ -51,7 +50,7 @@ export async function chooseStorage(config: Config, logger: Logger, candidates =
 }
 
 async function idOf(user: string, flag: '-u' | '-g'): Promise<number> {
-  const result = await execa('id', [flag, user], { reject: false, stdin: 'ignore' });
+  const result = await (await import('execa')).execa('id', [flag, user], { reject: false, stdin: 'ignore' });
   const value = Number.parseInt(result.stdout, 10);
   if (result.exitCode !== 0 || !Number.isInteger(value)) {
     throw new ConfigError('invalid configuration', [`COMFYUI_USER: no such user "${user}"`]);
