@@ -1,0 +1,303 @@
+#!/usr/bin/env node
+// npm run bench: boot, shutdown, memory and scale of the real built entrypoint with real PM2,
+// mock GPUs and a ComfyUI stand-in that answers at once, against the floor measured in the same run.
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, copyFileSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const ENTRYPOINT = path.join(ROOT, 'dist', 'entrypoint.js');
+const STAND_IN = path.join(ROOT, 'bench', 'standin_main.py');
+const OUT = path.join(ROOT, 'bench', 'out');
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const PYTHON = process.env.BENCH_PYTHON ?? 'python3';
+
+const now = () => performance.now();
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const stats = (xs) => ({ median: median(xs), min: Math.min(...xs), max: Math.max(...xs) });
+const round1 = (x) => Math.round(x * 10) / 10;
+
+async function freePorts(count) {
+  const free = (port) =>
+    new Promise((resolve) => {
+      const s = net.createServer();
+      s.once('error', () => resolve(false));
+      s.listen({ port, host: '127.0.0.1', exclusive: true }, () => s.close(() => resolve(true)));
+    });
+  for (;;) {
+    const start = 20000 + Math.floor(Math.random() * 30000);
+    let ok = true;
+    for (let i = 0; i < count && ok; i += 1) ok = await free(start + i);
+    if (ok) return start;
+  }
+}
+
+function answers(port) {
+  return new Promise((resolve) => {
+    const socket = net.connect({ port, host: '127.0.0.1' }, () => {
+      socket.end('GET / HTTP/1.0\r\n\r\n');
+    });
+    socket.once('data', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
+
+async function waitAll(ports) {
+  await Promise.all(
+    ports.map(async (port) => {
+      while (!(await answers(port))) await new Promise((r) => setTimeout(r, 5));
+    }),
+  );
+}
+
+/** Floor 1: starting Node and exiting. */
+function nodeFloor() {
+  const started = now();
+  execFileSync(process.execPath, ['-e', '0']);
+  return now() - started;
+}
+
+/** Floor 2: the stand-ins started bare, in parallel, until each answers. */
+async function standInFloor(count) {
+  const start = await freePorts(count);
+  const ports = Array.from({ length: count }, (_, i) => start + i);
+  const started = now();
+  const children = ports.map((port) => spawn(PYTHON, [STAND_IN, '--listen', '127.0.0.1', '--port', String(port)], { stdio: 'ignore' }));
+  await waitAll(ports);
+  const ms = now() - started;
+  for (const child of children) child.kill('SIGTERM');
+  await Promise.all(children.map((c) => new Promise((r) => (c.exitCode !== null ? r() : c.once('exit', r)))));
+  return ms;
+}
+
+function workspace(nodes) {
+  const root = mkdtempSync(path.join(os.tmpdir(), 'gpu-boot-bench-'));
+  const comfy = path.join(root, 'workspace', 'ComfyUI');
+  mkdirSync(path.join(comfy, 'custom_nodes'), { recursive: true });
+  copyFileSync(STAND_IN, path.join(comfy, 'main.py'));
+  const manifest = { custom_nodes: [] };
+  const env = {};
+  for (let n = 0; n < nodes; n += 1) {
+    const name = `node_${n}`;
+    mkdirSync(path.join(comfy, 'custom_nodes', name));
+    const keys = {};
+    for (let k = 0; k < 5; k += 1) {
+      keys[`KEY_${k}`] = `\${SECRET_${n}_${k}}`;
+      env[`SECRET_${n}_${k}`] = `bench-secret-${n}-${k}-${'x'.repeat(24)}`;
+    }
+    manifest.custom_nodes.push({ name, env: keys });
+  }
+  writeFileSync(path.join(root, 'workspace', 'config_nodes.json'), JSON.stringify(manifest));
+  return { root, env };
+}
+
+function readHwmKb(pid) {
+  try {
+    const line = readFileSync(`/proc/${pid}/status`, 'utf8').split('\n').find((l) => l.startsWith('VmHWM:'));
+    return Number(line?.split(/\s+/)[1] ?? 0);
+  } catch {
+    return 0;
+  }
+}
+
+/** One boot: spawn to the last instance answering, then SIGTERM to exit. */
+async function boot(gpus, nodes) {
+  const { root, env: secrets } = workspace(nodes);
+  const portStart = await freePorts(gpus + 1);
+  const env = {
+    PATH: process.env.PATH,
+    HOME: root,
+    GPU_MODE: 'mock',
+    NUM_GPUS: String(gpus),
+    WORKSPACE_PATH: path.join(root, 'workspace'),
+    PM2_HOME: path.join(root, 'pm2'),
+    SECRETS_TMPFS: path.join('/dev/shm', path.basename(root)),
+    COMFYUI_PYTHON: PYTHON,
+    COMFYUI_LISTEN: '127.0.0.1',
+    COMFYUI_PORT_START: String(portStart),
+    HEALTH_PORT: String(portStart + gpus),
+    HEALTH_BIND: '127.0.0.1',
+    LOG_LEVEL: 'info',
+    ...secrets,
+  };
+  const ports = Array.from({ length: gpus }, (_, i) => portStart + i);
+  const started = now();
+  const child = spawn(process.execPath, [ENTRYPOINT, 'start'], { env, stdio: ['ignore', 'pipe', 'inherit'] });
+  const logs = [];
+  let buffer = '';
+  const waiters = [];
+  let exitedEarly = false;
+  child.once('exit', () => {
+    exitedEarly = true;
+    for (const w of waiters) w();
+  });
+  child.stdout.on('data', (chunk) => {
+    buffer += chunk.toString();
+    const lines = buffer.split('\n');
+    buffer = lines.pop();
+    for (const line of lines) {
+      try {
+        const entry = JSON.parse(line);
+        entry.receivedAt = now();
+        logs.push(entry);
+        for (const w of waiters) w();
+      } catch {
+        // not a log line
+      }
+    }
+  });
+  const waitLog = (match) =>
+    new Promise((resolve, reject) => {
+      const check = () => {
+        const found = logs.find(match);
+        if (found) resolve(found);
+        else if (exitedEarly) reject(new Error('the boot exited before it was ready'));
+      };
+      waiters.push(check);
+      check();
+    });
+  await waitAll(ports);
+  const readyMs = now() - started;
+  await waitLog((l) => l.phase === 'ready');
+  const phases = Object.fromEntries(logs.filter((l) => typeof l.phase === 'string' && typeof l.ms === 'number').map((l) => [l.phase, l.ms]));
+  const pm2Pid = Number(readFileSync(path.join(env.PM2_HOME, 'pm2.pid'), 'utf8'));
+  const rss = { bootstrapMb: readHwmKb(child.pid) / 1024, pm2Mb: readHwmKb(pm2Pid) / 1024 };
+  const stopAt = now();
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  await exited;
+  const shutdownMs = now() - stopAt;
+  const wipe = logs.find((l) => l.phase === 'wipe');
+  rmSync(root, { recursive: true, force: true });
+  rmSync(env.SECRETS_TMPFS, { recursive: true, force: true });
+  return { readyMs, phases, rss, shutdownMs, wipeAfterInstancesMs: wipe?.ms ?? NaN };
+}
+
+/** The cost of writing and wiping N nodes' files alone (no boot around it), on tmpfs and in place. */
+async function fileCost(nodes, storageKind) {
+  const { writeNodeFiles, wipeRecordedFiles } = await import(path.join(ROOT, 'dist', 'services', 'env-files.js'));
+  const { renderEnvFile } = await import(path.join(ROOT, 'dist', 'services', 'dotenv-format.js'));
+  const root = mkdtempSync(path.join(os.tmpdir(), 'gpu-boot-bench-files-'));
+  const shm = path.join('/dev/shm', path.basename(root));
+  const files = [];
+  for (let n = 0; n < nodes; n += 1) {
+    mkdirSync(path.join(root, `node_${n}`));
+    const entries = Array.from({ length: 5 }, (_, k) => ({ key: `KEY_${k}`, value: `bench-secret-${n}-${k}-${'x'.repeat(24)}` }));
+    files.push({ node: `node_${n}`, path: path.join(root, `node_${n}`, '.env'), text: renderEnvFile(`node_${n}`, entries) });
+  }
+  const storage = storageKind === 'tmpfs' ? { kind: 'tmpfs', dir: path.join(shm, 'store') } : { kind: 'in-place' };
+  const write = [];
+  const wipe = [];
+  for (let r = 0; r < ROUNDS + 1; r += 1) {
+    let started = now();
+    await writeNodeFiles(path.join(root, 'state'), files, { version: 1, pid: process.pid, startedAt: '', files: [] }, { storage });
+    write.push(now() - started);
+    started = now();
+    await wipeRecordedFiles(path.join(root, 'state'));
+    wipe.push(now() - started);
+  }
+  rmSync(root, { recursive: true, force: true });
+  rmSync(shm, { recursive: true, force: true });
+  return { nodes, storage: storageKind, writeMs: stats(write.slice(1)), wipeMs: stats(wipe.slice(1)) };
+}
+
+const scenarios = [
+  { gpus: 1, nodes: 10 },
+  { gpus: 8, nodes: 100 },
+  { gpus: 16, nodes: 10 },
+  { gpus: 8, nodes: 500 },
+];
+
+const results = { machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, node: process.version }, rounds: ROUNDS, floor: {}, scenarios: [] };
+const nodeRuns = [];
+for (let i = 0; i < ROUNDS + 1; i += 1) nodeRuns.push(nodeFloor());
+results.floor.nodeMs = stats(nodeRuns.slice(1));
+
+for (const s of scenarios) {
+  const standIn = [];
+  const runs = [];
+  await standInFloor(s.gpus); // warm-up
+  await boot(s.gpus, s.nodes); // warm-up
+  for (let i = 0; i < ROUNDS; i += 1) {
+    standIn.push(await standInFloor(s.gpus));
+    runs.push(await boot(s.gpus, s.nodes));
+  }
+  const overhead = runs.map((r, i) => r.readyMs - standIn[i]);
+  const phaseNames = ['recover', 'detect', 'secrets', 'write', 'pm2-start', 'ready'];
+  results.scenarios.push({
+    ...s,
+    standInFloorMs: stats(standIn),
+    readyMs: stats(runs.map((r) => r.readyMs)),
+    bootOverheadMs: stats(overhead),
+    phasesMs: Object.fromEntries(phaseNames.map((p) => [p, stats(runs.map((r) => r.phases[p] ?? NaN))])),
+    shutdownMs: stats(runs.map((r) => r.shutdownMs)),
+    wipeAfterInstancesMs: stats(runs.map((r) => r.wipeAfterInstancesMs)),
+    bootstrapRssMb: stats(runs.map((r) => r.rss.bootstrapMb)),
+    pm2RssMb: stats(runs.map((r) => r.rss.pm2Mb)),
+    totalRssMb: stats(runs.map((r) => r.rss.bootstrapMb + r.rss.pm2Mb)),
+  });
+}
+
+/** Floor 3: the disk itself. 500 new directory entries (symlinks) in 500 fresh folders on the workspace's file system. */
+async function linkFloor(nodes) {
+  const { symlink } = await import('node:fs/promises');
+  const runs = [];
+  for (let r = 0; r < ROUNDS + 1; r += 1) {
+    const root = mkdtempSync(path.join(os.tmpdir(), 'gpu-boot-bench-links-'));
+    for (let n = 0; n < nodes; n += 1) mkdirSync(path.join(root, `n${n}`));
+    const started = now();
+    await Promise.all(Array.from({ length: nodes }, (_, n) => symlink('/dev/shm/x', path.join(root, `n${n}`, '.env'))));
+    runs.push(now() - started);
+    rmSync(root, { recursive: true, force: true });
+  }
+  return stats(runs.slice(1));
+}
+results.floor.links500Ms = await linkFloor(500);
+
+results.files = [];
+for (const storage of ['tmpfs', 'in-place']) for (const nodes of [10, 100, 500]) results.files.push(await fileCost(nodes, storage));
+
+// Verdicts against the targets (issue 6), each measured against the floor of this run.
+const at = (gpus, nodes) => results.scenarios.find((s) => s.gpus === gpus && s.nodes === nodes);
+const s8 = at(8, 100);
+const s500 = at(8, 500);
+const s10 = at(1, 10);
+const fileAt = (nodes, storage) => results.files.find((f) => f.nodes === nodes && f.storage === storage);
+// Per-node cost at 500 over per-node cost at 100, worst of the two storages.
+const linear = (key) => Math.max(...['tmpfs', 'in-place'].map((st) => fileAt(500, st)[key].median / 500 / (fileAt(100, st)[key].median / 100)));
+const verdicts = [
+  ['boot overhead, 8 GPUs x 100 nodes <= 500 ms', s8.bootOverheadMs.median, s8.bootOverheadMs.median <= 500],
+  [`boot overhead <= 4 x node -e 0 (${round1(4 * results.floor.nodeMs.median)} ms)`, s8.bootOverheadMs.median, s8.bootOverheadMs.median <= 4 * results.floor.nodeMs.median],
+  ['shutdown (SIGTERM to exit) < 1000 ms', Math.max(...results.scenarios.map((s) => s.shutdownMs.median)), results.scenarios.every((s) => s.shutdownMs.median < 1000)],
+  ['every file wiped within 100 ms of the instances stopping', Math.max(...results.scenarios.map((s) => s.wipeAfterInstancesMs.median)), results.scenarios.every((s) => s.wipeAfterInstancesMs.median <= 100)],
+  ['bootstrap + PM2 peak RSS <= 90 MB', Math.max(...results.scenarios.map((s) => s.totalRssMb.median)), results.scenarios.every((s) => s.totalRssMb.median <= 90)],
+  ['500 nodes written (files alone, tmpfs) < 100 ms', fileAt(500, 'tmpfs').writeMs.median, fileAt(500, 'tmpfs').writeMs.median < 100],
+  ['500 nodes written (files alone, in place) < 100 ms', fileAt(500, 'in-place').writeMs.median, fileAt(500, 'in-place').writeMs.median < 100],
+  ['write and wipe grow linearly: per node at 500 <= 2 x per node at 100', round1(Math.max(linear('writeMs'), linear('wipeMs')) * 100) / 100, linear('writeMs') <= 2 && linear('wipeMs') <= 2],
+];
+results.verdicts = verdicts.map(([target, value, pass]) => ({ target, value: round1(value), pass }));
+
+const fmt = (st) => `${round1(st.median)} (${round1(st.min)}–${round1(st.max)})`;
+console.log(`\ngpu-boot bench: ${ROUNDS} rounds after a warm-up; ms as median (min–max); ${results.machine.cpus} CPUs, Node ${results.machine.node}`);
+console.log(`floor: node -e 0 = ${fmt(results.floor.nodeMs)} ms; 500 links in fresh folders on the workspace disk = ${fmt(results.floor.links500Ms)} ms`);
+console.log('| GPUs | nodes | stand-ins bare | ready | overhead | detect | secrets | write | pm2-start | shutdown | wipe | bootstrap MB | PM2 MB |');
+console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+for (const s of results.scenarios) {
+  console.log(`| ${s.gpus} | ${s.nodes} | ${fmt(s.standInFloorMs)} | ${fmt(s.readyMs)} | ${fmt(s.bootOverheadMs)} | ${fmt(s.phasesMs.detect)} | ${fmt(s.phasesMs.secrets)} | ${fmt(s.phasesMs.write)} | ${fmt(s.phasesMs['pm2-start'])} | ${fmt(s.shutdownMs)} | ${fmt(s.wipeAfterInstancesMs)} | ${fmt(s.bootstrapRssMb)} | ${fmt(s.pm2RssMb)} |`);
+}
+console.log('\nfiles alone (writeNodeFiles, then wipeRecordedFiles):');
+console.log('| nodes | storage | write | wipe |');
+console.log('|---|---|---|---|');
+for (const f of results.files) console.log(`| ${f.nodes} | ${f.storage} | ${fmt(f.writeMs)} | ${fmt(f.wipeMs)} |`);
+console.log('');
+for (const v of results.verdicts) console.log(`${v.pass ? 'PASS' : 'MISS'}  ${v.target}: ${v.value}`);
+mkdirSync(OUT, { recursive: true });
+writeFileSync(path.join(OUT, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
+console.log(`\nwrote ${path.relative(process.cwd(), path.join(OUT, 'results.json'))}`);
+process.exitCode = results.verdicts.every((v) => v.pass) ? 0 : 1;
