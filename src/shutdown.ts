@@ -1,7 +1,7 @@
 import { rmdir, unlink } from 'node:fs/promises';
 import { ExitCode, describeError } from './errors.js';
 import type { RunContext } from './runner.js';
-import { wipeRecordedFiles } from './services/env-files.js';
+import { wipeRecordedFiles } from './services/wipe.js';
 import { planPath } from './services/plan.js';
 import { isAlive, type ProcessManager } from './services/processes.js';
 

@@ -6,7 +6,8 @@ import dotenv from 'dotenv';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { HEADER } from '../src/services/dotenv-format.js';
-import { readRecord, TEMP_PREFIX, writeRecord, wipeRecordedFiles, writeNodeFiles, type NodeFile, type WriteRecord } from '../src/services/env-files.js';
+import { readRecord, TEMP_PREFIX, writeRecord, writeNodeFiles, type NodeFile, type WriteRecord } from '../src/services/env-files.js';
+import { wipeRecordedFiles } from '../src/services/wipe.js';
 import { chooseStorage } from '../src/services/storage.js';
 import { captureLogger } from './helpers/logger.js';
 
