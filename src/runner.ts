@@ -17,7 +17,7 @@ import { shutdown } from './shutdown.js';
 import { startHealthServer, type HealthServer } from './services/health.js';
 import { Rotator } from './services/rotation.js';
 import { BootState } from './services/state.js';
-import { waitForHttp } from './services/readiness.js';
+import { reportReadiness } from './services/readiness.js';
 import { referencedVariables } from './services/manifest.js';
 
 /**
@@ -294,40 +294,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     stopDaemonWatch = () => clearInterval(daemonWatch);
 
     // Readiness runs beside the wait for a signal: a SIGTERM during a slow start is honoured at once.
-    const ready = (async () => {
-      const started = performance.now();
-      const deadline = Date.now() + config.readyTimeoutMs;
-      const host = probeHost(config.comfyuiListen);
-      const results = await Promise.all(
-        plan.instances.map(async (instance) => {
-          const ok = await waitForHttp(host, instance.port, deadline, abort.signal);
-          if (ok) logger.info({ instance: instance.name, port: instance.port, gpu: instance.gpuIndex }, `${instance.name} answers on port ${instance.port}`);
-          return ok;
-        }),
-      );
-      if (abort.signal.aborted) return;
-      const ms = Math.round((performance.now() - started) * 10) / 10;
-      if (results.every(Boolean)) {
-        logger.info(
-          { phase: 'ready', ms, bootMs: Math.round(performance.now() - bootStarted), instances: plan.instances.length },
-          `all ${plan.instances.length} instance(s) answer; boot took ${Math.round(performance.now() - bootStarted)} ms`,
-        );
-      } else {
-        const late = plan.instances.filter((_, i) => !results[i]);
-        logger.warn(
-          { phase: 'ready', instances: late.map((i) => i.name) },
-          `instances not answering after READY_TIMEOUT_MS=${config.readyTimeoutMs}: ${late.map((i) => i.name).join(', ')}; still waiting`,
-        );
-        // Keep watching: a slow instance that comes up later is reported when it does.
-        await Promise.all(
-          late.map(async (instance) => {
-            if (await waitForHttp(host, instance.port, Number.POSITIVE_INFINITY, abort.signal)) {
-              logger.info({ instance: instance.name, port: instance.port, late: true }, `${instance.name} answers on port ${instance.port}, late`);
-            }
-          }),
-        );
-      }
-    })();
+    const ready = reportReadiness(logger, config, plan.instances, bootStarted, abort.signal);
 
     const signal = await shutdownPromise;
     abort.abort();

@@ -1,5 +1,8 @@
 import http from 'node:http';
 import { setTimeout as delay } from 'node:timers/promises';
+import type { Logger } from 'pino';
+import type { Config } from '../config.js';
+import { probeHost, type InstancePlan } from './plan.js';
 
 /**
  * An instance is ready when it answers HTTP on its port (ComfyUI cannot send
@@ -39,4 +42,46 @@ export async function waitForHttp(
     interval = Math.min(500, Math.round(interval * 1.5));
   }
   return false;
+}
+
+/**
+ * Log each instance as it answers, then `ready` once all do (with the boot's duration). Past
+ * READY_TIMEOUT_MS it warns and keeps watching, reporting a late instance when it answers.
+ */
+export async function reportReadiness(
+  logger: Logger,
+  config: Pick<Config, 'readyTimeoutMs' | 'comfyuiListen'>,
+  instances: InstancePlan[],
+  bootStarted: number,
+  signal: AbortSignal,
+): Promise<void> {
+  const started = performance.now();
+  const deadline = Date.now() + config.readyTimeoutMs;
+  const host = probeHost(config.comfyuiListen);
+  const results = await Promise.all(
+    instances.map(async (instance) => {
+      const ok = await waitForHttp(host, instance.port, deadline, signal);
+      if (ok) logger.info({ instance: instance.name, port: instance.port, gpu: instance.gpuIndex }, `${instance.name} answers on port ${instance.port}`);
+      return ok;
+    }),
+  );
+  if (signal.aborted) return;
+  const ms = Math.round((performance.now() - started) * 10) / 10;
+  if (results.every(Boolean)) {
+    const bootMs = Math.round(performance.now() - bootStarted);
+    logger.info({ phase: 'ready', ms, bootMs, instances: instances.length }, `all ${instances.length} instance(s) answer; boot took ${bootMs} ms`);
+    return;
+  }
+  const late = instances.filter((_, i) => !results[i]);
+  logger.warn(
+    { phase: 'ready', instances: late.map((i) => i.name) },
+    `instances not answering after READY_TIMEOUT_MS=${config.readyTimeoutMs}: ${late.map((i) => i.name).join(', ')}; still waiting`,
+  );
+  await Promise.all(
+    late.map(async (instance) => {
+      if (await waitForHttp(host, instance.port, Number.POSITIVE_INFINITY, signal)) {
+        logger.info({ instance: instance.name, port: instance.port, late: true }, `${instance.name} answers on port ${instance.port}, late`);
+      }
+    }),
+  );
 }
