@@ -169,7 +169,7 @@ export const SETTINGS_DOC: ReadonlyArray<{ name: string; default: string; doc: s
   { name: 'COMFYUI_USER', default: 'owner of COMFYUI_PATH', doc: 'when gpu-boot runs as root: the user (name or uid) the instances run as and the .env files belong to' },
   { name: 'HEALTH_PORT', default: '9090', doc: 'port of the health server (/health, /ready, /status, /metrics); 0 turns it off' },
   { name: 'HEALTH_BIND', default: '0.0.0.0', doc: 'address the health server listens on' },
-  { name: 'ROTATION', default: 'restart', doc: 'on a changed secret source or SIGHUP: `restart` rewrites changed files and restarts instances one at a time; `files` only rewrites; `off` ignores changes' },
+  { name: 'ROTATION', default: 'restart', doc: 'on a changed secret source or SIGHUP: `restart` rewrites changed files and restarts instances one at a time; `files` only rewrites; `off` ignores changes and SIGHUP' },
   { name: 'ROTATION_DEBOUNCE_MS', default: '500', doc: 'quiet time after the last change event before re-reading the sources' },
   { name: 'ALLOW_SHORT_SECRETS', default: '(none)', doc: 'variables (comma-separated, or `*`) whose values may be shorter than 4 characters, which cannot be masked in logs' },
 ];

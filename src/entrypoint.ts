@@ -151,6 +151,17 @@ async function runCommand(command: Command, json: boolean, ctx: { config: Config
       };
       const gpus = await runner.detectPhase(ctx).catch(collect);
       const prepared = await runner.secretsPhase(ctx).catch(collect);
+      // What `start` checks next: the instances' user, COMFY_ARGS and the port range.
+      const { chooseOwner } = await import('./services/storage.js');
+      const { buildPlan } = await import('./services/plan.js');
+      const owner = await chooseOwner(ctx.config).catch(collect);
+      if (gpus) {
+        try {
+          buildPlan(ctx.config, gpus, [], owner ? { owner } : {});
+        } catch (error) {
+          collect(error);
+        }
+      }
       const report = buildCheckReport(ctx.config, gpus, prepared, problems.map((p) => ctx.masker.mask(p)));
       process.stdout.write(ctx.masker.mask(json ? `${JSON.stringify(report, null, 2)}\n` : formatCheckReport(report)));
       return report.ok ? ExitCode.ok : ExitCode.config;

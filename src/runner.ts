@@ -7,7 +7,7 @@ import type { Config } from './config.js';
 import { BootError, ExitCode, describeError } from './errors.js';
 import type { SecretMasker } from './log.js';
 import { detectGpus, type GpuDetection } from './services/hardware.js';
-import { readRecord, writeFileAtomic, writeNodeFiles, type WriteRecord } from './services/env-files.js';
+import { errnoText, FileWriteError, readRecord, writeFileAtomic, writeNodeFiles, type WriteRecord } from './services/env-files.js';
 import { wipeRecordedFiles } from './services/wipe.js';
 import { prepareNodeFiles, loadManifestOrEmpty, type PreparedNodes } from './services/node-files.js';
 import { buildPlan, planPath, probeHost, type Plan, type ProcessEnvSource } from './services/plan.js';
@@ -247,7 +247,9 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     pm2Connecting = processes.connect(config.stateDir);
     pm2Connecting.catch(() => undefined);
     await timed(ctx, 'write', async () => {
-      await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
+      await mkdir(config.stateDir, { recursive: true, mode: 0o700 }).catch((error: NodeJS.ErrnoException) => {
+        throw new FileWriteError(`cannot create the state folder ${config.stateDir}: ${errnoText(error)}`);
+      });
       await writeFileAtomic(planFile, `${JSON.stringify(plan, null, 2)}\n`, 0o644);
       wroteFiles = true;
       await writeNodeFiles(config.stateDir, prepared.files, record, { storage, ...(owner ? { owner } : {}) });
@@ -294,7 +296,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     stopDaemonWatch = () => clearInterval(daemonWatch);
 
     // Readiness runs beside the wait for a signal: a SIGTERM during a slow start is honoured at once.
-    const ready = reportReadiness(logger, config, plan.instances, bootStarted, abort.signal);
+    const ready = reportReadiness(logger, config, plan.instances, bootStarted, abort.signal, (ms) => state.recordPhase('ready', ms));
 
     const signal = await shutdownPromise;
     abort.abort();

@@ -155,11 +155,11 @@ export async function nodeEnvPath(customNodesPath: string, node: string): Promis
   return { path: path.join(dir, ENV_FILE_NAME) };
 }
 
-/** What is at `target` now: nothing, a file that is not ours (to keep aside), or a link (replaced, never followed). */
-export async function existing(target: string): Promise<'none' | 'file' | 'other'> {
+/** What is at `target` now: nothing, a file or a link that is not ours (kept aside, never followed), or something else. */
+export async function existing(target: string): Promise<'none' | 'file' | 'link' | 'other'> {
   try {
     const stat = await lstat(target);
-    return stat.isFile() ? 'file' : 'other';
+    return stat.isFile() ? 'file' : stat.isSymbolicLink() ? 'link' : 'other';
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return 'none';
     throw error;
@@ -245,7 +245,7 @@ export async function writeNodeFiles(stateDir: string, files: NodeFile[], record
     record.files.push({
       path: file.path,
       ...(target ? { target } : {}),
-      ...(before === 'file' ? { backup: file.path + BACKUP_SUFFIX } : {}),
+      ...(before === 'file' || before === 'link' ? { backup: file.path + BACKUP_SUFFIX } : {}),
     });
   }
   await writeRecord(stateDir, record);
@@ -255,9 +255,10 @@ export async function writeNodeFiles(stateDir: string, files: NodeFile[], record
   const results = await Promise.allSettled(
     plans.map(async ({ file, before }) => {
       // A file already in the record is ours (a rewrite after rotation): nothing to keep aside.
-      if (before === 'file' && !known.has(file.path)) {
+      if ((before === 'file' || before === 'link') && !known.has(file.path)) {
         const backup = file.path + BACKUP_SUFFIX;
-        // A hard link keeps the original inode: bytes, mode and owner come back unchanged.
+        // A hard link keeps the original inode: bytes, mode and owner come back unchanged. For a
+        // symbolic link, link(2) links the link itself: it is kept as it was, never followed.
         try {
           await link(file.path, backup);
         } catch (error) {

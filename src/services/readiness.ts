@@ -54,6 +54,7 @@ export async function reportReadiness(
   instances: InstancePlan[],
   bootStarted: number,
   signal: AbortSignal,
+  onReady: (ms: number) => void = () => undefined,
 ): Promise<void> {
   const started = performance.now();
   const deadline = Date.now() + config.readyTimeoutMs;
@@ -70,6 +71,7 @@ export async function reportReadiness(
   if (results.every(Boolean)) {
     const bootMs = Math.round(performance.now() - bootStarted);
     logger.info({ phase: 'ready', ms, bootMs, instances: instances.length }, `all ${instances.length} instance(s) answer; boot took ${bootMs} ms`);
+    onReady(ms);
     return;
   }
   const late = instances.filter((_, i) => !results[i]);

@@ -89,6 +89,10 @@ export class Rotator {
 
   /** Re-read now (SIGHUP). */
   now(reason: string): Promise<void> {
+    if (this.closed || this.deps.config.rotation === 'off') {
+      this.deps.logger.info({ reason }, 'ROTATION=off: secret sources are not re-read');
+      return Promise.resolve();
+    }
     clearTimeout(this.timer);
     return this.run(reason);
   }

@@ -101,7 +101,8 @@ export async function wipeRecordedFiles(stateDir: string): Promise<WipeResult> {
       const content = file.target ? shredFileSync(file.target, false) : false;
       const entry = shredFileSync(file.path, file.target === undefined);
       if (content || entry) result.removed += 1;
-      if (file.backup && (await existing(file.backup)) === 'file') {
+      const kept = file.backup ? await existing(file.backup) : 'none';
+      if (file.backup && (kept === 'file' || kept === 'link')) {
         renameSync(file.backup, file.path);
         result.restored += 1;
       }

@@ -34,6 +34,17 @@ describe('check', () => {
     expect(result.stdout + result.stderr).not.toContain(CANARY);
     expectNothingWritten(w);
   });
+
+  it('checks what start checks next: COMFY_ARGS, COMFYUI_USER and the port range', async () => {
+    const w = await workspace();
+    const result = await runBoot(['check'], { ...w.env, HF_TOKEN: CANARY, AZURE_STORAGE_KEY: CANARY, COMFY_ARGS: '--foo ; rm x', COMFYUI_USER: 'no-such-user-xyz' });
+    expect(result.exitCode).toBe(78);
+    expect(result.stdout).toContain('  - COMFY_ARGS: contains shell operators or comments; give plain arguments (quote them as in a shell)');
+    expect(result.stdout).toContain('  - COMFYUI_USER: no such user "no-such-user-xyz"');
+    const ports = await runBoot(['check'], { ...w.env, HF_TOKEN: CANARY, AZURE_STORAGE_KEY: CANARY, COMFYUI_PORT_START: '65535' });
+    expect(ports.exitCode).toBe(78);
+    expect(ports.stdout).toContain('  - COMFYUI_PORT_START: 2 instances need ports up to 65536, above 65535');
+  });
 });
 
 describe('detect', () => {

@@ -143,3 +143,15 @@ describe('node folders that are links', () => {
     expect(checked.exitCode).toBe(0);
   });
 });
+
+describe('a state folder that cannot be created', () => {
+  it('exits 73 naming the path', async () => {
+    const w = await workspace();
+    const blocker = path.join(w.root, 'a-file');
+    await writeFile(blocker, 'not a folder');
+    const result = await runBoot(['start'], { ...w.env, HF_TOKEN: CANARY, AZURE_STORAGE_KEY: CANARY, GPU_BOOT_STATE_DIR: path.join(blocker, 'state') });
+    expect(result.exitCode).toBe(73);
+    expect(result.stderr).toContain(path.join(blocker, 'state'));
+    expect(existsSync(w.envFile('hf_node'))).toBe(false);
+  });
+});

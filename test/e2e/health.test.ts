@@ -30,6 +30,7 @@ describe('health endpoints', () => {
     });
     expect(await ready.json()).toEqual({ ready: true, reason: 'all instances answer', instances: { 'comfyui-gpu0': true, 'comfyui-gpu1': true } });
 
+    await boot.waitForLog((l) => l.phase === 'ready', 'ready logged');
     const status = (await (await fetch(`${base}/status`)).json()) as {
       phase: string;
       phases: Array<{ name: string }>;
@@ -40,7 +41,7 @@ describe('health endpoints', () => {
       lastError: null;
     };
     expect(status.phase).toBe('running');
-    expect(status.phases.map((p) => p.name)).toEqual(['recover', 'detect', 'secrets', 'write', 'pm2-start']);
+    expect(status.phases.map((p) => p.name)).toEqual(['recover', 'detect', 'secrets', 'write', 'pm2-start', 'ready']);
     expect(status.gpus.count).toBe(2);
     expect(status.instances.map((i) => [i.name, i.gpu, i.port, i.state])).toEqual([
       ['comfyui-gpu0', 0, ws.portStart, 'online'],

@@ -81,7 +81,7 @@ describe('lifecycle', () => {
     expect(existsSync(`${ws.envFile('hf_node')}.gpu-boot-orig`)).toBe(false);
   });
 
-  it('replaces a planted .env link instead of writing through it', async () => {
+  it('replaces a planted .env link instead of writing through it, and puts the link back at the end', async () => {
     ws = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 1 });
     const victim = path.join(ws.root, 'victim');
     await writeFile(victim, 'root:x:0:0\n');
@@ -95,7 +95,9 @@ describe('lifecycle', () => {
     expect(await readFile(victim, 'utf8')).toBe('root:x:0:0\n');
     boot.child.kill('SIGTERM');
     expect((await boot.child).exitCode).toBe(0);
-    expect(existsSync(ws.envFile('hf_node'))).toBe(false);
+    // What was there comes back as it was: the link itself, still never followed.
+    expect(await readlink(ws.envFile('hf_node'))).toBe(victim);
+    expect(existsSync(`${ws.envFile('hf_node')}.gpu-boot-orig`)).toBe(false);
     expect(await readFile(victim, 'utf8')).toBe('root:x:0:0\n');
   });
 

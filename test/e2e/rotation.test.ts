@@ -143,6 +143,21 @@ describe('rotation', () => {
     expect((await boot.child).exitCode).toBe(0);
   });
 
+  it('ROTATION=off ignores changes and SIGHUP alike', async () => {
+    ws = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 1 });
+    const token = path.join(ws.secrets, 'hf_token');
+    await writeFile(token, OLD);
+    const boot = startBoot(['start'], { ...ws.env, HF_TOKEN_FILE: token, ROTATION: 'off' });
+    await boot.waitForLog((l) => l.phase === 'ready', 'ready');
+    await writeFile(token, NEW);
+    boot.child.kill('SIGHUP');
+    await boot.waitForLog((l) => l.msg === 'ROTATION=off: secret sources are not re-read', 'SIGHUP ignored');
+    expect(await fileValue()).toBe(OLD);
+    expect(boot.logs().some((l) => l.phase === 'rotation')).toBe(false);
+    boot.child.kill('SIGTERM');
+    expect((await boot.child).exitCode).toBe(0);
+  });
+
   it('SIGHUP re-reads at once; ROTATION=files rewrites without restarting', async () => {
     ws = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 2 });
     const token = path.join(ws.secrets, 'hf_token');
