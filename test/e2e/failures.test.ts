@@ -155,3 +155,26 @@ describe('a state folder that cannot be created', () => {
     expect(existsSync(w.envFile('hf_node'))).toBe(false);
   });
 });
+
+describe('an unreadable secret file', () => {
+  // Root reads any file, so the check runs as nobody (runuser), as a non-root container would.
+  const canRunAsNobody = process.getuid?.() === 0 && existsSync('/usr/sbin/runuser');
+  it.skipIf(!canRunAsNobody)('is refused with exit 78, naming the variable and the path', async () => {
+    const { chmod } = await import('node:fs/promises');
+    const { execa } = await import('execa');
+    const w = await workspace();
+    await chmod(w.root, 0o755);
+    await chmod(w.secrets, 0o755);
+    const token = path.join(w.secrets, 'hf_token');
+    await writeFile(token, CANARY);
+    await chmod(token, 0o000);
+    const result = await execa('/usr/sbin/runuser', ['-u', 'nobody', '--', process.execPath, path.resolve('dist/entrypoint.js'), 'check'], {
+      env: { ...w.env, HOME: '/tmp', HF_TOKEN_FILE: token, AZURE_STORAGE_KEY: CANARY, GPU_BOOT_STATE_DIR: path.join(w.root, 'state') },
+      extendEnv: false,
+      reject: false,
+    });
+    expect(result.exitCode).toBe(78);
+    expect(result.stdout).toContain(`  - HF_TOKEN_FILE: ${token} is not readable (permission denied)`);
+    expect(result.stdout + result.stderr).not.toContain(CANARY);
+  });
+});
