@@ -9,7 +9,7 @@ import type { SecretMasker } from './log.js';
 import { detectGpus, type GpuDetection } from './services/hardware.js';
 import { errnoText, FileWriteError, readRecord, writeFileAtomic, writeNodeFiles, type WriteRecord } from './services/env-files.js';
 import { wipeRecordedFiles } from './services/wipe.js';
-import { prepareNodeFiles, loadManifestOrEmpty, type PreparedNodes } from './services/node-files.js';
+import { loadManifestOrEmpty, nodeSummaries, prepareNodeFiles, withheldVariableNames, type PreparedNodes } from './services/node-files.js';
 import { buildPlan, planPath, probeHost, type Plan, type ProcessEnvSource } from './services/plan.js';
 import { chooseOwner, chooseStorage } from './services/storage.js';
 import { isAlive, ProcessManager } from './services/processes.js';
@@ -18,7 +18,6 @@ import { startHealthServer, type HealthServer } from './services/health.js';
 import { Rotator } from './services/rotation.js';
 import { BootState } from './services/state.js';
 import { reportReadiness } from './services/readiness.js';
-import { referencedVariables } from './services/manifest.js';
 
 /**
  * The lifecycle, and the only place that knows the order of the phases:
@@ -81,15 +80,11 @@ function capList(items: string[], limit = 50): string[] {
 export async function computePlan(ctx: RunContext): Promise<Plan> {
   const gpus = await detectGpus(ctx.config, ctx.logger);
   const manifest = await loadManifestOrEmpty(ctx.config, ctx.logger);
-  const withheld = new Set<string>();
-  for (const v of referencedVariables(manifest)) for (const n of [v, `${v}_FILE`, `${v}_ENCODED`]) withheld.add(n);
-  for (const node of manifest.nodes) for (const { key } of node.env) withheld.add(key);
-  withheld.add('SECRETS_ENV_FILE');
   const owner = await chooseOwner(ctx.config);
   const processEnv = manifest.nodes
     .filter((n) => n.processEnv.length > 0 && existsSync(path.join(ctx.config.customNodesPath, n.name)))
     .map((n) => ({ file: path.join(ctx.config.customNodesPath, n.name, '.env'), keys: n.processEnv }));
-  return buildPlan(ctx.config, gpus, [...withheld].sort(), { ...(owner ? { owner } : {}), processEnv });
+  return buildPlan(ctx.config, gpus, withheldVariableNames(manifest), { ...(owner ? { owner } : {}), processEnv });
 }
 
 async function startHealth(ctx: RunContext, state: BootState, processes: ProcessManager): Promise<HealthServer> {
@@ -228,20 +223,20 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     const prepared = await secretsPhase(ctx);
     // Rotation re-reads the sources later; this process's own environment loses them just below.
     const sourceEnv: NodeJS.ProcessEnv = { ...ctx.env };
-    const withheld = [...prepared.resolution.sourceVariableNames, 'SECRETS_ENV_FILE'];
+    const withheld = prepared.resolution.sourceVariableNames;
     withholdSecretsFromChildren(process.env, withheld);
     if (ctx.env !== process.env) withholdSecretsFromChildren(ctx.env, withheld);
     checkStop();
 
     const [storage, owner] = await Promise.all([chooseStorage(config, logger), chooseOwner(config)]);
-    const plan = buildPlan(config, gpus, withheld.sort(), {
+    const plan = buildPlan(config, gpus, withheld, {
       ...(owner ? { owner } : {}),
       processEnv: processEnvSources(prepared),
     });
     const planFile = planPath(config.stateDir);
     const record: WriteRecord = { version: 1, pid: process.pid, startedAt: new Date().toISOString(), files: [] };
     state.gpus = gpus;
-    state.nodes = prepared.files.map((f) => ({ name: f.node, file: f.path, keys: prepared.resolution.nodes.find((n) => n.name === f.node)?.values.map((v) => v.key) ?? [] }));
+    state.nodes = nodeSummaries(prepared);
     // The PM2 daemon takes ~300 ms to come up: start it now, beside the writes. The secrets are
     // already out of this process's environment, which the daemon inherits.
     pm2Connecting = processes.connect(config.stateDir);

@@ -18,6 +18,24 @@ export interface PreparedNodes {
   skipped: string[];
 }
 
+/**
+ * The variables no instance may inherit: each referenced VAR with its _FILE and _ENCODED forms,
+ * SECRETS_ENV_FILE and any extra names (the agent file's keys), and every key a node gets from its
+ * .env (load_dotenv does not override, so a stale platform value of the same name would win).
+ */
+export function withheldVariableNames(manifest: Manifest, extra: readonly string[] = []): string[] {
+  const names = new Set<string>([...extra, 'SECRETS_ENV_FILE']);
+  for (const v of referencedVariables(manifest)) for (const n of [v, `${v}_FILE`, `${v}_ENCODED`]) names.add(n);
+  for (const node of manifest.nodes) for (const { key } of node.env) names.add(key);
+  return [...names].sort();
+}
+
+/** Names only, for /status: each node's file and the keys in it. */
+export function nodeSummaries(prepared: PreparedNodes): Array<{ name: string; file: string; keys: string[] }> {
+  const byName = new Map(prepared.resolution.nodes.map((n) => [n.name, n]));
+  return prepared.files.map((f) => ({ name: f.node, file: f.path, keys: byName.get(f.node)?.values.map((v) => v.key) ?? [] }));
+}
+
 export async function loadManifestOrEmpty(config: Config, logger: Logger): Promise<Manifest> {
   try {
     return await loadManifest(config.manifestPath);
@@ -58,12 +76,7 @@ export async function prepareNodeFiles(
   const installed: Manifest = { path: manifest.path, nodes: manifest.nodes.filter((n) => targets.has(n.name)) };
   const resolution = await resolveSecrets(installed, env, config.secretsEnvFile);
   // Every variable the whole manifest names is withheld from PM2, installed node or not.
-  const withheld = new Set(resolution.sourceVariableNames);
-  for (const v of referencedVariables(manifest)) for (const n of [v, `${v}_FILE`, `${v}_ENCODED`]) withheld.add(n);
-  // A key a node gets from its .env must not also come from the environment: load_dotenv does not
-  // override, so a stale platform value of the same name would win over the file.
-  for (const node of manifest.nodes) for (const { key } of node.env) withheld.add(key);
-  resolution.sourceVariableNames = [...withheld].sort();
+  resolution.sourceVariableNames = withheldVariableNames(manifest, resolution.sourceVariableNames);
   // Mask before anything else can print: values are known from here on.
   for (const resolved of resolution.variables.values()) masker.add(resolved.variable, resolved.value);
   problems.push(...resolution.problems);

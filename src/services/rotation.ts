@@ -5,7 +5,7 @@ import type { Config } from '../config.js';
 import { BootError, describeError } from '../errors.js';
 import type { SecretMasker } from '../log.js';
 import { writeNodeFiles, type NodeFile, type Owner, type Storage, type WriteRecord } from './env-files.js';
-import { prepareNodeFiles, type PreparedNodes } from './node-files.js';
+import { nodeSummaries, prepareNodeFiles, type PreparedNodes } from './node-files.js';
 import type { InstancePlan } from './plan.js';
 import type { ProcessManager } from './processes.js';
 import { waitForHttp } from './readiness.js';
@@ -145,7 +145,7 @@ export class Rotator {
     }
     await writeNodeFiles(config.stateDir, changed, this.deps.record, { storage: this.deps.storage, ...(this.deps.owner ? { owner: this.deps.owner } : {}) });
     this.remember(prepared);
-    state.nodes = prepared.files.map((f) => ({ name: f.node, file: f.path, keys: prepared.resolution.nodes.find((n) => n.name === f.node)?.values.map((v) => v.key) ?? [] }));
+    state.nodes = nodeSummaries(prepared);
 
     const restarted: string[] = [];
     let error: string | undefined;
