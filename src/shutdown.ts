@@ -1,5 +1,6 @@
 import { rmdir, unlink } from 'node:fs/promises';
 import { ExitCode, describeError } from './errors.js';
+import { withTimeout } from './timeout.js';
 import type { RunContext } from './runner.js';
 import { wipeRecordedFiles } from './services/wipe.js';
 import { planPath } from './services/plan.js';
@@ -21,14 +22,7 @@ export async function shutdown(ctx: RunContext, processes: ProcessManager, known
   );
   // Leave a quarter of the budget (at least 1 s) for the wipe and PM2's own exit.
   const stopBudget = Math.max(0, budgetEnd - Date.now() - Math.max(1000, config.shutdownTimeoutMs / 4));
-  let timer: NodeJS.Timeout | undefined;
-  const inTime = await Promise.race([
-    stopped,
-    new Promise<false>((resolve) => {
-      timer = setTimeout(() => resolve(false), stopBudget);
-    }),
-  ]);
-  clearTimeout(timer);
+  const inTime = (await withTimeout(stopped, stopBudget)) ?? false;
   // Whatever of ours still runs now (the budget ran out, or the daemon died and left its children) is killed:
   // the pids PM2 has now (an instance may have restarted since the boot), plus those seen at start.
   // Only a run that started instances may kill any: a refused second run must not touch the first's.
@@ -55,7 +49,7 @@ export async function shutdown(ctx: RunContext, processes: ProcessManager, known
       `wiped ${result.removed} file(s), restored ${result.restored}`,
     );
   }
-  await Promise.race([processes.close(), new Promise((resolve) => setTimeout(resolve, Math.max(0, budgetEnd - Date.now())))]);
+  await withTimeout(processes.close(), budgetEnd - Date.now());
   // Leave no empty state folder behind (the daemon record went with the daemon).
   if (wroteFiles) await rmdir(config.stateDir).catch(() => undefined);
   logger.info({ phase: 'shutdown', ms: Math.round(performance.now() - started) }, 'stopped');

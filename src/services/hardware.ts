@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import { z } from 'zod';
 import type { Config } from '../config.js';
 import { NoGpuError } from '../errors.js';
+import { withTimeout } from '../timeout.js';
 
 export interface GpuInfo {
   index: number;
@@ -30,15 +31,7 @@ export async function detectHost(timeoutMs = 3000): Promise<HostInfo | null> {
       memoryGiB: Math.round((mem.total / 1024 ** 3) * 10) / 10,
     };
   })().catch(() => null);
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<null>((resolve) => {
-    timer = setTimeout(() => resolve(null), timeoutMs);
-  });
-  try {
-    return await Promise.race([query, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
+  return (await withTimeout(query, timeoutMs)) ?? null;
 }
 
 export type GpuSource = 'nvidia-smi' | 'systeminformation' | 'mock';

@@ -2,6 +2,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
+import { withTimeout } from '../timeout.js';
 import type { InstanceState } from './processes.js';
 import { probeHttp } from './readiness.js';
 import type { BootState } from './state.js';
@@ -21,18 +22,6 @@ export interface HealthDeps {
 }
 
 const PROBE_TIMEOUT_MS = 1000;
-
-async function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<undefined>((resolve) => {
-    timer = setTimeout(() => resolve(undefined), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 export async function readiness(deps: HealthDeps): Promise<{ ready: boolean; reason: string; instances: Record<string, boolean> }> {
   const { state } = deps;
