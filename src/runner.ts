@@ -259,9 +259,9 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     const instances = await timed(ctx, 'pm2-start', async () => {
       try {
         await pm2Connecting;
-        const stale = await processes.removeStaleApps();
+        // Independent round trips to the daemon: clear what an earlier run left, and subscribe to output.
+        const [stale] = await Promise.all([processes.removeStaleApps(), processes.watch()]);
         if (stale.length) logger.warn({ apps: stale }, 'removed instances left in PM2 by an earlier run');
-        await processes.watch();
         return await processes.startFromEcosystem(config.stateDir);
       } catch (error) {
         if (error instanceof BootError) throw error;
