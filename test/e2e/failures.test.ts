@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -158,7 +159,11 @@ describe('a state folder that cannot be created', () => {
 
 describe('an unreadable secret file', () => {
   // Root reads any file, so the check runs as nobody (runuser), as a non-root container would.
-  const canRunAsNobody = process.getuid?.() === 0 && existsSync('/usr/sbin/runuser');
+  // ...and only where nobody can reach the built entrypoint (a checkout under a 0700 folder is out of reach).
+  const canRunAsNobody =
+    process.getuid?.() === 0 &&
+    existsSync('/usr/sbin/runuser') &&
+    spawnSync('/usr/sbin/runuser', ['-u', 'nobody', '--', 'test', '-r', path.resolve('dist/entrypoint.js')]).status === 0;
   it.skipIf(!canRunAsNobody)('is refused with exit 78, naming the variable and the path', async () => {
     const { chmod } = await import('node:fs/promises');
     const { execa } = await import('execa');
