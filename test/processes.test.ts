@@ -1,0 +1,70 @@
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../src/config.js';
+import { buildPlan, planPath } from '../src/services/plan.js';
+import { isAlive, ProcessManager } from '../src/services/processes.js';
+import { ECOSYSTEM_FILE } from '../src/runner.js';
+import { freePorts, killPm2, tinyServerMain, waitFor } from './helpers/boot.js';
+import { captureLogger } from './helpers/logger.js';
+import { PYTHON } from './helpers/python.js';
+
+// One PM2_HOME for this file: the pm2 module reads it once, when it is first imported.
+let root: string;
+let pm2Home: string;
+const savedHome = process.env.PM2_HOME;
+beforeAll(async () => {
+  root = await mkdtemp(path.join(os.tmpdir(), 'gpu-boot-pm2-'));
+  pm2Home = path.join(root, 'pm2');
+  process.env.PM2_HOME = pm2Home;
+});
+afterAll(async () => {
+  await killPm2(pm2Home);
+  await rm(root, { recursive: true, force: true });
+  if (savedHome === undefined) delete process.env.PM2_HOME;
+  else process.env.PM2_HOME = savedHome;
+});
+
+describe('ProcessManager with a real PM2', () => {
+  it('starts the plan\'s apps, lists them and their pids, restarts one with a new process, stops them and its own daemon', async () => {
+    const workspace = path.join(root, 'workspace');
+    await mkdir(path.join(workspace, 'ComfyUI'), { recursive: true });
+    await writeFile(path.join(workspace, 'ComfyUI', 'main.py'), tinyServerMain(['print("up", flush=True)']));
+    const port = await freePorts(2);
+    const config = loadConfig({ WORKSPACE_PATH: workspace, GPU_MODE: 'mock', NUM_GPUS: '2', COMFYUI_PYTHON: PYTHON, COMFYUI_LISTEN: '127.0.0.1', COMFYUI_PORT_START: String(port) });
+    const gpus = { count: 2, model: 'Mock', memoryGb: 1, driver: null, source: 'mock' as const, gpus: [0, 1].map((index) => ({ index, name: 'Mock', memoryMiB: 1024, uuid: `M${index}` })) };
+    await mkdir(config.stateDir, { recursive: true });
+    await writeFile(planPath(config.stateDir), JSON.stringify(buildPlan(config, gpus, ['HF_TOKEN'])));
+
+    const { logger, lines } = captureLogger();
+    const processes = new ProcessManager(logger, ECOSYSTEM_FILE);
+    expect(processes.connected).toBe(false);
+    await processes.connect(config.stateDir);
+    expect(processes.connected).toBe(true);
+    expect(processes.pm2Home).toBe(pm2Home);
+    const daemon = await processes.daemonPid();
+    expect(daemon !== undefined && isAlive(daemon)).toBe(true);
+    await processes.watch();
+
+    const started = await processes.startFromEcosystem(config.stateDir);
+    expect(started.map((i) => i.name)).toEqual(['comfyui-gpu0', 'comfyui-gpu1']);
+    expect(started.every((i) => i.pid > 0 && i.status === 'online' && i.restarts === 0)).toBe(true);
+    expect((await processes.currentPids()).sort()).toEqual(started.map((i) => i.pid).sort());
+    await waitFor('output relayed', () => lines.some((l) => l.includes('"instance":"comfyui-gpu1"') && l.includes('"msg":"up"')));
+
+    const before = started.find((i) => i.name === 'comfyui-gpu1')!;
+    const after = await processes.restartFresh('comfyui-gpu1');
+    expect(after?.pid).toBeGreaterThan(0);
+    expect(after?.pid).not.toBe(before.pid);
+    await waitFor('old process gone', () => !isAlive(before.pid));
+    // A restart on purpose is not reported as a crash.
+    expect(lines.some((l) => l.includes('exited; PM2 restarts it'))).toBe(false);
+
+    await processes.stopAll();
+    expect(await processes.list()).toEqual([]);
+    await processes.close();
+    expect(isAlive(daemon!)).toBe(false);
+    expect(processes.connected).toBe(false);
+  });
+});
