@@ -12,11 +12,12 @@ import { wipeRecordedFiles } from './services/wipe.js';
 import { loadManifestOrEmpty, nodeSummaries, prepareNodeFiles, withheldVariableNames, type PreparedNodes } from './services/node-files.js';
 import { buildPlan, planPath, probeHost, type Plan, type ProcessEnvSource } from './services/plan.js';
 import { chooseOwner, chooseStorage } from './services/storage.js';
-import { isAlive, ProcessManager } from './services/processes.js';
+import { ProcessManager } from './services/processes.js';
 import { shutdown } from './shutdown.js';
 import { startHealthServer, type HealthServer } from './services/health.js';
 import { Rotator } from './services/rotation.js';
 import { BootState } from './services/state.js';
+import type { Manifest } from './services/manifest.js';
 import { reportReadiness } from './services/readiness.js';
 
 /**
@@ -81,10 +82,13 @@ export async function computePlan(ctx: RunContext): Promise<Plan> {
   const gpus = await detectGpus(ctx.config, ctx.logger);
   const manifest = await loadManifestOrEmpty(ctx.config, ctx.logger);
   const owner = await chooseOwner(ctx.config);
-  const processEnv = manifest.nodes
-    .filter((n) => n.processEnv.length > 0 && existsSync(path.join(ctx.config.customNodesPath, n.name)))
-    .map((n) => ({ file: path.join(ctx.config.customNodesPath, n.name, '.env'), keys: n.processEnv }));
-  return buildPlan(ctx.config, gpus, withheldVariableNames(manifest), { ...(owner ? { owner } : {}), processEnv });
+  // The plan needs only where each installed node's .env will be, not its contents.
+  const installed = new Map(
+    manifest.nodes
+      .filter((n) => existsSync(path.join(ctx.config.customNodesPath, n.name)))
+      .map((n) => [n.name, path.join(ctx.config.customNodesPath, n.name, '.env')] as const),
+  );
+  return buildPlan(ctx.config, gpus, withheldVariableNames(manifest), { ...(owner ? { owner } : {}), processEnv: processEnvSources(manifest, installed) });
 }
 
 async function startHealth(ctx: RunContext, state: BootState, processes: ProcessManager): Promise<HealthServer> {
@@ -106,7 +110,6 @@ async function startHealth(ctx: RunContext, state: BootState, processes: Process
   }
 }
 
-/** Remove what a run that died left behind, before anything else. */
 /** True when `pid` is a live gpu-boot (a node process), not ours: its files and instances are in use. */
 async function liveOtherRun(pid: number): Promise<boolean> {
   if (pid === process.pid) return false;
@@ -124,26 +127,35 @@ async function refuseIfRunning(ctx: RunContext, pid: number): Promise<void> {
   }
 }
 
-export async function recoverPhase(ctx: RunContext): Promise<void> {
+/**
+ * Wipe what the record lists, unless the run that wrote it is still alive (exit 75).
+ * Shared by the recover phase and `wipe`; undefined when there is no record.
+ */
+async function wipeLeftovers(ctx: RunContext, failure: (pid: number) => string): Promise<{ pid: number; removed: number; restored: number } | undefined> {
   const record = await readRecord(ctx.config.stateDir);
-  if (!record) return;
+  if (!record) return undefined;
   await refuseIfRunning(ctx, record.pid);
   const result = await wipeRecordedFiles(ctx.config.stateDir);
-  if (result.problems.length) {
-    throw new BootError(ExitCode.ioError, `cannot wipe the files left by an earlier run (pid ${record.pid})`, result.problems);
-  }
+  if (result.problems.length) throw new BootError(ExitCode.ioError, failure(record.pid), result.problems);
   for (const skipped of result.skipped) ctx.logger.warn(skipped);
+  return { pid: record.pid, removed: result.removed, restored: result.restored };
+}
+
+/** Remove what a run that died left behind, before anything else. */
+export async function recoverPhase(ctx: RunContext): Promise<void> {
+  const left = await wipeLeftovers(ctx, (pid) => `cannot wipe the files left by an earlier run (pid ${pid})`);
+  if (!left) return;
   ctx.logger.warn(
-    { previousPid: record.pid, removed: result.removed, restored: result.restored },
-    `an earlier run (pid ${record.pid}) did not clean up; wiped ${result.removed} file(s), restored ${result.restored}`,
+    { previousPid: left.pid, removed: left.removed, restored: left.restored },
+    `an earlier run (pid ${left.pid}) did not clean up; wiped ${left.removed} file(s), restored ${left.restored}`,
   );
 }
 
 /** The keys each node asks to have in the instances' process environment, read by the launcher from its .env. */
-function processEnvSources(prepared: PreparedNodes): ProcessEnvSource[] {
-  return prepared.files.flatMap((file) => {
-    const keys = prepared.manifest.nodes.find((n) => n.name === file.node)?.processEnv ?? [];
-    return keys.length ? [{ file: file.path, keys }] : [];
+function processEnvSources(manifest: Manifest, envFiles: ReadonlyMap<string, string>): ProcessEnvSource[] {
+  return manifest.nodes.flatMap((node) => {
+    const file = envFiles.get(node.name);
+    return file && node.processEnv.length ? [{ file, keys: node.processEnv }] : [];
   });
 }
 
@@ -231,7 +243,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     const [storage, owner] = await Promise.all([chooseStorage(config, logger), chooseOwner(config)]);
     const plan = buildPlan(config, gpus, withheld, {
       ...(owner ? { owner } : {}),
-      processEnv: processEnvSources(prepared),
+      processEnv: processEnvSources(prepared.manifest, new Map(prepared.files.map((f) => [f.node, f.path]))),
     });
     const planFile = planPath(config.stateDir);
     const record: WriteRecord = { version: 1, pid: process.pid, startedAt: new Date().toISOString(), files: [] };
@@ -278,17 +290,11 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     rotator = new Rotator(rotationDeps, prepared);
 
     // Without its daemon nothing restarts the instances: treat its death as fatal.
-    const daemonPid = await processes.daemonPid();
-    const daemonWatch = setInterval(() => {
-      if (daemonPid !== undefined && !isAlive(daemonPid)) {
-        clearInterval(daemonWatch);
-        daemonDied = true;
-        logger.error({ pm2Pid: daemonPid }, 'the PM2 daemon exited (pm2 kill?); no instance will be restarted: shutting down');
-        requestShutdown('PM2 daemon exit');
-      }
-    }, 1000);
-    daemonWatch.unref();
-    stopDaemonWatch = () => clearInterval(daemonWatch);
+    stopDaemonWatch = await processes.onDaemonExit((pid) => {
+      daemonDied = true;
+      logger.error({ pm2Pid: pid }, 'the PM2 daemon exited (pm2 kill?); no instance will be restarted: shutting down');
+      requestShutdown('PM2 daemon exit');
+    });
 
     // Readiness runs beside the wait for a signal: a SIGTERM during a slow start is honoured at once.
     const ready = reportReadiness(logger, config, plan.instances, bootStarted, abort.signal, (ms) => state.recordPhase('ready', ms));
@@ -324,15 +330,8 @@ class StopRequested extends Error {}
 
 /** `wipe`: remove every file a previous run left. */
 export async function runWipe(ctx: RunContext): Promise<number> {
-  const record = await readRecord(ctx.config.stateDir);
-  if (!record) {
-    ctx.logger.info({ stateDir: ctx.config.stateDir }, 'nothing to wipe: no record of written files');
-    return ExitCode.ok;
-  }
-  await refuseIfRunning(ctx, record.pid);
-  const result = await wipeRecordedFiles(ctx.config.stateDir);
-  if (result.problems.length) throw new BootError(ExitCode.ioError, 'some files could not be wiped', result.problems);
-  for (const skipped of result.skipped) ctx.logger.warn(skipped);
-  ctx.logger.info({ removed: result.removed, restored: result.restored }, `wiped ${result.removed} file(s), restored ${result.restored}`);
+  const left = await wipeLeftovers(ctx, () => 'some files could not be wiped');
+  if (!left) ctx.logger.info({ stateDir: ctx.config.stateDir }, 'nothing to wipe: no record of written files');
+  else ctx.logger.info({ removed: left.removed, restored: left.restored }, `wiped ${left.removed} file(s), restored ${left.restored}`);
   return ExitCode.ok;
 }

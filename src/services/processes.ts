@@ -250,6 +250,20 @@ export class ProcessManager {
     }
   }
 
+  /** Call `onExit` once if the daemon's process goes away; returns the function that stops watching. */
+  async onDaemonExit(onExit: (pid: number) => void): Promise<() => void> {
+    const pid = await this.daemonPid();
+    if (pid === undefined) return () => undefined;
+    const timer = setInterval(() => {
+      if (!isAlive(pid)) {
+        clearInterval(timer);
+        onExit(pid);
+      }
+    }, 1000);
+    timer.unref();
+    return () => clearInterval(timer);
+  }
+
   /** Kill the daemon if this run started it; always disconnect. */
   async close(): Promise<void> {
     if (!this.api) return;
