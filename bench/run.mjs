@@ -167,7 +167,9 @@ async function boot(gpus, nodes) {
   await waitLog((l) => l.phase === 'ready');
   const phases = Object.fromEntries(logs.filter((l) => typeof l.phase === 'string' && typeof l.ms === 'number').map((l) => [l.phase, l.ms]));
   const pm2Pid = Number(readFileSync(path.join(env.PM2_HOME, 'pm2.pid'), 'utf8'));
-  const rss = { bootstrapMb: readHwmKb(child.pid) / 1024, pm2Mb: readHwmKb(pm2Pid) / 1024 };
+  // PM2 runs inside gpu-boot unless a daemon was already running: then its RSS counts on its own.
+  const samePid = pm2Pid === child.pid;
+  const rss = { bootstrapMb: readHwmKb(child.pid) / 1024, pm2Mb: samePid ? 0 : readHwmKb(pm2Pid) / 1024, pm2InProcess: samePid };
   const stopAt = now();
   const exited = new Promise((r) => child.once('exit', r));
   child.kill('SIGTERM');

@@ -12,7 +12,8 @@ import { wipeRecordedFiles } from './services/wipe.js';
 import { loadManifestOrEmpty, nodeSummaries, prepareNodeFiles, withheldVariableNames, type PreparedNodes } from './services/node-files.js';
 import { buildPlan, planPath, probeHost, type Plan, type ProcessEnvSource } from './services/plan.js';
 import { chooseOwner, chooseStorage } from './services/storage.js';
-import { ProcessManager } from './services/processes.js';
+import { ProcessManager, stopOrphanedInstances } from './services/processes.js';
+import { pm2HomeOf } from './services/pm2-host.js';
 import { shutdown } from './shutdown.js';
 import { startHealthServer, type HealthServer } from './services/health.js';
 import { Rotator } from './services/rotation.js';
@@ -128,23 +129,28 @@ async function refuseIfRunning(ctx: RunContext, pid: number): Promise<void> {
 }
 
 /**
- * Wipe what the record lists, unless the run that wrote it is still alive (exit 75).
- * Shared by the recover phase and `wipe`; undefined when there is no record.
+ * Stop the instances a dead run left running, then wipe what the record lists, unless the run
+ * that wrote it is still alive (exit 75). Shared by the recover phase and `wipe`.
  */
-async function wipeLeftovers(ctx: RunContext, failure: (pid: number) => string): Promise<{ pid: number; removed: number; restored: number } | undefined> {
+async function cleanLeftovers(ctx: RunContext, failure: (pid: number) => string): Promise<{ pid?: number; removed: number; restored: number; orphans: number[] }> {
   const record = await readRecord(ctx.config.stateDir);
-  if (!record) return undefined;
-  await refuseIfRunning(ctx, record.pid);
+  if (record) await refuseIfRunning(ctx, record.pid);
+  // Before the wipe: an instance must not go on serving with its secrets wiped from under it.
+  const orphans = await stopOrphanedInstances(pm2HomeOf(process.env), ctx.config.killTimeoutMs);
+  if (orphans.length) {
+    ctx.logger.warn({ pids: orphans }, `stopped ${orphans.length} instance(s) that an earlier run (pid ${record?.pid ?? 'unknown'}) left running`);
+  }
+  if (!record) return { removed: 0, restored: 0, orphans };
   const result = await wipeRecordedFiles(ctx.config.stateDir);
   if (result.problems.length) throw new BootError(ExitCode.ioError, failure(record.pid), result.problems);
   for (const skipped of result.skipped) ctx.logger.warn(skipped);
-  return { pid: record.pid, removed: result.removed, restored: result.restored };
+  return { pid: record.pid, removed: result.removed, restored: result.restored, orphans };
 }
 
 /** Remove what a run that died left behind, before anything else. */
 export async function recoverPhase(ctx: RunContext): Promise<void> {
-  const left = await wipeLeftovers(ctx, (pid) => `cannot wipe the files left by an earlier run (pid ${pid})`);
-  if (!left) return;
+  const left = await cleanLeftovers(ctx, (pid) => `cannot wipe the files left by an earlier run (pid ${pid})`);
+  if (left.pid === undefined) return;
   ctx.logger.warn(
     { previousPid: left.pid, removed: left.removed, restored: left.restored },
     `an earlier run (pid ${left.pid}) did not clean up; wiped ${left.removed} file(s), restored ${left.restored}`,
@@ -249,9 +255,9 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     const record: WriteRecord = { version: 1, pid: process.pid, startedAt: new Date().toISOString(), files: [] };
     state.gpus = gpus;
     state.nodes = nodeSummaries(prepared);
-    // The PM2 daemon takes ~300 ms to come up: start it now, beside the writes. The secrets are
-    // already out of this process's environment, which the daemon inherits.
-    pm2Connecting = processes.connect(config.stateDir);
+    // PM2 takes ~150 ms to load and come up: start it now, beside the writes. The secrets are
+    // already out of this process's environment, which the apps would otherwise inherit.
+    pm2Connecting = processes.connect();
     pm2Connecting.catch(() => undefined);
     await timed(ctx, 'write', async () => {
       await mkdir(config.stateDir, { recursive: true, mode: 0o700 }).catch((error: NodeJS.ErrnoException) => {
@@ -289,11 +295,11 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     const rotationDeps = { config, logger, masker: ctx.masker, sourceEnv, processes, state, record, storage, owner, probeHost: probeHost(config.comfyuiListen) };
     rotator = new Rotator(rotationDeps, prepared);
 
-    // Without its daemon nothing restarts the instances: treat its death as fatal.
-    stopDaemonWatch = await processes.onDaemonExit((pid) => {
+    // Without PM2 nothing restarts the instances: `pm2 kill` (or a foreign daemon's death) ends the boot.
+    stopDaemonWatch = await processes.onPm2Exit((reason) => {
       daemonDied = true;
-      logger.error({ pm2Pid: pid }, 'the PM2 daemon exited (pm2 kill?); no instance will be restarted: shutting down');
-      requestShutdown('PM2 daemon exit');
+      logger.error({ reason }, `PM2 is gone (${reason}); no instance will be restarted: shutting down`);
+      requestShutdown(reason);
     });
 
     // Readiness runs beside the wait for a signal: a SIGTERM during a slow start is honoured at once.
@@ -330,8 +336,8 @@ class StopRequested extends Error {}
 
 /** `wipe`: remove every file a previous run left. */
 export async function runWipe(ctx: RunContext): Promise<number> {
-  const left = await wipeLeftovers(ctx, () => 'some files could not be wiped');
-  if (!left) ctx.logger.info({ stateDir: ctx.config.stateDir }, 'nothing to wipe: no record of written files');
+  const left = await cleanLeftovers(ctx, () => 'some files could not be wiped');
+  if (left.pid === undefined) ctx.logger.info({ stateDir: ctx.config.stateDir }, 'nothing to wipe: no record of written files');
   else ctx.logger.info({ removed: left.removed, restored: left.restored }, `wiped ${left.removed} file(s), restored ${left.restored}`);
   return ExitCode.ok;
 }

@@ -1,4 +1,6 @@
+import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { execa } from 'execa';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -6,7 +8,7 @@ import { loadConfig } from '../src/config.js';
 import { buildPlan, planPath } from '../src/services/plan.js';
 import { isAlive, ProcessManager } from '../src/services/processes.js';
 import { ECOSYSTEM_FILE } from '../src/runner.js';
-import { freePorts, killPm2, tinyServerMain, waitFor } from './helpers/boot.js';
+import { freePorts, killPm2, PM2_BIN, tinyServerMain, waitFor } from './helpers/boot.js';
 import { captureLogger } from './helpers/logger.js';
 import { PYTHON } from './helpers/python.js';
 
@@ -27,7 +29,7 @@ afterAll(async () => {
 });
 
 describe('ProcessManager with a real PM2', () => {
-  it('starts the plan\'s apps, lists them and their pids, restarts one with a new process, stops them and its own daemon', async () => {
+  it('starts the plan\'s apps, lists them and their pids, restarts one with a new process, stops them and stops serving PM2_HOME', async () => {
     const workspace = path.join(root, 'workspace');
     await mkdir(path.join(workspace, 'ComfyUI'), { recursive: true });
     await writeFile(path.join(workspace, 'ComfyUI', 'main.py'), tinyServerMain(['print("up", flush=True)']));
@@ -37,14 +39,16 @@ describe('ProcessManager with a real PM2', () => {
     await mkdir(config.stateDir, { recursive: true });
     await writeFile(planPath(config.stateDir), JSON.stringify(buildPlan(config, gpus, ['HF_TOKEN'])));
 
+    const consoleLog = console.log;
     const { logger, lines } = captureLogger();
     const processes = new ProcessManager(logger, ECOSYSTEM_FILE);
     expect(processes.connected).toBe(false);
-    await processes.connect(config.stateDir);
+    await processes.connect();
     expect(processes.connected).toBe(true);
     expect(processes.pm2Home).toBe(pm2Home);
-    const daemon = await processes.daemonPid();
-    expect(daemon !== undefined && isAlive(daemon)).toBe(true);
+    // PM2 is served from this process, on the usual sockets: the pm2 CLI sees the apps.
+    expect(processes.hostsPm2).toBe(true);
+    expect(await processes.daemonPid()).toBe(process.pid);
     await processes.watch();
 
     const started = await processes.startFromEcosystem(config.stateDir);
@@ -60,11 +64,18 @@ describe('ProcessManager with a real PM2', () => {
     await waitFor('old process gone', () => !isAlive(before.pid));
     // A restart on purpose is not reported as a crash.
     expect(lines.some((l) => l.includes('exited; PM2 restarts it'))).toBe(false);
+    const jlist = await execa('node', [PM2_BIN, 'jlist'], { env: { PATH: process.env.PATH!, HOME: root, PM2_HOME: pm2Home }, extendEnv: false });
+    const listed = JSON.parse(jlist.stdout.trim().split('\n').pop()!) as Array<{ name: string; pid: number }>;
+    expect(listed.map((a) => [a.name, a.pid]).sort()).toEqual((await processes.list()).map((i) => [i.name, i.pid]).sort());
+    // PM2's own messages go through the logger, not to stdout.
+    expect(lines.some((l) => l.includes('"component":"pm2"') && l.includes('starting in -fork mode-'))).toBe(true);
 
     await processes.stopAll();
     expect(await processes.list()).toEqual([]);
     await processes.close();
-    expect(isAlive(daemon!)).toBe(false);
     expect(processes.connected).toBe(false);
+    for (const name of ['pm2.pid', 'rpc.sock', 'pub.sock']) expect(existsSync(path.join(pm2Home, name))).toBe(false);
+    // console is PM2's no longer.
+    expect(console.log).toBe(consoleLog);
   });
 });

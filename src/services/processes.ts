@@ -1,7 +1,8 @@
-import { readdir, readFile, unlink, writeFile } from 'node:fs/promises';
+import { readdir, readFile, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { APP_PREFIX } from './plan.js';
+import { daemonAnswers, hostPm2, pm2HomeOf, pm2Paths, type HostedPm2 } from './pm2-host.js';
 
 /**
  * The one place processes are started, watched and stopped, through PM2's API.
@@ -34,7 +35,6 @@ interface Pm2Api {
   start(configFile: string, options: { only: string }, callback: Callback<unknown>): void;
   list(callback: Callback<Pm2ProcessDescription[]>): void;
   delete(name: string, callback: Callback<unknown>): void;
-  killDaemon(callback: Callback<unknown>): void;
   launchBus(callback: Callback<Pm2Bus>): void;
   disconnect(callback?: () => void): void;
 }
@@ -67,6 +67,39 @@ export async function waitForExit(pid: number, timeoutMs: number): Promise<boole
   return true;
 }
 
+/**
+ * Instances that a gpu-boot killed with SIGKILL left running: PM2 ran inside it, so nothing
+ * supervises them. Run before anything else by `start` and by `wipe`, when no PM2 answers on
+ * PM2_HOME. A pid file may be old and its pid reused: only a process whose environment names
+ * this PM2_HOME and the app is stopped (SIGINT as PM2 would, SIGKILL after `graceMs`).
+ * Returns the pids stopped; their stale pid files are removed.
+ */
+export async function stopOrphanedInstances(pm2Home: string, graceMs: number): Promise<number[]> {
+  if (await daemonAnswers(path.join(pm2Home, 'rpc.sock'))) return [];
+  const dir = path.join(pm2Home, 'pids');
+  const files = (await readdir(dir).catch(() => [] as string[])).filter((n) => n.startsWith(APP_PREFIX) && n.endsWith('.pid'));
+  const stopped: number[] = [];
+  await Promise.all(
+    files.map(async (file) => {
+      const app = file.replace(/-\d+\.pid$/, '');
+      const pid = Number.parseInt(await readFile(path.join(dir, file), 'utf8').catch(() => ''), 10);
+      if (Number.isInteger(pid) && pid > 0 && isAlive(pid)) {
+        const environ = (await readFile(`/proc/${pid}/environ`, 'utf8').catch(() => '')).split('\0');
+        if (!environ.includes(`name=${app}`) || !environ.includes(`PM2_HOME=${pm2Home}`)) return;
+        try {
+          process.kill(pid, 'SIGINT');
+        } catch {
+          // gone meanwhile
+        }
+        await waitForExit(pid, graceMs);
+        stopped.push(pid);
+      }
+      await unlink(path.join(dir, file)).catch(() => undefined);
+    }),
+  );
+  return stopped;
+}
+
 function call<T>(fn: (cb: Callback<T>) => void): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     fn((error, value) => (error ? reject(error) : resolve(value)));
@@ -85,9 +118,9 @@ export interface InstanceState {
 export class ProcessManager {
   private api: Pm2Api | undefined;
   private bus: Pm2Bus | undefined;
-  /** Only a daemon this run started is killed at the end; someone else's is left running. */
-  private startedDaemon = false;
-  private daemonRecord: string | undefined;
+  /** PM2 served from this process; undefined when another daemon already ran on PM2_HOME (left running at the end). */
+  private hosted: HostedPm2 | undefined;
+  private killedBy: ((reason: string) => void) | undefined;
   private stopping = false;
   private readonly partialLines = new Map<string, string>();
   /** Instances being restarted on purpose: their exit is not a crash. */
@@ -99,30 +132,30 @@ export class ProcessManager {
   ) {}
 
   get pm2Home(): string {
-    return process.env.PM2_HOME ?? path.join(process.env.HOME ?? '/root', '.pm2');
+    return pm2HomeOf(process.env);
+  }
+
+  /** True when PM2 runs inside this process (the usual case). */
+  get hostsPm2(): boolean {
+    return this.hosted !== undefined;
   }
 
   /**
-   * Connect, starting the daemon if none runs. A daemon that an earlier gpu-boot
-   * started (and left behind by dying) is adopted, so this run stops it at the end.
+   * Serve PM2 from this process, then connect to it as a client. When a daemon already answers
+   * on PM2_HOME (someone's `pm2 start` before gpu-boot), use that one and leave it running.
    */
-  async connect(stateDir: string): Promise<void> {
-    // PM2 prints banners on stdout unless told not to; our stdout is JSON log lines.
+  async connect(): Promise<void> {
+    // PM2 prints banners on stdout unless told not to; our stdout is JSON log lines. No version
+    // check: a container has no business calling home.
     process.env.PM2_SILENT = 'true';
+    process.env.PM2_DISABLE_VERSION_CHECK = 'true';
     const module = (await import('pm2')) as unknown as { default: Pm2Api };
     const api = module.default;
-    const meta = await call<{ new_pm2_instance?: boolean }>((cb) => api.connect(cb));
-    this.api = api;
-    this.daemonRecord = path.join(stateDir, 'pm2-daemon.json');
-    const pid = await this.daemonPid();
-    if (meta?.new_pm2_instance !== false) {
-      this.startedDaemon = true;
-    } else {
-      const previous = await readFile(this.daemonRecord, 'utf8').then((t) => JSON.parse(t) as { pid?: number }, () => undefined);
-      this.startedDaemon = previous?.pid !== undefined && previous.pid === pid;
-      if (this.startedDaemon) this.logger.warn({ pm2Pid: pid }, 'adopted the PM2 daemon an earlier run left behind');
+    if (!(await daemonAnswers(pm2Paths().DAEMON_RPC_PORT))) {
+      this.hosted = await hostPm2(this.logger, () => this.killedBy?.('pm2 kill'));
     }
-    if (this.startedDaemon && pid !== undefined) await writeFile(this.daemonRecord, `${JSON.stringify({ pid })}\n`, { mode: 0o600 });
+    await call<{ new_pm2_instance?: boolean }>((cb) => api.connect(cb));
+    this.api = api;
   }
 
   private get pm2(): Pm2Api {
@@ -250,37 +283,42 @@ export class ProcessManager {
     }
   }
 
-  /** Call `onExit` once if the daemon's process goes away; returns the function that stops watching. */
-  async onDaemonExit(onExit: (pid: number) => void): Promise<() => void> {
+  /**
+   * Call `onExit` once if PM2 goes away under the instances: `pm2 kill` run against the PM2 this
+   * process serves, or the exit of a daemon that was already running. Returns the function that
+   * stops watching.
+   */
+  async onPm2Exit(onExit: (reason: string) => void): Promise<() => void> {
+    if (this.hosted) {
+      this.killedBy = onExit;
+      return () => {
+        this.killedBy = undefined;
+      };
+    }
     const pid = await this.daemonPid();
     if (pid === undefined) return () => undefined;
     const timer = setInterval(() => {
       if (!isAlive(pid)) {
         clearInterval(timer);
-        onExit(pid);
+        onExit(`the PM2 daemon (pid ${pid}) exited`);
       }
     }, 1000);
     timer.unref();
     return () => clearInterval(timer);
   }
 
-  /** Kill the daemon if this run started it; always disconnect. */
+  /** Disconnect, and stop serving PM2 if this process does (a daemon that was already running is left alone). */
   async close(): Promise<void> {
     if (!this.api) return;
     const api = this.api;
     try {
       this.bus?.close?.();
     } catch {
-      // the bus may already be gone with the daemon
-    }
-    if (this.startedDaemon) {
-      const pid = await this.daemonPid();
-      await call((cb) => api.killDaemon(cb)).catch(() => undefined);
-      // killDaemon answers before the daemon has exited: wait for it, so nothing outlives us.
-      if (pid !== undefined) await waitForExit(pid, 3000);
-      if (this.daemonRecord) await unlink(this.daemonRecord).catch(() => undefined);
+      // the bus may already be gone
     }
     await new Promise<void>((resolve) => api.disconnect(() => resolve()));
+    await this.hosted?.close();
+    this.hosted = undefined;
     this.api = undefined;
   }
 }

@@ -125,8 +125,8 @@ describe('start: the whole boot with real PM2', () => {
       expect(environ).not.toContain('AWS_SECRET_ACCESS_KEY_FILE');
       expect(environ).not.toContain(HF_TOKEN);
     }
-    const daemonPid = Number.parseInt(await readFile(path.join(ws.pm2Home, 'pm2.pid'), 'utf8'), 10);
-    expect(await readFile(`/proc/${daemonPid}/environ`, 'utf8')).not.toContain('canary');
+    // PM2 runs inside gpu-boot: the pid PM2_HOME names is the boot's own.
+    expect(Number.parseInt(await readFile(path.join(ws.pm2Home, 'pm2.pid'), 'utf8'), 10)).toBe(boot.child.pid);
 
     // SIGTERM: exit 0, no file, no process left.
     boot.child.kill('SIGTERM');
@@ -138,7 +138,9 @@ describe('start: the whole boot with real PM2', () => {
     // The plan goes with the boot, and so does the (then empty) state folder.
     expect(existsSync(ws.stateDir)).toBe(false);
     expect((await readdir(path.dirname(emprops))).filter((n) => n.startsWith('.env'))).toEqual([]);
-    for (const pid of [...instancePids, daemonPid]) expect(alive(pid)).toBe(false);
+    for (const pid of instancePids) expect(alive(pid)).toBe(false);
+    // PM2's pid file and sockets go with the boot.
+    for (const name of ['pm2.pid', 'rpc.sock', 'pub.sock']) expect(existsSync(path.join(ws.pm2Home, name))).toBe(false);
     const phases = boot.logs().map((l) => l.phase).filter(Boolean);
     expect(phases).toEqual(['recover', 'detect', 'secrets', 'write', 'pm2-start', 'ready', 'wipe', 'shutdown']);
   });

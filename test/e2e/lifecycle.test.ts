@@ -2,7 +2,8 @@ import { existsSync } from 'node:fs';
 import { chmod, readFile, readlink, stat, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { alive, makeWorkspace, runBoot, startBoot, tinyServerMain, waitFor, type Workspace } from '../helpers/boot.js';
+import { execa } from 'execa';
+import { alive, makeWorkspace, PM2_BIN, runBoot, startBoot, tinyServerMain, waitFor, type Workspace } from '../helpers/boot.js';
 
 const HF_TOKEN = 'hf_canaryLifecycle42';
 const MANIFEST = { custom_nodes: [{ name: 'hf_node', env: { HF_TOKEN: '${HF_TOKEN}' } }] };
@@ -32,20 +33,24 @@ describe('lifecycle', () => {
     expect(record.files.map((f) => f.path)).toEqual([ws.envFile('hf_node')]);
     expect(JSON.stringify(record)).not.toContain(HF_TOKEN);
 
-    // A second start adopts the orphaned daemon, wipes first, then boots again.
-    const orphanDaemon = await pm2Pid(ws);
+    // PM2 died with the boot; its instance did not (outside a container nothing else ends it).
+    expect(await pm2Pid(ws)).toBe(firstPid);
+    const orphan = (first.logs().find((l) => l.phase === 'pm2-start')!.instances as Array<{ pid: number }>)[0]!.pid;
+    expect(alive(orphan)).toBe(true);
+    // A second start stops it and wipes first, then boots again.
     const second = startBoot(['start'], env);
     await second.waitForLog((l) => l.phase === 'ready', 'second ready');
     const logs = second.logs();
     const recovered = logs.find((l) => typeof l.msg === 'string' && l.msg.startsWith(`an earlier run (pid ${firstPid}) did not clean up`));
     expect(recovered?.removed).toBe(1);
     expect(logs.findIndex((l) => l === recovered)).toBeLessThan(logs.findIndex((l) => l.phase === 'detect'));
-    expect(logs.some((l) => l.msg === 'adopted the PM2 daemon an earlier run left behind')).toBe(true);
-    expect(logs.some((l) => l.msg === 'removed instances left in PM2 by an earlier run')).toBe(true);
+    const stopped = logs.find((l) => l.msg === `stopped 1 instance(s) that an earlier run (pid ${firstPid}) left running`);
+    expect(stopped?.pids).toEqual([orphan]);
+    expect(logs.findIndex((l) => l === stopped)).toBeLessThan(logs.findIndex((l) => l === recovered));
+    expect(alive(orphan)).toBe(false);
     second.child.kill('SIGTERM');
     expect((await second.child).exitCode).toBe(0);
     expect(existsSync(ws.envFile('hf_node'))).toBe(false);
-    expect(alive(orphanDaemon)).toBe(false);
   });
 
   it('`wipe` cleans up after a crash without starting anything', async () => {
@@ -53,11 +58,14 @@ describe('lifecycle', () => {
     const env = { ...ws.env, HF_TOKEN };
     const boot = startBoot(['start'], env);
     await boot.waitForLog((l) => l.phase === 'ready', 'ready');
+    const orphan = (boot.logs().find((l) => l.phase === 'pm2-start')!.instances as Array<{ pid: number }>)[0]!.pid;
     boot.child.kill('SIGKILL');
     await boot.child;
     const wipe = await runBoot(['wipe'], env);
     expect(wipe.exitCode).toBe(0);
+    expect(wipe.stdout).toContain(`stopped 1 instance(s) that an earlier run (pid ${boot.child.pid}) left running`);
     expect(wipe.stdout).toContain('wiped 1 file(s), restored 0');
+    expect(alive(orphan)).toBe(false);
     expect(existsSync(ws.envFile('hf_node'))).toBe(false);
     expect(existsSync(path.join(ws.stateDir, 'written-files.json'))).toBe(false);
     const again = await runBoot(['wipe'], env);
@@ -186,17 +194,18 @@ describe('one boot per workspace, and a boot that notices its PM2 dying', () => 
     expect((await first.child).exitCode).toBe(0);
   });
 
-  it('when the PM2 daemon is killed, it says so, wipes and exits 74', async () => {
+  it('`pm2 kill` in the container stops the instances; the boot says so, wipes and exits 74', async () => {
     ws = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 1 });
     const boot = startBoot(['start'], { ...ws.env, HF_TOKEN });
     await boot.waitForLog((l) => l.phase === 'ready', 'ready');
     const instancePid = (boot.logs().find((l) => l.phase === 'pm2-start')!.instances as Array<{ pid: number }>)[0]!.pid;
-    process.kill(await pm2Pid(ws), 'SIGKILL');
+    const kill = await execa('node', [PM2_BIN, 'kill'], { env: { PATH: ws.env.PATH!, HOME: ws.root, PM2_HOME: ws.pm2Home }, extendEnv: false, reject: false, timeout: 10_000 });
+    expect(kill.exitCode).toBe(0);
     const result = await boot.child;
     expect(result.exitCode).toBe(74);
-    // The daemon's orphaned instance does not outlive the boot.
     expect(alive(instancePid)).toBe(false);
-    expect(boot.logs().some((l) => typeof l.msg === 'string' && l.msg.startsWith('the PM2 daemon exited'))).toBe(true);
+    expect(boot.logs().some((l) => l.msg === 'PM2 is gone (pm2 kill); no instance will be restarted: shutting down')).toBe(true);
     expect(existsSync(ws.envFile('hf_node'))).toBe(false);
+    for (const name of ['pm2.pid', 'rpc.sock', 'pub.sock']) expect(existsSync(path.join(ws.pm2Home, name))).toBe(false);
   });
 });

@@ -153,7 +153,8 @@ export async function killPm2(pm2Home: string): Promise<void> {
     // no apps
   }
   for (const pid of pids) {
-    if (Number.isInteger(pid) && pid > 0) {
+    // PM2 may be hosted by this very process (test/processes.test.ts): never kill ourselves.
+    if (Number.isInteger(pid) && pid > 0 && pid !== process.pid) {
       try {
         process.kill(pid, 'SIGKILL');
       } catch {
