@@ -3,6 +3,7 @@ import { parseArgs } from 'node:util';
 import { SETTINGS_DOC, loadConfig, type Config } from './config.js';
 import { BootError, ExitCode, UsageError, describeError } from './errors.js';
 import { SecretMasker, createLogger } from './log.js';
+import { environmentSnapshot } from './env-snapshot.js';
 import type { Logger } from 'pino';
 
 const COMMANDS = {
@@ -83,11 +84,11 @@ export async function main(argv: string[]): Promise<number> {
       process.stdout.write(argv.length === 1 || argv[0] === 'help' || argv[0]?.startsWith('-') ? mainHelp() : commandHelp(command));
       return ExitCode.ok;
     }
-    let env = process.env;
+    let env = environmentSnapshot();
     let cleanupDemo: (() => Promise<void>) | undefined;
     if (command === 'demo') {
       const { prepareDemo } = await import('./demo.js');
-      const demo = await prepareDemo(process.env);
+      const demo = await prepareDemo(env);
       env = demo.env;
       cleanupDemo = demo.cleanup;
       Object.assign(process.env, demo.env);

@@ -183,7 +183,10 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
   const state = new BootState();
   const ctx: RunContext = { ...runCtx, state };
   const { config, logger } = ctx;
-  const bootStarted = performance.now();
+  // performance.now() counts from the process's start: Node itself, the imports and the configuration.
+  const startupMs = Math.round(performance.now() * 10) / 10;
+  logger.info({ phase: 'config', ms: startupMs }, `config: valid ${startupMs} ms after the process started`);
+  state.recordPhase('config', startupMs);
   const processes = new ProcessManager(logger, ECOSYSTEM_FILE);
   let rotator: Rotator | undefined;
   let pm2Connecting: Promise<void> | undefined;
@@ -235,6 +238,11 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     await timed(ctx, 'recover', () => recoverPhase(ctx));
     // After recover: a second boot refused on a live workspace must not take the first one's port.
     if (config.healthPort > 0) health = await startHealth(ctx, state, processes);
+    // PM2 takes ~100 ms to load and come up: start it now, beside detection (nvidia-smi is a wait),
+    // the secrets and the writes. Not before recover: a PM2 of ours answering on PM2_HOME would hide
+    // the instances a killed run left. Nothing is spawned from it before the secrets are withheld below.
+    pm2Connecting = processes.connect();
+    pm2Connecting.catch(() => undefined);
     checkStop();
     const gpus = await detectPhase(ctx, false);
     checkStop();
@@ -255,10 +263,6 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     const record: WriteRecord = { version: 1, pid: process.pid, startedAt: new Date().toISOString(), files: [] };
     state.gpus = gpus;
     state.nodes = nodeSummaries(prepared);
-    // PM2 takes ~150 ms to load and come up: start it now, beside the writes. The secrets are
-    // already out of this process's environment, which the apps would otherwise inherit.
-    pm2Connecting = processes.connect();
-    pm2Connecting.catch(() => undefined);
     await timed(ctx, 'write', async () => {
       await mkdir(config.stateDir, { recursive: true, mode: 0o700 }).catch((error: NodeJS.ErrnoException) => {
         throw new FileWriteError(`cannot create the state folder ${config.stateDir}: ${errnoText(error)}`);
@@ -303,7 +307,8 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     });
 
     // Readiness runs beside the wait for a signal: a SIGTERM during a slow start is honoured at once.
-    const ready = reportReadiness(logger, config, plan.instances, bootStarted, abort.signal, (ms) => state.recordPhase('ready', ms));
+    // The boot's duration counts from the process's start (performance.now()'s origin), Node's own start included.
+    const ready = reportReadiness(logger, config, plan.instances, 0, abort.signal, (ms) => state.recordPhase('ready', ms));
 
     const signal = await shutdownPromise;
     abort.abort();

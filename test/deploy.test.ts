@@ -3,11 +3,12 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import dockerignore from '@balena/dockerignore';
-import { DockerfileParser } from 'dockerfile-ast';
+import { DockerfileParser, type Entrypoint } from 'dockerfile-ast';
 import { parse as parseDotenv } from 'dotenv';
 import { execa, execaSync } from 'execa';
 import { describe, expect, it } from 'vitest';
 import { parse as parseYaml, parseAllDocuments } from 'yaml';
+import { parse as parseShell } from 'shell-quote';
 import { SETTING_NAMES, SETTINGS_DOC } from '../src/config.js';
 import { parseManifest, referencedVariables, type Manifest } from '../src/services/manifest.js';
 import { dockerfileProblems, SECRET_NAME } from './helpers/dockerfile-policy.js';
@@ -108,6 +109,18 @@ describe('docker/Dockerfile', () => {
     expect(text).toMatch(/npm ci\b/);
     expect(text).toContain('npm prune --omit=dev');
     expect(text).toContain('COPY --from=build /usr/local/bin/node /usr/local/bin/node');
+  });
+
+  it('gives node the same flags as `npm start` does (the bench reads them from here)', () => {
+    const dockerfile = DockerfileParser.parse(read('docker', 'Dockerfile'));
+    const entry = (dockerfile.getInstructions().filter((i) => i.getKeyword() === 'ENTRYPOINT').at(-1) as Entrypoint).getJSONStrings().map((w) => w.getJSONValue());
+    const imageFlags = entry.slice(entry.indexOf('node') + 1, entry.indexOf('/opt/gpu-boot/dist/entrypoint.js'));
+    expect(imageFlags).toEqual(['--max-semi-space-size=4']);
+    const start = (JSON.parse(read('package.json')) as { scripts: Record<string, string> }).scripts.start!;
+    // The last command of the script: shell-quote splits it as the shell would.
+    const parsed = parseShell(start);
+    const words = parsed.slice(parsed.findLastIndex((w) => typeof w !== 'string') + 1).filter((w): w is string => typeof w === 'string');
+    expect(words.slice(words.indexOf('node') + 1, words.indexOf('dist/entrypoint.js'))).toEqual(imageFlags);
   });
 
   it('runs `install` for the manifest at build time, before switching to the non-root user', () => {

@@ -6,7 +6,9 @@ import { loadConfig } from '../src/config.js';
 import { SecretMasker } from '../src/log.js';
 import type { GpuDetection } from '../src/services/hardware.js';
 import { buildPlan, LAUNCHER, parseComfyArgs, probeHost } from '../src/services/plan.js';
-import { probeHttp, waitForHttp } from '../src/services/readiness.js';
+import { probeHttp, reportReadiness, waitForHttp } from '../src/services/readiness.js';
+import type { InstancePlan } from '../src/services/plan.js';
+import { captureLogger } from './helpers/logger.js';
 import { freePorts } from './helpers/boot.js';
 
 describe('SecretMasker', () => {
@@ -120,5 +122,25 @@ describe('readiness', () => {
     const waiting = waitForHttp('127.0.0.1', port, Number.POSITIVE_INFINITY, abort.signal);
     setTimeout(() => abort.abort(), 100);
     expect(await waiting).toBe(false);
+  });
+
+  it('waits on 16 instances with one abort signal without a listener-leak warning, and reports them ready', async () => {
+    const start = await freePorts(16);
+    const servers = Array.from({ length: 16 }, () => http.createServer((_req, res) => res.end()));
+    const warnings: Error[] = [];
+    const onWarning = (warning: Error) => warnings.push(warning);
+    process.on('warning', onWarning);
+    const { logger, lines } = captureLogger();
+    const instances = Array.from({ length: 16 }, (_, i) => ({ name: `comfyui-gpu${i}`, port: start + i, gpuIndex: i }) as InstancePlan);
+    // Closed ports first: every instance waits (listening on the signal) at least once.
+    const reporting = reportReadiness(logger, { readyTimeoutMs: 10_000, comfyuiListen: '127.0.0.1' }, instances, performance.now(), new AbortController().signal);
+    setTimeout(() => servers.forEach((server, i) => server.listen(start + i, '127.0.0.1')), 150);
+    await reporting;
+    await new Promise((resolve) => setImmediate(resolve));
+    process.off('warning', onWarning);
+    for (const server of servers) server.close();
+    expect(warnings.map((w) => w.name)).toEqual([]);
+    expect(lines.filter((l) => l.includes('answers on port'))).toHaveLength(16);
+    expect(lines.some((l) => l.includes('"phase":"ready"') && l.includes('all 16 instance(s) answer'))).toBe(true);
   });
 });

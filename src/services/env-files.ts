@@ -61,17 +61,20 @@ export async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-/**
- * Write `text` to `target` atomically: a temp file created 0600 in the same folder,
- * written, fsynced, chmodded, renamed over the target (rename replaces a planted
- * link instead of writing through it), then the folder fsynced.
- */
 export interface Owner {
   uid: number;
   gid: number;
 }
 
-export async function writeFileAtomic(target: string, text: string, mode = FILE_MODE, owner?: Owner): Promise<void> {
+/**
+ * Write `text` to `target` atomically: a temp file created 0600 in the same folder,
+ * written, chmodded, renamed over the target (rename replaces a planted link instead of
+ * writing through it); a reader sees the old file or the new one, never half of one.
+ * `durable` (the default) also fsyncs the file before the rename and the folder after, so
+ * that a power cut leaves the old or the new content; the node .env files skip it (see
+ * writeNodeFiles).
+ */
+export async function writeFileAtomic(target: string, text: string, mode = FILE_MODE, owner?: Owner, durable = true): Promise<void> {
   const dir = path.dirname(target);
   const temp = path.join(dir, `${tempName()}`);
   let handle;
@@ -84,11 +87,11 @@ export async function writeFileAtomic(target: string, text: string, mode = FILE_
     await handle.writeFile(text, 'utf8');
     await handle.chmod(mode);
     if (owner) await handle.chown(owner.uid, owner.gid);
-    await handle.sync();
+    if (durable) await handle.sync();
     await handle.close();
     handle = undefined;
     await rename(temp, target);
-    await fsyncDir(dir);
+    if (durable) await fsyncDir(dir);
   } catch (error) {
     await handle?.close().catch(() => undefined);
     await unlink(temp).catch(() => undefined);
@@ -274,7 +277,9 @@ export async function writeNodeFiles(stateDir: string, files: NodeFile[], record
         // which measured 40x faster than one after another on ext4 (bench/RESULTS.md).
         await replaceWithLink(target, file.path);
       } else {
-        await writeFileAtomic(file.path, file.text, FILE_MODE, owner);
+        // No fsync: after a power cut the next start wipes every file the (durable) record lists and
+        // writes them again, so their own durability buys nothing. 500 fsyncs cost ~100 ms here.
+        await writeFileAtomic(file.path, file.text, FILE_MODE, owner, false);
       }
     }),
   );

@@ -30,7 +30,7 @@ interface Closable {
 interface Pm2Daemon {
   innerStart(callback: () => void): void;
   /** What `pm2 kill` calls (through the RPC socket): PM2's own version ends the process. */
-  close: (options: { pid?: number | string }, callback?: (error: Error | null, value: object) => void) => void;
+  close: (options: { pid?: number | string }) => void;
   rpc_socket?: Closable;
   pub_socket?: Closable;
 }
@@ -95,7 +95,7 @@ export async function hostPm2(logger: Logger, onKill: () => void): Promise<Hoste
     ignore_signals: true,
   });
   let killed = false;
-  daemon.close = (options, callback) => {
+  daemon.close = (options) => {
     // The `pm2 kill` CLI waits for a SIGQUIT before it returns, as PM2's own close sends.
     const cli = Number(options?.pid);
     if (Number.isInteger(cli) && cli > 0 && cli !== process.pid) {
@@ -105,7 +105,7 @@ export async function hostPm2(logger: Logger, onKill: () => void): Promise<Hoste
         // the CLI is gone
       }
     }
-    callback?.(null, {});
+    // No answer on the RPC socket: the CLI sends killMe without a callback, and an answer crashes it.
     if (!killed) {
       killed = true;
       onKill();

@@ -245,7 +245,8 @@ export class ProcessManager {
   /** Stop our apps gracefully (SIGINT, then SIGKILL after kill_timeout) and remove them from PM2. */
   async stopAll(): Promise<void> {
     this.stopping = true;
-    if (!this.api) return;
+    // A run that started nothing (refused, or failed before) must not stop another run's apps.
+    if (!this.api || !this.startedInstances) return;
     const apps = await this.list();
     await Promise.all(apps.map((app) => call((cb) => this.pm2.delete(app.name, cb))));
   }

@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import http from 'node:http';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from 'pino';
@@ -61,6 +62,8 @@ export async function reportReadiness(
   const started = performance.now();
   const deadline = Date.now() + config.readyTimeoutMs;
   const host = probeHost(config.comfyuiListen);
+  // Each instance's wait listens on the one signal: 16 GPUs are 16 listeners, not a leak.
+  setMaxListeners(Math.max(10, instances.length + 2), signal);
   const results = await Promise.all(
     instances.map(async (instance) => {
       const ok = await waitForHttp(host, instance.port, deadline, signal);

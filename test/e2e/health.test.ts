@@ -41,7 +41,7 @@ describe('health endpoints', () => {
       lastError: null;
     };
     expect(status.phase).toBe('running');
-    expect(status.phases.map((p) => p.name)).toEqual(['recover', 'detect', 'secrets', 'write', 'pm2-start', 'ready']);
+    expect(status.phases.map((p) => p.name)).toEqual(['config', 'recover', 'detect', 'secrets', 'write', 'pm2-start', 'ready']);
     expect(status.gpus.count).toBe(2);
     expect(status.instances.map((i) => [i.name, i.gpu, i.port, i.state])).toEqual([
       ['comfyui-gpu0', 0, ws.portStart, 'online'],

@@ -201,6 +201,7 @@ describe('one boot per workspace, and a boot that notices its PM2 dying', () => 
     const instancePid = (boot.logs().find((l) => l.phase === 'pm2-start')!.instances as Array<{ pid: number }>)[0]!.pid;
     const kill = await execa('node', [PM2_BIN, 'kill'], { env: { PATH: ws.env.PATH!, HOME: ws.root, PM2_HOME: ws.pm2Home }, extendEnv: false, reject: false, timeout: 10_000 });
     expect(kill.exitCode).toBe(0);
+    expect(kill.stdout).toContain('[v] PM2 Daemon Stopped');
     const result = await boot.child;
     expect(result.exitCode).toBe(74);
     expect(alive(instancePid)).toBe(false);
