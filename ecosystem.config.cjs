@@ -66,6 +66,10 @@ module.exports = {
     // ComfyUI needs longer than PM2's default 1.6 s to stop cleanly.
     kill_timeout: plan.pm2.killTimeoutMs,
     treekill: true,
+    // No log files: an instance's output reaches gpu-boot's log (masked) through PM2's bus, and
+    // `pm2 logs` shows it live; a file under PM2_HOME would keep an unmasked copy on disk.
+    out_file: '/dev/null',
+    error_file: '/dev/null',
     merge_logs: true,
     time: false,
     vizion: false,

@@ -135,6 +135,10 @@ describe('masking instance output', () => {
     await boot.child;
     expect(boot.lines.join('\n')).not.toContain(PLAIN);
     expect(boot.lines.join('\n')).not.toContain(PLAIN.slice(6));
+    // PM2 keeps no unmasked copy of the instances' output on disk: they go to /dev/null, the bus feeds the log.
+    const pm2Files = await filesUnder(ws.pm2Home);
+    expect(pm2Files.filter((f) => /comfyui-gpu0.*\.log$/.test(f))).toEqual([]);
+    for (const file of pm2Files) expect({ file, leaks: (await readFile(file, 'utf8').catch(() => '')).includes(PLAIN.slice(6)) }).toEqual({ file, leaks: false });
   });
 });
 
