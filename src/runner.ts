@@ -241,7 +241,11 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     // PM2 takes ~100 ms to load and come up: start it now, beside detection (nvidia-smi is a wait),
     // the secrets and the writes. Not before recover: a PM2 of ours answering on PM2_HOME would hide
     // the instances a killed run left. Nothing is spawned from it before the secrets are withheld below.
-    pm2Connecting = processes.connect();
+    const pm2LoadStarted = performance.now();
+    let pm2LoadMs: number | undefined;
+    pm2Connecting = processes.connect().then(() => {
+      pm2LoadMs = Math.round((performance.now() - pm2LoadStarted) * 10) / 10;
+    });
     pm2Connecting.catch(() => undefined);
     checkStop();
     const gpus = await detectPhase(ctx, false);
@@ -291,6 +295,8 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
       }
     }, (list) => ({
       pm2Home: processes.pm2Home,
+      // PM2 loaded beside detect, secrets and write: their figures include its share of the one thread.
+      pm2LoadMs,
       instances: list.map((i) => ({ name: i.name, pid: i.pid, status: i.status })),
     }), (list) => `${list.length} instance(s) started under PM2`);
     knownPids = instances.map((i) => i.pid).filter((pid) => pid > 0);

@@ -23,7 +23,8 @@ export async function freePorts(count: number): Promise<number> {
       server.listen({ port, host: '127.0.0.1', exclusive: true }, () => server.close(() => resolve(true)));
     });
   for (let attempt = 0; attempt < 200; attempt += 1) {
-    const start = 20000 + Math.floor(Math.random() * 30000);
+    // Below Linux's ephemeral range (32768-60999): an outgoing connection cannot take the port between this check and the bind.
+    const start = 20000 + Math.floor(Math.random() * (12000 - count));
     let ok = true;
     for (let i = 0; i < count && ok; i += 1) ok = await free(start + i);
     if (ok) return start;
