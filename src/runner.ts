@@ -12,8 +12,10 @@ import { wipeRecordedFiles } from './services/wipe.js';
 import { loadManifestOrEmpty, nodeSummaries, prepareNodeFiles, withheldVariableNames, type PreparedNodes } from './services/node-files.js';
 import { buildPlan, planPath, probeHost, type Plan, type ProcessEnvSource } from './services/plan.js';
 import { chooseOwner, chooseStorage } from './services/storage.js';
-import { ProcessManager, stopOrphanedInstances } from './services/processes.js';
-import { pm2HomeOf } from './services/pm2-host.js';
+import { ProcessManager } from './services/processes.js';
+import { stopOrphanedInstances } from './services/orphans.js';
+import { pm2HomeOf, SERVE_TIMEOUT_MS } from './services/pm2-host.js';
+import { withTimeout } from './timeout.js';
 import { shutdown } from './shutdown.js';
 import { startHealthServer, type HealthServer } from './services/health.js';
 import { Rotator } from './services/rotation.js';
@@ -136,9 +138,13 @@ async function cleanLeftovers(ctx: RunContext, failure: (pid: number) => string)
   const record = await readRecord(ctx.config.stateDir);
   if (record) await refuseIfRunning(ctx, record.pid);
   // Before the wipe: an instance must not go on serving with its secrets wiped from under it.
-  const orphans = await stopOrphanedInstances(pm2HomeOf(process.env), ctx.config.killTimeoutMs);
+  const sweep = await stopOrphanedInstances(pm2HomeOf(process.env), ctx.config.killTimeoutMs);
+  const orphans = sweep.stopped;
   if (orphans.length) {
     ctx.logger.warn({ pids: orphans }, `stopped ${orphans.length} instance(s) that an earlier run (pid ${record?.pid ?? 'unknown'}) left running`);
+  }
+  if (sweep.unverified.length) {
+    ctx.logger.warn({ pids: sweep.unverified }, `PM2's pid files name live process(es) ${sweep.unverified.join(', ')} whose environment cannot be read: not provably instances of an earlier run, left running`);
   }
   if (!record) return { removed: 0, restored: 0, orphans };
   const result = await wipeRecordedFiles(ctx.config.stateDir);
@@ -238,15 +244,12 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     await timed(ctx, 'recover', () => recoverPhase(ctx));
     // After recover: a second boot refused on a live workspace must not take the first one's port.
     if (config.healthPort > 0) health = await startHealth(ctx, state, processes);
-    // PM2 takes ~100 ms to load and come up: start it now, beside detection (nvidia-smi is a wait),
-    // the secrets and the writes. Not before recover: a PM2 of ours answering on PM2_HOME would hide
-    // the instances a killed run left. Nothing is spawned from it before the secrets are withheld below.
+    // PM2 takes ~100 ms to load: load it now, beside detection (nvidia-smi is a wait), the secrets
+    // and the writes. It serves PM2_HOME only once the secrets are out of this process's environment
+    // (PM2's RPC answers `pm2 report` with it), below.
     const pm2LoadStarted = performance.now();
     let pm2LoadMs: number | undefined;
-    pm2Connecting = processes.connect().then(() => {
-      pm2LoadMs = Math.round((performance.now() - pm2LoadStarted) * 10) / 10;
-    });
-    pm2Connecting.catch(() => undefined);
+    processes.load().catch(() => undefined);
     checkStop();
     const gpus = await detectPhase(ctx, false);
     checkStop();
@@ -256,6 +259,10 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     const withheld = prepared.resolution.sourceVariableNames;
     withholdSecretsFromChildren(process.env, withheld);
     if (ctx.env !== process.env) withholdSecretsFromChildren(ctx.env, withheld);
+    pm2Connecting = processes.connect().then(() => {
+      pm2LoadMs = Math.round((performance.now() - pm2LoadStarted) * 10) / 10;
+    });
+    pm2Connecting.catch(() => undefined);
     checkStop();
 
     const [storage, owner] = await Promise.all([chooseStorage(config, logger), chooseOwner(config)]);
@@ -284,13 +291,16 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
 
     const instances = await timed(ctx, 'pm2-start', async () => {
       try {
-        await pm2Connecting;
+        // A signal while PM2 comes up is honoured at once: the finish stage (the wipe) must not wait on it.
+        const stopped = shutdownPromise.then(() => Promise.reject(new StopRequested()));
+        stopped.catch(() => undefined);
+        await Promise.race([pm2Connecting, stopped]);
         // Independent round trips to the daemon: clear what an earlier run left, and subscribe to output.
         const [stale] = await Promise.all([processes.removeStaleApps(), processes.watch()]);
         if (stale.length) logger.warn({ apps: stale }, 'removed instances left in PM2 by an earlier run');
         return await processes.startFromEcosystem(config.stateDir);
       } catch (error) {
-        if (error instanceof BootError) throw error;
+        if (error instanceof BootError || error instanceof StopRequested) throw error;
         throw new BootError(ExitCode.ioError, `PM2 could not start the instances: ${describeError(error)}`);
       }
     }, (list) => ({
@@ -330,7 +340,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     // A rotation in progress finishes its write first: a file is never cut in half.
     await rotator?.close();
     // A daemon still coming up must be up before it can be stopped.
-    await pm2Connecting?.catch(() => undefined);
+    await withTimeout(pm2Connecting?.catch(() => undefined) ?? Promise.resolve(), SERVE_TIMEOUT_MS);
     exitCode = await shutdown(ctx, processes, knownPids, wroteFiles);
     await health?.close();
     if (daemonDied && exitCode === ExitCode.ok) exitCode = ExitCode.ioError;

@@ -72,6 +72,13 @@ describe('ProcessManager with a real PM2', () => {
 
     await processes.stopAll();
     expect(await processes.list()).toEqual([]);
+    // `pm2 kill` before anyone watches for it is not lost: the watch, set later, hears of it at once.
+    const kill = await execa('node', [PM2_BIN, 'kill'], { env: { PATH: process.env.PATH!, HOME: root, PM2_HOME: pm2Home }, extendEnv: false, reject: false, timeout: 10_000 });
+    expect(kill.exitCode).toBe(0);
+    const reasons: string[] = [];
+    await processes.onPm2Exit((reason) => reasons.push(reason));
+    await waitFor('the kill reported', () => reasons.length > 0);
+    expect(reasons).toEqual(['pm2 kill']);
     await processes.close();
     expect(processes.connected).toBe(false);
     for (const name of ['pm2.pid', 'rpc.sock', 'pub.sock']) expect(existsSync(path.join(pm2Home, name))).toBe(false);

@@ -1,7 +1,9 @@
+import { readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import net from 'node:net';
-import { unlinkSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
+import type { Server } from 'node:net';
 import type { Logger } from 'pino';
 
 /**
@@ -23,16 +25,17 @@ interface Pm2Paths {
   PM2_PID_FILE_PATH: string;
 }
 
-interface Closable {
+interface AxonSocket {
   close(callback: () => void): void;
+  server?: Server;
 }
 
 interface Pm2Daemon {
   innerStart(callback: () => void): void;
   /** What `pm2 kill` calls (through the RPC socket): PM2's own version ends the process. */
   close: (options: { pid?: number | string }) => void;
-  rpc_socket?: Closable;
-  pub_socket?: Closable;
+  rpc_socket?: AxonSocket;
+  pub_socket?: AxonSocket;
 }
 
 interface Pm2God {
@@ -45,11 +48,8 @@ type DaemonClass = new (options: { pub_socket_file: string; rpc_socket_file: str
 const CONSOLE_METHODS = ['log', 'info', 'warn', 'error'] as const;
 type ConsoleMethod = (typeof CONSOLE_METHODS)[number];
 
-export interface HostedPm2 {
-  pid: number;
-  /** Stop serving PM2_HOME: close the sockets, stop PM2's timers, remove the pid file. The apps must be gone already. */
-  close(): Promise<void>;
-}
+/** How long binding PM2's two sockets may take before hosting is given up (it takes ~1 ms). */
+export const SERVE_TIMEOUT_MS = 5000;
 
 /** True when a PM2 daemon answers on `rpcSocket` (someone else's, or one of an older gpu-boot). */
 export function daemonAnswers(rpcSocket: string): Promise<boolean> {
@@ -63,69 +63,127 @@ export function daemonAnswers(rpcSocket: string): Promise<boolean> {
   });
 }
 
-export function pm2Paths(): Pm2Paths {
-  // pm2/constants.js reads PM2_HOME when first loaded: the caller has set it by now.
-  const require = createRequire(import.meta.url);
-  return require('pm2/constants.js') as Pm2Paths;
+/** PM2_HOME as PM2 itself resolves it: the variable, else ~/.pm2 of the user (os.homedir()). */
+export function pm2HomeOf(env: NodeJS.ProcessEnv): string {
+  return env.PM2_HOME ?? path.resolve(os.homedir(), '.pm2');
 }
 
-/**
- * Serve PM2 from this process. `onKill` is called when someone runs `pm2 kill` (PM2 has
- * already stopped the apps by then): gpu-boot shuts down instead of PM2 exiting the process.
- * PM2 rewrites console.* when it loads: its messages go to `logger` (debug; warnings and
- * errors as warn) until `close`, which puts the originals back.
- */
-export async function hostPm2(logger: Logger, onKill: () => void): Promise<HostedPm2> {
-  const require = createRequire(import.meta.url);
-  const paths = pm2Paths();
-  const saved = Object.fromEntries(CONSOLE_METHODS.map((m) => [m, console[m]])) as Record<ConsoleMethod, (...args: unknown[]) => void>;
-  const Daemon = require('pm2/lib/Daemon.js') as DaemonClass;
-  const God = require('pm2/lib/God.js') as Pm2God;
-  const pm2Logger = logger.child({ component: 'pm2' });
-  for (const method of CONSOLE_METHODS) {
-    const level = method === 'warn' || method === 'error' ? 'warn' : 'debug';
-    console[method] = (...args: unknown[]) => pm2Logger[level](args.map(String).join(' '));
+export class Pm2Host {
+  private daemon: Pm2Daemon | undefined;
+  private closed = false;
+
+  private constructor(
+    private readonly paths: Pm2Paths,
+    private readonly Daemon: DaemonClass,
+    private readonly God: Pm2God,
+    private readonly savedConsole: Record<ConsoleMethod, (...args: unknown[]) => void>,
+  ) {}
+
+  /**
+   * Load PM2's daemon code (~60 ms of CommonJS, so the boot does it early), serving nothing yet.
+   * PM2 rewrites console.* as it loads: its messages go to `logger` (debug; its warnings and
+   * errors as warn) until `close` puts the originals back. PM2_HOME must be final by now.
+   */
+  static load(logger: Logger): Pm2Host {
+    const require = createRequire(import.meta.url);
+    const saved = Object.fromEntries(CONSOLE_METHODS.map((m) => [m, console[m]])) as Record<ConsoleMethod, (...args: unknown[]) => void>;
+    const host = new Pm2Host(
+      require('pm2/constants.js') as Pm2Paths,
+      require('pm2/lib/Daemon.js') as DaemonClass,
+      require('pm2/lib/God.js') as Pm2God,
+      saved,
+    );
+    const pm2Logger = logger.child({ component: 'pm2' });
+    for (const method of CONSOLE_METHODS) {
+      const level = method === 'warn' || method === 'error' ? 'warn' : 'debug';
+      console[method] = (...args: unknown[]) => pm2Logger[level](args.map(String).join(' '));
+    }
+    return host;
   }
 
-  const daemon = new Daemon({
-    pub_socket_file: paths.DAEMON_PUB_PORT,
-    rpc_socket_file: paths.DAEMON_RPC_PORT,
-    pid_file: paths.PM2_PID_FILE_PATH,
-    // gpu-boot handles the signals: PM2 must not exit the process on SIGTERM/SIGINT.
-    ignore_signals: true,
-  });
-  let killed = false;
-  daemon.close = (options) => {
-    // The `pm2 kill` CLI waits for a SIGQUIT before it returns, as PM2's own close sends.
-    const cli = Number(options?.pid);
-    if (Number.isInteger(cli) && cli > 0 && cli !== process.pid) {
-      try {
-        process.kill(cli, 'SIGQUIT');
-      } catch {
-        // the CLI is gone
-      }
-    }
-    // No answer on the RPC socket: the CLI sends killMe without a callback, and an answer crashes it.
-    if (!killed) {
-      killed = true;
-      onKill();
-    }
-  };
-  await new Promise<void>((resolve) => daemon.innerStart(() => resolve()));
+  get rpcSocket(): string {
+    return this.paths.DAEMON_RPC_PORT;
+  }
 
-  let closed = false;
-  return {
-    pid: process.pid,
-    close: async () => {
-      if (closed) return;
-      closed = true;
-      if (God.Worker) {
-        God.Worker.stop();
-        // PM2 starts its worker 500 ms after loading: a close before then must not let it start later.
-        God.Worker.start = () => undefined;
+  /**
+   * Serve PM2_HOME's sockets from this process. `onKill` is called when someone runs `pm2 kill`
+   * (the CLI has stopped the apps by then): gpu-boot shuts down instead of PM2 ending the
+   * process. Rejects when the sockets are not bound within SERVE_TIMEOUT_MS (another PM2 took
+   * them), putting back the pid file it found.
+   */
+  async serve(onKill: () => void): Promise<void> {
+    const { paths } = this;
+    const previousPidFile = (() => {
+      try {
+        return readFileSync(paths.PM2_PID_FILE_PATH, 'utf8');
+      } catch {
+        return undefined;
       }
-      God.system_infos_proc?.kill();
-      const closeSocket = (socket: Closable | undefined) =>
+    })();
+    const daemon = new this.Daemon({
+      pub_socket_file: paths.DAEMON_PUB_PORT,
+      rpc_socket_file: paths.DAEMON_RPC_PORT,
+      pid_file: paths.PM2_PID_FILE_PATH,
+      // gpu-boot handles the signals: PM2 must not exit the process on SIGTERM/SIGINT.
+      ignore_signals: true,
+    });
+    let killed = false;
+    daemon.close = (options) => {
+      // The `pm2 kill` CLI waits for a SIGQUIT before it returns, as PM2's own close sends.
+      const cli = Number(options?.pid);
+      if (Number.isInteger(cli) && cli > 0 && cli !== process.pid) {
+        try {
+          process.kill(cli, 'SIGQUIT');
+        } catch {
+          // the CLI is gone
+        }
+      }
+      // No answer on the RPC socket: the CLI sends killMe without a callback, and an answer crashes it.
+      if (!killed) {
+        killed = true;
+        onKill();
+      }
+    };
+    this.daemon = daemon;
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(new Error(`PM2 could not serve ${paths.DAEMON_RPC_PORT} within ${SERVE_TIMEOUT_MS} ms (another PM2 on this PM2_HOME?)`));
+        this.daemon = undefined;
+        // PM2's bind retries on its own errors: stop it. A socket that did bind is closed (its file is
+        // removed with it); one that did not is left to whoever holds it.
+        for (const socket of [daemon.rpc_socket, daemon.pub_socket]) {
+          const server = socket?.server;
+          if (!server) continue;
+          server.removeAllListeners('error').on('error', () => undefined);
+          if (server.listening) server.close();
+        }
+        try {
+          if (previousPidFile === undefined) unlinkSync(paths.PM2_PID_FILE_PATH);
+          else writeFileSync(paths.PM2_PID_FILE_PATH, previousPidFile);
+        } catch {
+          // nothing to put back
+        }
+      }, SERVE_TIMEOUT_MS);
+      daemon.innerStart(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  /** Stop serving (the apps must be gone already): sockets, PM2's timers, the pid file; console back. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const { God, daemon, paths } = this;
+    if (God.Worker) {
+      God.Worker.stop();
+      // PM2 starts its worker 500 ms after loading: a close before then must not let it start later.
+      God.Worker.start = () => undefined;
+    }
+    God.system_infos_proc?.kill();
+    if (daemon) {
+      const closeSocket = (socket: AxonSocket | undefined) =>
         new Promise<void>((resolve) => {
           if (!socket) return resolve();
           try {
@@ -142,12 +200,7 @@ export async function hostPm2(logger: Logger, onKill: () => void): Promise<Hoste
           // already gone
         }
       }
-      for (const method of CONSOLE_METHODS) console[method] = saved[method];
-    },
-  };
-}
-
-/** Where PM2 keeps its sockets, pid files and logs for this process's environment. */
-export function pm2HomeOf(env: NodeJS.ProcessEnv): string {
-  return env.PM2_HOME ?? path.join(env.HOME ?? '/root', '.pm2');
+    }
+    for (const method of CONSOLE_METHODS) console[method] = this.savedConsole[method];
+  }
 }

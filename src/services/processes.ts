@@ -1,8 +1,8 @@
-import { readdir, readFile, unlink } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { APP_PREFIX } from './plan.js';
-import { daemonAnswers, hostPm2, pm2HomeOf, pm2Paths, type HostedPm2 } from './pm2-host.js';
+import { daemonAnswers, Pm2Host, pm2HomeOf } from './pm2-host.js';
 
 /**
  * The one place processes are started, watched and stopped, through PM2's API.
@@ -67,39 +67,6 @@ export async function waitForExit(pid: number, timeoutMs: number): Promise<boole
   return true;
 }
 
-/**
- * Instances that a gpu-boot killed with SIGKILL left running: PM2 ran inside it, so nothing
- * supervises them. Run before anything else by `start` and by `wipe`, when no PM2 answers on
- * PM2_HOME. A pid file may be old and its pid reused: only a process whose environment names
- * this PM2_HOME and the app is stopped (SIGINT as PM2 would, SIGKILL after `graceMs`).
- * Returns the pids stopped; their stale pid files are removed.
- */
-export async function stopOrphanedInstances(pm2Home: string, graceMs: number): Promise<number[]> {
-  if (await daemonAnswers(path.join(pm2Home, 'rpc.sock'))) return [];
-  const dir = path.join(pm2Home, 'pids');
-  const files = (await readdir(dir).catch(() => [] as string[])).filter((n) => n.startsWith(APP_PREFIX) && n.endsWith('.pid'));
-  const stopped: number[] = [];
-  await Promise.all(
-    files.map(async (file) => {
-      const app = file.replace(/-\d+\.pid$/, '');
-      const pid = Number.parseInt(await readFile(path.join(dir, file), 'utf8').catch(() => ''), 10);
-      if (Number.isInteger(pid) && pid > 0 && isAlive(pid)) {
-        const environ = (await readFile(`/proc/${pid}/environ`, 'utf8').catch(() => '')).split('\0');
-        if (!environ.includes(`name=${app}`) || !environ.includes(`PM2_HOME=${pm2Home}`)) return;
-        try {
-          process.kill(pid, 'SIGINT');
-        } catch {
-          // gone meanwhile
-        }
-        await waitForExit(pid, graceMs);
-        stopped.push(pid);
-      }
-      await unlink(path.join(dir, file)).catch(() => undefined);
-    }),
-  );
-  return stopped;
-}
-
 function call<T>(fn: (cb: Callback<T>) => void): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     fn((error, value) => (error ? reject(error) : resolve(value)));
@@ -118,8 +85,12 @@ export interface InstanceState {
 export class ProcessManager {
   private api: Pm2Api | undefined;
   private bus: Pm2Bus | undefined;
-  /** PM2 served from this process; undefined when another daemon already ran on PM2_HOME (left running at the end). */
-  private hosted: HostedPm2 | undefined;
+  private loading: Promise<{ api: Pm2Api; host: Pm2Host }> | undefined;
+  /** PM2's daemon code, loaded in this process; it serves PM2_HOME unless another daemon already did. */
+  private host: Pm2Host | undefined;
+  private serving = false;
+  /** Set by `pm2 kill`, even before anyone watches for it. */
+  private killReason: string | undefined;
   private killedBy: ((reason: string) => void) | undefined;
   private stopping = false;
   private readonly partialLines = new Map<string, string>();
@@ -137,22 +108,40 @@ export class ProcessManager {
 
   /** True when PM2 runs inside this process (the usual case). */
   get hostsPm2(): boolean {
-    return this.hosted !== undefined;
+    return this.serving;
+  }
+
+  /**
+   * Load PM2 (its client and its daemon code: ~100 ms, most of it compiling), serving nothing:
+   * the boot starts this early, beside its other phases. Idempotent.
+   */
+  load(): Promise<{ api: Pm2Api; host: Pm2Host }> {
+    this.loading ??= (async () => {
+      // PM2 prints banners on stdout unless told not to; our stdout is JSON log lines. No version
+      // check: a container has no business calling home.
+      process.env.PM2_SILENT = 'true';
+      process.env.PM2_DISABLE_VERSION_CHECK = 'true';
+      const module = (await import('pm2')) as unknown as { default: Pm2Api };
+      this.host = Pm2Host.load(this.logger);
+      return { api: module.default, host: this.host };
+    })();
+    return this.loading;
   }
 
   /**
    * Serve PM2 from this process, then connect to it as a client. When a daemon already answers
    * on PM2_HOME (someone's `pm2 start` before gpu-boot), use that one and leave it running.
+   * Serving exposes this process's environment to PM2's RPC (`pm2 report`): call it only once
+   * the secrets are out of `process.env`.
    */
   async connect(): Promise<void> {
-    // PM2 prints banners on stdout unless told not to; our stdout is JSON log lines. No version
-    // check: a container has no business calling home.
-    process.env.PM2_SILENT = 'true';
-    process.env.PM2_DISABLE_VERSION_CHECK = 'true';
-    const module = (await import('pm2')) as unknown as { default: Pm2Api };
-    const api = module.default;
-    if (!(await daemonAnswers(pm2Paths().DAEMON_RPC_PORT))) {
-      this.hosted = await hostPm2(this.logger, () => this.killedBy?.('pm2 kill'));
+    const { api, host } = await this.load();
+    if (!(await daemonAnswers(host.rpcSocket))) {
+      await host.serve(() => {
+        this.killReason ??= 'pm2 kill';
+        this.killedBy?.(this.killReason);
+      });
+      this.serving = true;
     }
     await call<{ new_pm2_instance?: boolean }>((cb) => api.connect(cb));
     this.api = api;
@@ -290,8 +279,11 @@ export class ProcessManager {
    * stops watching.
    */
   async onPm2Exit(onExit: (reason: string) => void): Promise<() => void> {
-    if (this.hosted) {
+    if (this.serving) {
       this.killedBy = onExit;
+      // A `pm2 kill` before anyone watched still counts.
+      const reason = this.killReason;
+      if (reason) queueMicrotask(() => onExit(reason));
       return () => {
         this.killedBy = undefined;
       };
@@ -308,18 +300,24 @@ export class ProcessManager {
     return () => clearInterval(timer);
   }
 
-  /** Disconnect, and stop serving PM2 if this process does (a daemon that was already running is left alone). */
+  /**
+   * Disconnect, and stop serving PM2 if this process does (a daemon that was already running is
+   * left alone). Also after a failed or half-done connect: whatever was loaded or bound goes.
+   */
   async close(): Promise<void> {
-    if (!this.api) return;
+    await this.loading?.catch(() => undefined);
     const api = this.api;
-    try {
-      this.bus?.close?.();
-    } catch {
-      // the bus may already be gone
-    }
-    await new Promise<void>((resolve) => api.disconnect(() => resolve()));
-    await this.hosted?.close();
-    this.hosted = undefined;
     this.api = undefined;
+    if (api) {
+      try {
+        this.bus?.close?.();
+      } catch {
+        // the bus may already be gone
+      }
+      await new Promise<void>((resolve) => api.disconnect(() => resolve()));
+    }
+    await this.host?.close();
+    this.host = undefined;
+    this.serving = false;
   }
 }

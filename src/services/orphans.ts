@@ -1,0 +1,95 @@
+import { readdir, readFile, unlink } from 'node:fs/promises';
+import path from 'node:path';
+import { APP_PREFIX } from './plan.js';
+import { isAlive } from './processes.js';
+
+/**
+ * Instances that a gpu-boot killed with SIGKILL left running: PM2 ran inside it, so nothing
+ * supervises them any more (in a container the runtime ends them with tini; outside one, they go
+ * on). `start` and `wipe` stop them before anything else, from PM2's pid files.
+ *
+ * A pid file may be old and its pid reused, so a process is stopped only when its environment
+ * names this PM2_HOME and the app (PM2 puts both there), and never when its parent is a live PM2
+ * daemon, which supervises it. PM2 starts each app as the leader of its own process group: the
+ * group gets SIGINT (as PM2 would send), then SIGKILL after the grace period, so whatever the
+ * instance started goes too.
+ */
+
+export interface OrphanSweep {
+  /** Instances stopped. */
+  stopped: number[];
+  /** Live pids named by a pid file whose environment could not be read: not provably ours, left running. */
+  unverified: number[];
+}
+
+async function readPid(file: string): Promise<number | undefined> {
+  const pid = Number.parseInt(await readFile(file, 'utf8').catch(() => ''), 10);
+  return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+}
+
+/** The parent pid from /proc/<pid>/stat: the field after the command name, which may hold spaces and parentheses. */
+async function parentPid(pid: number): Promise<number | undefined> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+  const ppid = Number.parseInt(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1] ?? '', 10);
+  return Number.isInteger(ppid) ? ppid : undefined;
+}
+
+/** Whether `pid` is PM2's instance `app` of this PM2_HOME; undefined when its environment cannot be read. */
+async function isInstance(pid: number, app: string, pm2Home: string): Promise<boolean | undefined> {
+  let environ: string[];
+  try {
+    environ = (await readFile(`/proc/${pid}/environ`, 'utf8')).split('\0');
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'ENOENT' ? false : undefined;
+  }
+  return environ.includes(`name=${app}`) && environ.includes(`PM2_HOME=${pm2Home}`);
+}
+
+function signalGroup(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, signal);
+  } catch {
+    // the group is gone
+  }
+}
+
+async function exited(pid: number, deadline: number): Promise<boolean> {
+  while (isAlive(pid)) {
+    if (Date.now() > deadline) return false;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  return true;
+}
+
+export async function stopOrphanedInstances(pm2Home: string, graceMs: number): Promise<OrphanSweep> {
+  const sweep: OrphanSweep = { stopped: [], unverified: [] };
+  const dir = path.join(pm2Home, 'pids');
+  const files = (await readdir(dir).catch(() => [] as string[])).filter((n) => n.startsWith(APP_PREFIX) && n.endsWith('.pid'));
+  if (!files.length) return sweep;
+  const daemon = await readPid(path.join(pm2Home, 'pm2.pid'));
+  const liveDaemon = daemon !== undefined && isAlive(daemon) ? daemon : undefined;
+  await Promise.all(
+    files.map(async (file) => {
+      const app = file.replace(/-\d+\.pid$/, '');
+      const pid = await readPid(path.join(dir, file));
+      if (pid !== undefined && isAlive(pid)) {
+        if (liveDaemon !== undefined && (await parentPid(pid)) === liveDaemon) return;
+        const ours = await isInstance(pid, app, pm2Home);
+        if (ours === undefined) {
+          sweep.unverified.push(pid);
+          return;
+        }
+        if (ours) {
+          signalGroup(pid, 'SIGINT');
+          if (!(await exited(pid, Date.now() + graceMs)) && (await isInstance(pid, app, pm2Home))) signalGroup(pid, 'SIGKILL');
+          // The leader is gone (or killed): what it started, still in its group, goes too.
+          await exited(pid, Date.now() + 1000);
+          signalGroup(pid, 'SIGKILL');
+          sweep.stopped.push(pid);
+        }
+      }
+      await unlink(path.join(dir, file)).catch(() => undefined);
+    }),
+  );
+  return sweep;
+}
