@@ -357,7 +357,7 @@ const verdicts = [
   // The same, against the floor of this run: the disk's own cost of 500 new entries (links).
   ['500 nodes written (tmpfs) above the disk floor of this run < 100 ms', fileAt(500, 'tmpfs').writeMs.median - results.floor.links500Ms.median, fileAt(500, 'tmpfs').writeMs.median - results.floor.links500Ms.median < 100],
   // The disk's own growth from 100 to 500 new entries, measured in this run, bounds what the writes can do.
-  [`write and wipe grow linearly: per node at 500 <= 2 x per node at 100, or 2 x the disk floor's own ratio (${round1(floorRatio * 100) / 100} this run)`, round1(Math.max(linear('writeMs'), linear('wipeMs')) * 100) / 100, Math.max(linear('writeMs'), linear('wipeMs')) <= 2 * Math.max(1, floorRatio)],
+  [`write and wipe grow linearly: per node at 500 <= 2 x per node at 100, or 2 x the disk floor's own ratio (${floorRatio.toFixed(2)} this run)`, round1(Math.max(linear('writeMs'), linear('wipeMs')) * 100) / 100, Math.max(linear('writeMs'), linear('wipeMs')) <= 2 * Math.max(1, floorRatio)],
 ];
 results.verdicts = verdicts.map(([target, value, pass]) => ({ target, value: round1(value), pass }));
 
