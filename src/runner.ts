@@ -16,8 +16,9 @@ import { ProcessManager } from './services/processes.js';
 import { stopOrphanedInstances } from './services/orphans.js';
 import { pm2HomeOf, SERVE_TIMEOUT_MS } from './services/pm2-host.js';
 import { withTimeout } from './timeout.js';
+import { StopRequested, StopRequests } from './stop-requests.js';
 import { shutdown } from './shutdown.js';
-import { startHealthServer, type HealthServer } from './services/health.js';
+import { startConfiguredHealthServer, type HealthServer } from './services/health.js';
 import { Rotator } from './services/rotation.js';
 import { BootState } from './services/state.js';
 import type { Manifest } from './services/manifest.js';
@@ -92,25 +93,6 @@ export async function computePlan(ctx: RunContext): Promise<Plan> {
       .map((n) => [n.name, path.join(ctx.config.customNodesPath, n.name, '.env')] as const),
   );
   return buildPlan(ctx.config, gpus, withheldVariableNames(manifest), { ...(owner ? { owner } : {}), processEnv: processEnvSources(manifest, installed) });
-}
-
-async function startHealth(ctx: RunContext, state: BootState, processes: ProcessManager): Promise<HealthServer> {
-  const { config, logger } = ctx;
-  try {
-    const server = await startHealthServer(config.healthPort, config.healthBind, {
-      state,
-      logger,
-      probeHost: probeHost(config.comfyuiListen),
-      listInstances: async () => (processes.connected ? processes.list() : undefined),
-    });
-    logger.info({ port: server.port, bind: config.healthBind }, `health server on ${config.healthBind}:${server.port} (/health, /ready, /status, /metrics)`);
-    return server;
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    throw new BootError(ExitCode.config, 'invalid configuration', [
-      `HEALTH_PORT: cannot listen on ${config.healthBind}:${config.healthPort} (${code === 'EADDRINUSE' ? 'the port is in use' : code ?? describeError(error)}); set another port, or 0 to turn the server off`,
-    ]);
-  }
 }
 
 /** True when `pid` is a live gpu-boot (a node process), not ours: its files and instances are in use. */
@@ -203,67 +185,41 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
   let stopDaemonWatch: () => void = () => undefined;
   let exitCode: number = ExitCode.ok;
 
-  // Signals: the first starts the shutdown; later ones are noted and ignored, so the wipe always runs.
-  let shutdownRequested: string | undefined;
-  let requestShutdown: (reason: string) => void = () => undefined;
-  const shutdownPromise = new Promise<string>((resolve) => {
-    requestShutdown = (reason) => {
-      if (shutdownRequested) {
-        logger.warn({ signal: reason }, `${reason} received during shutdown; finishing the shutdown (the wipe still runs)`);
-        return;
-      }
-      shutdownRequested = reason;
-      resolve(reason);
-    };
-  });
-  const onSignal = (signal: NodeJS.Signals) => requestShutdown(signal);
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
-  const onHangup = () => {
-    if (options.hangupStops) return requestShutdown('SIGHUP');
+  // SIGHUP re-reads the secrets once the boot is done; in `demo` (a terminal closed) it stops.
+  const stops = new StopRequests(logger, options.hangupStops ? 'stop' : () => {
     if (!rotator) return logger.warn('SIGHUP: the secrets are re-read once the boot is done (or ROTATION=off)');
     logger.info('SIGHUP: re-reading the secret sources');
     void rotator.now('SIGHUP');
-  };
-  process.on('SIGHUP', onHangup);
-  // A bug must not skip the finish stage either: log it, then shut down and wipe.
-  let fatal = false;
-  const onFatal = (error: unknown) => {
-    fatal = true;
-    logger.fatal({ err: describeError(error) }, 'unexpected error: shutting down');
-    requestShutdown('fatal error');
-  };
-  process.on('uncaughtException', onFatal);
-  process.on('unhandledRejection', onFatal);
+  });
   const abort = new AbortController();
-  const checkStop = (): void => {
-    if (shutdownRequested) throw new StopRequested();
-  };
 
   try {
     await timed(ctx, 'recover', () => recoverPhase(ctx));
     // After recover: a second boot refused on a live workspace must not take the first one's port.
-    if (config.healthPort > 0) health = await startHealth(ctx, state, processes);
+    if (config.healthPort > 0) {
+      health = await startConfiguredHealthServer(config, logger, state, async () => (processes.connected ? processes.list() : undefined));
+    }
     // PM2 takes ~100 ms to load: load it now, beside detection (nvidia-smi is a wait), the secrets
     // and the writes. It serves PM2_HOME only once the secrets are out of this process's environment
     // (PM2's RPC answers `pm2 report` with it), below.
     const pm2LoadStarted = performance.now();
     let pm2LoadMs: number | undefined;
     processes.load().catch(() => undefined);
-    checkStop();
+    stops.check();
     const gpus = await detectPhase(ctx, false);
-    checkStop();
+    stops.check();
     const prepared = await secretsPhase(ctx);
     // Rotation re-reads the sources later; this process's own environment loses them just below.
     const sourceEnv: NodeJS.ProcessEnv = { ...ctx.env };
     const withheld = prepared.resolution.sourceVariableNames;
     withholdSecretsFromChildren(process.env, withheld);
     if (ctx.env !== process.env) withholdSecretsFromChildren(ctx.env, withheld);
-    pm2Connecting = processes.connect().then(() => {
+    const connected = processes.connect().then(() => {
       pm2LoadMs = Math.round((performance.now() - pm2LoadStarted) * 10) / 10;
     });
-    pm2Connecting.catch(() => undefined);
-    checkStop();
+    connected.catch(() => undefined);
+    pm2Connecting = connected;
+    stops.check();
 
     const [storage, owner] = await Promise.all([chooseStorage(config, logger), chooseOwner(config)]);
     const plan = buildPlan(config, gpus, withheld, {
@@ -287,14 +243,12 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
       storage: storage.kind === 'tmpfs' ? storage.dir : 'in place',
       ...(owner ? { owner } : {}),
     }), (files) => `plan and ${files.length} .env file(s) written${storage.kind === 'tmpfs' ? `, contents on tmpfs ${storage.dir}` : ' in place'}`);
-    checkStop();
+    stops.check();
 
     const instances = await timed(ctx, 'pm2-start', async () => {
       try {
         // A signal while PM2 comes up is honoured at once: the finish stage (the wipe) must not wait on it.
-        const stopped = shutdownPromise.then(() => Promise.reject(new StopRequested()));
-        stopped.catch(() => undefined);
-        await Promise.race([pm2Connecting, stopped]);
+        await stops.orStop(connected);
         // Independent round trips to the daemon: clear what an earlier run left, and subscribe to output.
         const [stale] = await Promise.all([processes.removeStaleApps(), processes.watch()]);
         if (stale.length) logger.warn({ apps: stale }, 'removed instances left in PM2 by an earlier run');
@@ -319,20 +273,20 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     stopDaemonWatch = await processes.onPm2Exit((reason) => {
       daemonDied = true;
       logger.error({ reason }, `PM2 is gone (${reason}); no instance will be restarted: shutting down`);
-      requestShutdown(reason);
+      stops.request(reason);
     });
 
     // Readiness runs beside the wait for a signal: a SIGTERM during a slow start is honoured at once.
     // The boot's duration counts from the process's start (performance.now()'s origin), Node's own start included.
     const ready = reportReadiness(logger, config, plan.instances, 0, abort.signal, (ms) => state.recordPhase('ready', ms));
 
-    const signal = await shutdownPromise;
+    const signal = await stops.requested;
     abort.abort();
     await ready;
     logger.info({ signal }, `${signal} received: stopping instances`);
   } catch (error) {
     if (!(error instanceof StopRequested)) throw error;
-    logger.info({ signal: shutdownRequested }, `${shutdownRequested} received during boot: stopping`);
+    logger.info({ signal: stops.reason }, `${stops.reason} received during boot: stopping`);
   } finally {
     abort.abort();
     stopDaemonWatch();
@@ -344,16 +298,10 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     exitCode = await shutdown(ctx, processes, knownPids, wroteFiles);
     await health?.close();
     if (daemonDied && exitCode === ExitCode.ok) exitCode = ExitCode.ioError;
-    process.off('SIGTERM', onSignal);
-    process.off('SIGINT', onSignal);
-    process.off('SIGHUP', onHangup);
-    process.off('uncaughtException', onFatal);
-    process.off('unhandledRejection', onFatal);
+    stops.dispose();
   }
-  return { exitCode: fatal && exitCode === ExitCode.ok ? ExitCode.software : exitCode };
+  return { exitCode: stops.fatal && exitCode === ExitCode.ok ? ExitCode.software : exitCode };
 }
-
-class StopRequested extends Error {}
 
 /** `wipe`: remove every file a previous run left. */
 export async function runWipe(ctx: RunContext): Promise<number> {

@@ -2,8 +2,11 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
+import type { Config } from '../config.js';
+import { BootError, describeError, ExitCode } from '../errors.js';
 import { withTimeout } from '../timeout.js';
 import type { InstanceState } from './processes.js';
+import { probeHost } from './plan.js';
 import { probeHttp } from './readiness.js';
 import type { BootState } from './state.js';
 
@@ -179,4 +182,23 @@ export async function startHealthServer(port: number, host: string, deps: Health
         server.close(() => resolve());
       }),
   };
+}
+
+/** The boot's server, from the settings: a port it cannot take is a configuration error (exit 78). */
+export async function startConfiguredHealthServer(
+  config: Pick<Config, 'healthPort' | 'healthBind' | 'comfyuiListen'>,
+  logger: Logger,
+  state: BootState,
+  listInstances: HealthDeps['listInstances'],
+): Promise<HealthServer> {
+  try {
+    const server = await startHealthServer(config.healthPort, config.healthBind, { state, logger, probeHost: probeHost(config.comfyuiListen), listInstances });
+    logger.info({ port: server.port, bind: config.healthBind }, `health server on ${config.healthBind}:${server.port} (/health, /ready, /status, /metrics)`);
+    return server;
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    throw new BootError(ExitCode.config, 'invalid configuration', [
+      `HEALTH_PORT: cannot listen on ${config.healthBind}:${config.healthPort} (${code === 'EADDRINUSE' ? 'the port is in use' : code ?? describeError(error)}); set another port, or 0 to turn the server off`,
+    ]);
+  }
 }
