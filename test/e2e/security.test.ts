@@ -75,6 +75,14 @@ describe('canaries go only where they belong', () => {
     const jlist = await pm2(['jlist']);
     const show = await pm2(['show', 'comfyui-gpu0']);
     const envDump = await pm2(['env', '0']);
+    // PM2's RPC answers getReport (what `pm2 report` asks) with the environment of the process that
+    // serves it: gpu-boot's own, which holds no secret once the boot is up (the runner and, again,
+    // ecosystem.config.cjs remove them).
+    const reportScript = `const pm2 = require(${JSON.stringify(path.dirname(PM2_BIN) + '/..')}); pm2.connect((e) => { if (e) throw e; pm2.Client.executeRemote('getReport', {}, (err, r) => { if (err) throw err; process.stdout.write(JSON.stringify(r.env)); pm2.disconnect(); }); });`;
+    const report = await execa('node', ['-e', reportScript], { env: { PATH: env.PATH!, HOME: ws.root, PM2_HOME: ws.pm2Home }, extendEnv: false });
+    const servedEnv = JSON.parse(report.stdout) as Record<string, string>;
+    expect(servedEnv.PM2_HOME).toBe(ws.pm2Home);
+    expect(servedEnv.WORKSPACE_PATH).toBe(env.WORKSPACE_PATH);
     expect((await pm2(['save'])).exitCode).toBe(0);
     const pm2Output = [jlist.stdout, show.stdout, envDump.stdout].join('\n');
     expect(show.stdout).toContain('comfyui-gpu0');
@@ -89,6 +97,7 @@ describe('canaries go only where they belong', () => {
     }
     for (const canary of CANARIES) {
       if (pm2Output.includes(canary)) note(canary, 'pm2 jlist/show/env');
+      if (report.stdout.includes(canary)) note(canary, 'pm2 report');
       if (boot.lines.join('\n').includes(canary)) note(canary, 'log output');
     }
     expect(Object.fromEntries(where)).toEqual({
