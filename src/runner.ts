@@ -296,8 +296,9 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     state.phase = 'stopping';
     // A rotation in progress finishes its write first: a file is never cut in half.
     await rotator?.close();
-    // A daemon still coming up must be up before it can be stopped.
-    await withTimeout(pm2Connecting?.catch(() => undefined) ?? Promise.resolve(), SERVE_TIMEOUT_MS);
+    // PM2 still coming up is given a moment to finish (it takes milliseconds), never more than a
+    // quarter of the shutdown budget: closing it half-way is safe, and the wipe must not wait.
+    await withTimeout(pm2Connecting?.catch(() => undefined) ?? Promise.resolve(), Math.min(SERVE_TIMEOUT_MS, config.shutdownTimeoutMs / 4));
     exitCode = await shutdown(ctx, processes, knownPids, wroteFiles);
     await health?.close();
     if (daemonDied && exitCode === ExitCode.ok) exitCode = ExitCode.ioError;

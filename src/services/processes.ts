@@ -48,25 +48,6 @@ export function isAlive(pid: number): boolean {
   }
 }
 
-/** Poll until the process is gone; SIGKILL it if the deadline passes. */
-export async function waitForExit(pid: number, timeoutMs: number): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  let interval = 5;
-  while (isAlive(pid)) {
-    if (Date.now() > deadline) {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        // gone meanwhile
-      }
-      return false;
-    }
-    await new Promise((resolve) => setTimeout(resolve, interval));
-    interval = Math.min(100, interval * 2);
-  }
-  return true;
-}
-
 function call<T>(fn: (cb: Callback<T>) => void): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     fn((error, value) => (error ? reject(error) : resolve(value)));
