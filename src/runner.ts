@@ -14,8 +14,7 @@ import { buildPlan, planPath, probeHost, type Plan, type ProcessEnvSource } from
 import { chooseOwner, chooseStorage } from './services/storage.js';
 import { ProcessManager } from './services/processes.js';
 import { stopOrphanedInstances } from './services/orphans.js';
-import { pm2HomeOf, SERVE_TIMEOUT_MS } from './services/pm2-host.js';
-import { withTimeout } from './timeout.js';
+import { pm2HomeOf } from './services/pm2-host.js';
 import { StopRequested, StopRequests } from './stop-requests.js';
 import { shutdown } from './shutdown.js';
 import { startConfiguredHealthServer, type HealthServer } from './services/health.js';
@@ -177,7 +176,6 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
   state.recordPhase('config', startupMs);
   const processes = new ProcessManager(logger, ECOSYSTEM_FILE);
   let rotator: Rotator | undefined;
-  let pm2Connecting: Promise<void> | undefined;
   let health: HealthServer | undefined;
   let wroteFiles = false;
   let knownPids: number[] = [];
@@ -221,7 +219,6 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
       pm2LoadMs = Math.round((performance.now() - pm2LoadStarted) * 10) / 10;
     });
     connected.catch(() => undefined);
-    pm2Connecting = connected;
     stops.check();
 
     const [storage, owner] = await Promise.all([chooseStorage(config, logger), chooseOwner(config)]);
@@ -296,9 +293,6 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     state.phase = 'stopping';
     // A rotation in progress finishes its write first: a file is never cut in half.
     await rotator?.close();
-    // PM2 still coming up is given a moment to finish (it takes milliseconds), never more than a
-    // quarter of the shutdown budget: closing it half-way is safe, and the wipe must not wait.
-    await withTimeout(pm2Connecting?.catch(() => undefined) ?? Promise.resolve(), Math.min(SERVE_TIMEOUT_MS, config.shutdownTimeoutMs / 4));
     exitCode = await shutdown(ctx, processes, knownPids, wroteFiles);
     await health?.close();
     if (daemonDied && exitCode === ExitCode.ok) exitCode = ExitCode.ioError;

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { stopOrphanedInstances } from '../src/services/orphans.js';
 import { isAlive } from '../src/services/processes.js';
-import { waitFor } from './helpers/boot.js';
+import { alive, waitFor } from './helpers/boot.js';
 
 let home: string;
 const started: ChildProcess[] = [];
@@ -41,7 +41,7 @@ describe('stopOrphanedInstances', () => {
     await writeFile(path.join(home, 'pids', 'comfyui-gpu0-0.pid'), String(orphan.leader));
     const sweep = await stopOrphanedInstances(home, 2000);
     expect(sweep).toEqual({ stopped: [orphan.leader], unverified: [] });
-    await waitFor('group gone', () => !isAlive(orphan.leader) && !isAlive(grandchild));
+    await waitFor('group gone', () => !alive(orphan.leader) && !alive(grandchild));
     expect(existsSync(path.join(home, 'pids', 'comfyui-gpu0-0.pid'))).toBe(false);
   });
 

@@ -1,5 +1,6 @@
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -36,6 +37,11 @@ describe('Pm2Host', () => {
     expect(console.log).not.toBe(consoleLog);
     console.log('said by pm2');
     expect(lines.some((l) => l.includes('"component":"pm2"') && l.includes('said by pm2'))).toBe(true);
+    // PM2's worker (system metrics: it spawns `df`, which would inherit this environment) waits for
+    // serving: 500 ms after loading it has not run.
+    const God = createRequire(import.meta.url)('pm2/lib/God.js') as { system_infos: object | null };
+    await new Promise((resolve) => setTimeout(resolve, 900));
+    expect(God.system_infos).toEqual({});
     const started = Date.now();
     await expect(host.serve(() => undefined)).rejects.toThrow(`PM2 could not serve ${path.join(root, 'rpc.sock')} within ${SERVE_TIMEOUT_MS} ms`);
     expect(Date.now() - started).toBeLessThan(SERVE_TIMEOUT_MS + 1000);

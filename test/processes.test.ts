@@ -1,4 +1,5 @@
 import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { execa } from 'execa';
 import os from 'node:os';
@@ -49,6 +50,9 @@ describe('ProcessManager with a real PM2', () => {
     // PM2 is served from this process, on the usual sockets: the pm2 CLI sees the apps.
     expect(processes.hostsPm2).toBe(true);
     expect(await processes.daemonPid()).toBe(process.pid);
+    // Serving lets PM2's worker run: its system metrics arrive.
+    const God = createRequire(import.meta.url)('pm2/lib/God.js') as { system_infos: object | null };
+    await waitFor('PM2 worker ran', () => Object.keys(God.system_infos ?? {}).length > 0);
     await processes.watch();
 
     const started = await processes.startFromEcosystem(config.stateDir);

@@ -30,14 +30,17 @@ describe('StopRequests', () => {
     const stops = new StopRequests(logger, () => {
       hangups += 1;
     });
-    process.emit('SIGHUP', 'SIGHUP');
-    expect(hangups).toBe(1);
-    expect(stops.reason).toBeUndefined();
-    process.emit('unhandledRejection', new Error('a bug'), Promise.resolve());
-    expect(await stops.requested).toBe('fatal error');
-    expect(stops.fatal).toBe(true);
-    expect(lines.some((l) => l.includes('"level":60') && l.includes('unexpected error: shutting down') && l.includes('a bug'))).toBe(true);
-    stops.dispose();
+    try {
+      process.emit('SIGHUP', 'SIGHUP');
+      expect(hangups).toBe(1);
+      expect(stops.reason).toBeUndefined();
+      process.emit('unhandledRejection', new Error('a bug'), Promise.resolve());
+      expect(await stops.requested).toBe('fatal error');
+      expect(stops.fatal).toBe(true);
+      expect(lines.some((l) => l.includes('"level":60') && l.includes('unexpected error: shutting down') && l.includes('a bug'))).toBe(true);
+    } finally {
+      stops.dispose();
+    }
     expect(['SIGTERM', 'SIGINT', 'SIGHUP', 'uncaughtException', 'unhandledRejection'].map((e) => process.listenerCount(e))).toEqual(before);
   });
 });

@@ -1,4 +1,7 @@
 import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { pm2HomeOf } from '../src/services/pm2-host.js';
 import type { AddressInfo } from 'node:net';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
@@ -142,5 +145,13 @@ describe('readiness', () => {
     expect(warnings.map((w) => w.name)).toEqual([]);
     expect(lines.filter((l) => l.includes('answers on port'))).toHaveLength(16);
     expect(lines.some((l) => l.includes('"phase":"ready"') && l.includes('all 16 instance(s) answer'))).toBe(true);
+  });
+});
+
+describe('pm2HomeOf', () => {
+  it('resolves PM2_HOME as PM2 does: the variable unless empty, else ~/.pm2', () => {
+    expect(pm2HomeOf({ PM2_HOME: '/srv/pm2' })).toBe('/srv/pm2');
+    expect(pm2HomeOf({ PM2_HOME: '' })).toBe(path.resolve(os.homedir(), '.pm2'));
+    expect(pm2HomeOf({})).toBe(path.resolve(os.homedir(), '.pm2'));
   });
 });

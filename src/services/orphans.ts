@@ -27,11 +27,17 @@ async function readPid(file: string): Promise<number | undefined> {
   return Number.isInteger(pid) && pid > 0 ? pid : undefined;
 }
 
-/** The parent pid from /proc/<pid>/stat: the field after the command name, which may hold spaces and parentheses. */
-async function parentPid(pid: number): Promise<number | undefined> {
+/** State and parent pid from /proc/<pid>/stat: the fields after the command name, which may hold spaces and parentheses. */
+async function procStat(pid: number): Promise<{ state: string; ppid: number } | undefined> {
   const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
-  const ppid = Number.parseInt(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1] ?? '', 10);
-  return Number.isInteger(ppid) ? ppid : undefined;
+  const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const parent = Number.parseInt(ppid ?? '', 10);
+  return state && Number.isInteger(parent) ? { state, ppid: parent } : undefined;
+}
+
+/** Alive and not a zombie: an exited process waiting for a parent (or a PID 1) that may never reap it counts as gone. */
+async function running(pid: number): Promise<boolean> {
+  return isAlive(pid) && (await procStat(pid))?.state !== 'Z';
 }
 
 /** Whether `pid` is PM2's instance `app` of this PM2_HOME; undefined when its environment cannot be read. */
@@ -45,16 +51,18 @@ async function isInstance(pid: number, app: string, pm2Home: string): Promise<bo
   return environ.includes(`name=${app}`) && environ.includes(`PM2_HOME=${pm2Home}`);
 }
 
-function signalGroup(pid: number, signal: NodeJS.Signals): void {
+/** False when the group is gone (or not ours to signal). */
+function signalGroup(pid: number, signal: NodeJS.Signals): boolean {
   try {
     process.kill(-pid, signal);
+    return true;
   } catch {
-    // the group is gone
+    return false;
   }
 }
 
 async function exited(pid: number, deadline: number): Promise<boolean> {
-  while (isAlive(pid)) {
+  while (await running(pid)) {
     if (Date.now() > deadline) return false;
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
@@ -72,15 +80,14 @@ export async function stopOrphanedInstances(pm2Home: string, graceMs: number): P
     files.map(async (file) => {
       const app = file.replace(/-\d+\.pid$/, '');
       const pid = await readPid(path.join(dir, file));
-      if (pid !== undefined && isAlive(pid)) {
-        if (liveDaemon !== undefined && (await parentPid(pid)) === liveDaemon) return;
+      if (pid !== undefined && (await running(pid))) {
+        if (liveDaemon !== undefined && (await procStat(pid))?.ppid === liveDaemon) return;
         const ours = await isInstance(pid, app, pm2Home);
         if (ours === undefined) {
           sweep.unverified.push(pid);
           return;
         }
-        if (ours) {
-          signalGroup(pid, 'SIGINT');
+        if (ours && signalGroup(pid, 'SIGINT')) {
           if (!(await exited(pid, Date.now() + graceMs)) && (await isInstance(pid, app, pm2Home))) signalGroup(pid, 'SIGKILL');
           // The leader is gone (or killed): what it started, still in its group, goes too.
           await exited(pid, Date.now() + 1000);

@@ -63,14 +63,17 @@ export function daemonAnswers(rpcSocket: string): Promise<boolean> {
   });
 }
 
-/** PM2_HOME as PM2 itself resolves it: the variable, else ~/.pm2 of the user (os.homedir()). */
+/** PM2_HOME as PM2 itself resolves it: the variable if not empty, else ~/.pm2 of the user (os.homedir()). */
 export function pm2HomeOf(env: NodeJS.ProcessEnv): string {
-  return env.PM2_HOME ?? path.resolve(os.homedir(), '.pm2');
+  return env.PM2_HOME || path.resolve(os.homedir(), '.pm2');
 }
 
 export class Pm2Host {
   private daemon: Pm2Daemon | undefined;
   private closed = false;
+  /** PM2's periodic worker, held back until this process serves (see load). */
+  private workerStart: (() => void) | undefined;
+  private workerWanted = false;
 
   private constructor(
     private readonly paths: Pm2Paths,
@@ -93,6 +96,16 @@ export class Pm2Host {
       require('pm2/lib/God.js') as Pm2God,
       saved,
     );
+    // Loading PM2 schedules its worker (system metrics, which run `df`) 500 ms later, and its
+    // children inherit this process's environment: held back until `serve`, which the boot calls
+    // only once the secrets are out of the environment.
+    const worker = host.God.Worker;
+    if (worker) {
+      host.workerStart = worker.start.bind(worker);
+      worker.start = () => {
+        host.workerWanted = true;
+      };
+    }
     const pm2Logger = logger.child({ component: 'pm2' });
     for (const method of CONSOLE_METHODS) {
       const level = method === 'warn' || method === 'error' ? 'warn' : 'debug';
@@ -169,6 +182,11 @@ export class Pm2Host {
         resolve();
       });
     });
+    // Serving: PM2's worker may run from now on (now if its timer already fired, else when it does).
+    if (this.God.Worker && this.workerStart) {
+      this.God.Worker.start = this.workerStart;
+      if (this.workerWanted) this.workerStart();
+    }
   }
 
   /** Stop serving (the apps must be gone already): sockets, PM2's timers, the pid file; console back. */

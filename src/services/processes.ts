@@ -67,6 +67,9 @@ export class ProcessManager {
   private api: Pm2Api | undefined;
   private bus: Pm2Bus | undefined;
   private loading: Promise<{ api: Pm2Api; host: Pm2Host }> | undefined;
+  private connecting: Promise<void> | undefined;
+  /** Set by close: a connect still under way stops at its next step instead of serving a closed host. */
+  private closing = false;
   /** PM2's daemon code, loaded in this process; it serves PM2_HOME unless another daemon already did. */
   private host: Pm2Host | undefined;
   private serving = false;
@@ -115,17 +118,26 @@ export class ProcessManager {
    * Serving exposes this process's environment to PM2's RPC (`pm2 report`): call it only once
    * the secrets are out of `process.env`.
    */
-  async connect(): Promise<void> {
-    const { api, host } = await this.load();
-    if (!(await daemonAnswers(host.rpcSocket))) {
-      await host.serve(() => {
-        this.killReason ??= 'pm2 kill';
-        this.killedBy?.(this.killReason);
-      });
-      this.serving = true;
-    }
-    await call<{ new_pm2_instance?: boolean }>((cb) => api.connect(cb));
-    this.api = api;
+  connect(): Promise<void> {
+    this.connecting ??= (async () => {
+      const stopIfClosing = () => {
+        if (this.closing) throw new Error('PM2 was closed while it came up');
+      };
+      const { api, host } = await this.load();
+      stopIfClosing();
+      if (!(await daemonAnswers(host.rpcSocket))) {
+        stopIfClosing();
+        await host.serve(() => {
+          this.killReason ??= 'pm2 kill';
+          this.killedBy?.(this.killReason);
+        });
+        this.serving = true;
+      }
+      stopIfClosing();
+      await call<{ new_pm2_instance?: boolean }>((cb) => api.connect(cb));
+      this.api = api;
+    })();
+    return this.connecting;
   }
 
   private get pm2(): Pm2Api {
@@ -286,6 +298,10 @@ export class ProcessManager {
    * left alone). Also after a failed or half-done connect: whatever was loaded or bound goes.
    */
   async close(): Promise<void> {
+    this.closing = true;
+    // A connect under way finishes its step first (a bind gives up within SERVE_TIMEOUT_MS): what it
+    // bound is then closed below, and nothing of another PM2's is touched.
+    await this.connecting?.catch(() => undefined);
     await this.loading?.catch(() => undefined);
     const api = this.api;
     this.api = undefined;
