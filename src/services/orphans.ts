@@ -1,7 +1,6 @@
-import { readdir, readFile, unlink } from 'node:fs/promises';
+import { readFile, unlink } from 'node:fs/promises';
 import path from 'node:path';
-import { APP_PREFIX } from './plan.js';
-import { isAlive } from './processes.js';
+import { appPidFiles, isAlive, procStat, readPidFile } from './processes.js';
 
 /**
  * Instances that a gpu-boot killed with SIGKILL left running: PM2 ran inside it, so nothing
@@ -20,24 +19,6 @@ export interface OrphanSweep {
   stopped: number[];
   /** Live pids named by a pid file whose environment could not be read: not provably ours, left running. */
   unverified: number[];
-}
-
-async function readPid(file: string): Promise<number | undefined> {
-  const pid = Number.parseInt(await readFile(file, 'utf8').catch(() => ''), 10);
-  return Number.isInteger(pid) && pid > 0 ? pid : undefined;
-}
-
-/** State and parent pid from /proc/<pid>/stat: the fields after the command name, which may hold spaces and parentheses. */
-async function procStat(pid: number): Promise<{ state: string; ppid: number } | undefined> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
-  const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const parent = Number.parseInt(ppid ?? '', 10);
-  return state && Number.isInteger(parent) ? { state, ppid: parent } : undefined;
-}
-
-/** Alive and not a zombie: an exited process waiting for a parent (or a PID 1) that may never reap it counts as gone. */
-async function running(pid: number): Promise<boolean> {
-  return isAlive(pid) && (await procStat(pid))?.state !== 'Z';
 }
 
 /** Whether `pid` is PM2's instance `app` of this PM2_HOME; undefined when its environment cannot be read. */
@@ -62,7 +43,7 @@ function signalGroup(pid: number, signal: NodeJS.Signals): boolean {
 }
 
 async function exited(pid: number, deadline: number): Promise<boolean> {
-  while (await running(pid)) {
+  while (isAlive(pid)) {
     if (Date.now() > deadline) return false;
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
@@ -71,17 +52,15 @@ async function exited(pid: number, deadline: number): Promise<boolean> {
 
 export async function stopOrphanedInstances(pm2Home: string, graceMs: number): Promise<OrphanSweep> {
   const sweep: OrphanSweep = { stopped: [], unverified: [] };
-  const dir = path.join(pm2Home, 'pids');
-  const files = (await readdir(dir).catch(() => [] as string[])).filter((n) => n.startsWith(APP_PREFIX) && n.endsWith('.pid'));
+  const files = await appPidFiles(pm2Home);
   if (!files.length) return sweep;
-  const daemon = await readPid(path.join(pm2Home, 'pm2.pid'));
+  const daemon = await readPidFile(path.join(pm2Home, 'pm2.pid'));
   const liveDaemon = daemon !== undefined && isAlive(daemon) ? daemon : undefined;
   await Promise.all(
-    files.map(async (file) => {
-      const app = file.replace(/-\d+\.pid$/, '');
-      const pid = await readPid(path.join(dir, file));
-      if (pid !== undefined && (await running(pid))) {
-        if (liveDaemon !== undefined && (await procStat(pid))?.ppid === liveDaemon) return;
+    files.map(async ({ app, file }) => {
+      const pid = await readPidFile(file);
+      if (pid !== undefined && isAlive(pid)) {
+        if (liveDaemon !== undefined && procStat(pid)?.ppid === liveDaemon) return;
         const ours = await isInstance(pid, app, pm2Home);
         if (ours === undefined) {
           sweep.unverified.push(pid);
@@ -95,7 +74,7 @@ export async function stopOrphanedInstances(pm2Home: string, graceMs: number): P
           sweep.stopped.push(pid);
         }
       }
-      await unlink(path.join(dir, file)).catch(() => undefined);
+      await unlink(file).catch(() => undefined);
     }),
   );
   return sweep;

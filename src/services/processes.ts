@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
@@ -39,13 +40,45 @@ interface Pm2Api {
   disconnect(callback?: () => void): void;
 }
 
+/** State and parent pid from /proc/<pid>/stat: the fields after the command name, which may hold spaces and parentheses. */
+export function procStat(pid: number): { state: string; ppid: number } | undefined {
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const parent = Number.parseInt(ppid ?? '', 10);
+  return state && Number.isInteger(parent) ? { state, ppid: parent } : undefined;
+}
+
+/**
+ * Running: the pid exists (EPERM: another user's, it still exists) and is not a zombie, an exited
+ * process that a parent or a PID 1 has not reaped (yet, or ever) and that runs nothing.
+ */
 export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
+    if ((error as NodeJS.ErrnoException).code !== 'EPERM') return false;
   }
+  return procStat(pid)?.state !== 'Z';
+}
+
+/** A pid file's pid; undefined when it is missing or holds no positive integer. */
+export async function readPidFile(file: string): Promise<number | undefined> {
+  const pid = Number.parseInt(await readFile(file, 'utf8').catch(() => ''), 10);
+  return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+}
+
+/** PM2's pid files of our apps, `PM2_HOME/pids/<app>-<pm_id>.pid`. */
+export async function appPidFiles(pm2Home: string): Promise<Array<{ app: string; file: string }>> {
+  const dir = path.join(pm2Home, 'pids');
+  const names = await readdir(dir).catch(() => [] as string[]);
+  return names
+    .filter((n) => n.startsWith(APP_PREFIX) && n.endsWith('.pid'))
+    .map((n) => ({ app: n.replace(/-\d+\.pid$/, ''), file: path.join(dir, n) }));
 }
 
 function call<T>(fn: (cb: Callback<T>) => void): Promise<T> {
@@ -235,14 +268,8 @@ export class ProcessManager {
 
   /** Our instances' pids as PM2 has them now, from $PM2_HOME/pids (readable even when the daemon hangs). */
   async currentPids(): Promise<number[]> {
-    const dir = path.join(this.pm2Home, 'pids');
-    const names = await readdir(dir).catch(() => [] as string[]);
-    const pids = await Promise.all(
-      names
-        .filter((n) => n.startsWith(APP_PREFIX) && n.endsWith('.pid'))
-        .map(async (n) => Number.parseInt(await readFile(path.join(dir, n), 'utf8').catch(() => ''), 10)),
-    );
-    return pids.filter((pid) => Number.isInteger(pid) && pid > 0 && isAlive(pid));
+    const pids = await Promise.all((await appPidFiles(this.pm2Home)).map(({ file }) => readPidFile(file)));
+    return pids.filter((pid): pid is number => pid !== undefined && isAlive(pid));
   }
 
   /** SIGKILL whatever of ours still runs: the last resort when the shutdown budget is spent. */
@@ -257,13 +284,7 @@ export class ProcessManager {
   }
 
   async daemonPid(): Promise<number | undefined> {
-    try {
-      const text = await readFile(path.join(this.pm2Home, 'pm2.pid'), 'utf8');
-      const pid = Number.parseInt(text, 10);
-      return Number.isInteger(pid) && pid > 0 ? pid : undefined;
-    } catch {
-      return undefined;
-    }
+    return readPidFile(path.join(this.pm2Home, 'pm2.pid'));
   }
 
   /**

@@ -1,10 +1,10 @@
-import { readFileSync } from 'node:fs';
 import { chmod, cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa, type ResultPromise } from 'execa';
+import { isAlive } from '../../src/services/processes.js';
 import { PYTHON } from './python.js';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -117,19 +117,7 @@ export async function makeWorkspace(options: WorkspaceOptions): Promise<Workspac
 }
 
 /** Running: the pid exists and is not a zombie (an exited process that a PID 1 has not reaped yet runs nothing). */
-export function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return !stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
-  } catch {
-    return false;
-  }
-}
+export const alive = isAlive;
 
 /** Wait for a condition, polling, up to a deadline; no fixed sleeps in the tests either. */
 export async function waitFor<T>(what: string, check: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 20_000): Promise<T> {
