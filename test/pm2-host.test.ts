@@ -1,25 +1,15 @@
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Pm2Host, SERVE_TIMEOUT_MS } from '../src/services/pm2-host.js';
+import { pm2HomeForThisFile } from './helpers/boot.js';
 import { captureLogger } from './helpers/logger.js';
 
 // PM2 reads PM2_HOME once, when first loaded: one home for this file (its own worker).
-let root: string;
-const savedHome = process.env.PM2_HOME;
-beforeAll(async () => {
-  root = await mkdtemp(path.join(os.tmpdir(), 'gpu-boot-pm2host-'));
-  process.env.PM2_HOME = root;
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
-  if (savedHome === undefined) delete process.env.PM2_HOME;
-  else process.env.PM2_HOME = savedHome;
-});
+const home = pm2HomeForThisFile('gpu-boot-pm2host-');
 
 describe('Pm2Host', () => {
   it(`gives up within ${SERVE_TIMEOUT_MS} ms when something else holds PM2's socket, puts the pid file back, and restores console`, async () => {
@@ -27,8 +17,9 @@ describe('Pm2Host', () => {
     // Another process's daemon, as far as the socket goes, and its pid file.
     const connections = new Set<net.Socket>();
     const squatter = net.createServer((socket) => connections.add(socket));
-    await new Promise<void>((resolve) => squatter.listen(path.join(root, 'rpc.sock'), resolve));
-    await writeFile(path.join(root, 'pm2.pid'), '424242');
+    await new Promise<void>((resolve) => squatter.listen(path.join(home.pm2Home, 'rpc.sock'), resolve));
+    // Above Linux's largest possible pid (2^22): the cleanup's kill by pid can reach no process.
+    await writeFile(path.join(home.pm2Home, 'pm2.pid'), '4194305');
     const { logger, lines } = captureLogger();
     // As ProcessManager.load does: PM2's client first (it creates PM2_HOME's folders), then its daemon code.
     await import('pm2');
@@ -43,11 +34,11 @@ describe('Pm2Host', () => {
     await new Promise((resolve) => setTimeout(resolve, 900));
     expect(God.system_infos).toEqual({});
     const started = Date.now();
-    await expect(host.serve(() => undefined)).rejects.toThrow(`PM2 could not serve ${path.join(root, 'rpc.sock')} within ${SERVE_TIMEOUT_MS} ms`);
+    await expect(host.serve(() => undefined)).rejects.toThrow(`PM2 could not serve ${path.join(home.pm2Home, 'rpc.sock')} within ${SERVE_TIMEOUT_MS} ms`);
     expect(Date.now() - started).toBeLessThan(SERVE_TIMEOUT_MS + 1000);
-    expect(await readFile(path.join(root, 'pm2.pid'), 'utf8')).toBe('424242');
+    expect(await readFile(path.join(home.pm2Home, 'pm2.pid'), 'utf8')).toBe('4194305');
     // The squatter's socket is still its own.
-    expect(existsSync(path.join(root, 'rpc.sock'))).toBe(true);
+    expect(existsSync(path.join(home.pm2Home, 'rpc.sock'))).toBe(true);
     await host.close();
     expect(console.log).toBe(consoleLog);
     // PM2's bind probed the squatter with a connection of its own.

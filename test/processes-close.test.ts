@@ -1,26 +1,13 @@
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ProcessManager } from '../src/services/processes.js';
 import { ECOSYSTEM_FILE } from '../src/runner.js';
-import { killPm2 } from './helpers/boot.js';
+import { pm2HomeForThisFile } from './helpers/boot.js';
 import { captureLogger } from './helpers/logger.js';
 
 // Its own file, so its own worker: PM2 reads PM2_HOME once, and is hosted at most once per process.
-let pm2Home: string;
-const savedHome = process.env.PM2_HOME;
-beforeAll(async () => {
-  pm2Home = await mkdtemp(path.join(os.tmpdir(), 'gpu-boot-pm2close-'));
-  process.env.PM2_HOME = pm2Home;
-});
-afterAll(async () => {
-  await killPm2(pm2Home);
-  await rm(pm2Home, { recursive: true, force: true });
-  if (savedHome === undefined) delete process.env.PM2_HOME;
-  else process.env.PM2_HOME = savedHome;
-});
+const home = pm2HomeForThisFile('gpu-boot-pm2close-');
 
 describe('ProcessManager.close during connect', () => {
   it('a close while PM2 is still coming up leaves nothing served and no pid file or socket behind', async () => {
@@ -33,6 +20,6 @@ describe('ProcessManager.close during connect', () => {
     await new Promise((resolve) => setTimeout(resolve, 300));
     expect(processes.connected).toBe(false);
     expect(processes.hostsPm2).toBe(false);
-    for (const name of ['pm2.pid', 'rpc.sock', 'pub.sock']) expect(existsSync(path.join(pm2Home, name))).toBe(false);
+    for (const name of ['pm2.pid', 'rpc.sock', 'pub.sock']) expect(existsSync(path.join(home.pm2Home, name))).toBe(false);
   });
 });

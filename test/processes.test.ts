@@ -1,37 +1,23 @@
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { execa } from 'execa';
-import os from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { buildPlan, planPath } from '../src/services/plan.js';
 import { isAlive, ProcessManager } from '../src/services/processes.js';
 import { ECOSYSTEM_FILE } from '../src/runner.js';
-import { freePorts, killPm2, PM2_BIN, tinyServerMain, waitFor } from './helpers/boot.js';
+import { freePorts, PM2_BIN, pm2HomeForThisFile, tinyServerMain, waitFor } from './helpers/boot.js';
 import { captureLogger } from './helpers/logger.js';
 import { PYTHON } from './helpers/python.js';
 
 // One PM2_HOME for this file: the pm2 module reads it once, when it is first imported.
-let root: string;
-let pm2Home: string;
-const savedHome = process.env.PM2_HOME;
-beforeAll(async () => {
-  root = await mkdtemp(path.join(os.tmpdir(), 'gpu-boot-pm2-'));
-  pm2Home = path.join(root, 'pm2');
-  process.env.PM2_HOME = pm2Home;
-});
-afterAll(async () => {
-  await killPm2(pm2Home);
-  await rm(root, { recursive: true, force: true });
-  if (savedHome === undefined) delete process.env.PM2_HOME;
-  else process.env.PM2_HOME = savedHome;
-});
+const home = pm2HomeForThisFile('gpu-boot-pm2-');
 
 describe('ProcessManager with a real PM2', () => {
   it('starts the plan\'s apps, lists them and their pids, restarts one with a new process, stops them and stops serving PM2_HOME', async () => {
-    const workspace = path.join(root, 'workspace');
+    const workspace = path.join(home.root, 'workspace');
     await mkdir(path.join(workspace, 'ComfyUI'), { recursive: true });
     await writeFile(path.join(workspace, 'ComfyUI', 'main.py'), tinyServerMain(['print("up", flush=True)']));
     const port = await freePorts(2);
@@ -46,7 +32,7 @@ describe('ProcessManager with a real PM2', () => {
     expect(processes.connected).toBe(false);
     await processes.connect();
     expect(processes.connected).toBe(true);
-    expect(processes.pm2Home).toBe(pm2Home);
+    expect(processes.pm2Home).toBe(home.pm2Home);
     // PM2 is served from this process, on the usual sockets: the pm2 CLI sees the apps.
     expect(processes.hostsPm2).toBe(true);
     expect(await processes.daemonPid()).toBe(process.pid);
@@ -68,7 +54,7 @@ describe('ProcessManager with a real PM2', () => {
     await waitFor('old process gone', () => !isAlive(before.pid));
     // A restart on purpose is not reported as a crash.
     expect(lines.some((l) => l.includes('exited; PM2 restarts it'))).toBe(false);
-    const jlist = await execa('node', [PM2_BIN, 'jlist'], { env: { PATH: process.env.PATH!, HOME: root, PM2_HOME: pm2Home }, extendEnv: false });
+    const jlist = await execa('node', [PM2_BIN, 'jlist'], { env: { PATH: process.env.PATH!, HOME: home.root, PM2_HOME: home.pm2Home }, extendEnv: false });
     const listed = JSON.parse(jlist.stdout.trim().split('\n').pop()!) as Array<{ name: string; pid: number }>;
     expect(listed.map((a) => [a.name, a.pid]).sort()).toEqual((await processes.list()).map((i) => [i.name, i.pid]).sort());
     // PM2's own messages go through the logger, not to stdout.
@@ -77,7 +63,7 @@ describe('ProcessManager with a real PM2', () => {
     await processes.stopAll();
     expect(await processes.list()).toEqual([]);
     // `pm2 kill` before anyone watches for it is not lost: the watch, set later, hears of it at once.
-    const kill = await execa('node', [PM2_BIN, 'kill'], { env: { PATH: process.env.PATH!, HOME: root, PM2_HOME: pm2Home }, extendEnv: false, reject: false, timeout: 10_000 });
+    const kill = await execa('node', [PM2_BIN, 'kill'], { env: { PATH: process.env.PATH!, HOME: home.root, PM2_HOME: home.pm2Home }, extendEnv: false, reject: false, timeout: 10_000 });
     expect(kill.exitCode).toBe(0);
     const reasons: string[] = [];
     await processes.onPm2Exit((reason) => reasons.push(reason));
@@ -85,7 +71,7 @@ describe('ProcessManager with a real PM2', () => {
     expect(reasons).toEqual(['pm2 kill']);
     await processes.close();
     expect(processes.connected).toBe(false);
-    for (const name of ['pm2.pid', 'rpc.sock', 'pub.sock']) expect(existsSync(path.join(pm2Home, name))).toBe(false);
+    for (const name of ['pm2.pid', 'rpc.sock', 'pub.sock']) expect(existsSync(path.join(home.pm2Home, name))).toBe(false);
     // console is PM2's no longer.
     expect(console.log).toBe(consoleLog);
   });

@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa, type ResultPromise } from 'execa';
+import { afterAll, beforeAll } from 'vitest';
 import { isAlive } from '../../src/services/processes.js';
 import { PYTHON } from './python.js';
 
@@ -130,6 +131,30 @@ export async function waitFor<T>(what: string, check: () => T | undefined | fals
     await new Promise((r) => setTimeout(r, interval));
     interval = Math.min(250, interval * 2);
   }
+}
+
+/**
+ * One PM2_HOME for a whole test file that loads PM2 in the test process (PM2 reads PM2_HOME once,
+ * when first loaded): `<root>/pm2` in a fresh temp folder, set before the file's tests; after them
+ * its processes are killed by pid, the folder removed and PM2_HOME put back. The paths are filled in
+ * by the time the tests run.
+ */
+export function pm2HomeForThisFile(prefix: string): { root: string; pm2Home: string } {
+  const paths = { root: '', pm2Home: '' };
+  const saved = process.env.PM2_HOME;
+  beforeAll(async () => {
+    paths.root = await mkdtemp(path.join(os.tmpdir(), prefix));
+    paths.pm2Home = path.join(paths.root, 'pm2');
+    await mkdir(paths.pm2Home);
+    process.env.PM2_HOME = paths.pm2Home;
+  });
+  afterAll(async () => {
+    await killPm2(paths.pm2Home);
+    await rm(paths.root, { recursive: true, force: true });
+    if (saved === undefined) delete process.env.PM2_HOME;
+    else process.env.PM2_HOME = saved;
+  });
+  return paths;
 }
 
 /** Kill a leftover PM2 daemon and its apps by pid (never by name). */
