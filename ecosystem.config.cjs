@@ -38,6 +38,8 @@ function instanceEnv(extra) {
   const env = {};
   for (const [name, value] of Object.entries(process.env)) {
     if (value === undefined || withheld.has(name) || internal.test(name)) continue;
+    // gpu-boot reads the plan through its own handle (/proc/self/fd/N): meaningless in any other process.
+    if (name === 'GPU_BOOT_PLAN_FILE' && value.startsWith('/proc/self/')) continue;
     env[name] = value;
   }
   return Object.assign(env, extra);

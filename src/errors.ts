@@ -6,6 +6,7 @@ export const ExitCode = {
   ok: 0,
   failed: 1, // `install`: a node could not be cloned, checked out or set up
   usage: 64, // EX_USAGE: unknown subcommand or flag
+  dataError: 65, // EX_DATAERR: the state folder or its record is not gpu-boot's (planted, forged): nothing touched
   unavailable: 69, // EX_UNAVAILABLE: no GPU where one was required
   software: 70, // EX_SOFTWARE: a bug or an unexpected failure
   cantCreate: 73, // EX_CANTCREAT: a file could not be written

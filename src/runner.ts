@@ -1,5 +1,4 @@
-import { existsSync } from 'node:fs';
-import { mkdir, readFile } from 'node:fs/promises';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
@@ -7,14 +6,14 @@ import type { Config } from './config.js';
 import { BootError, ExitCode, describeError } from './errors.js';
 import type { SecretMasker } from './log.js';
 import { detectGpus, type GpuDetection } from './services/hardware.js';
-import { errnoText, FileWriteError, readRecord, writeFileAtomic, writeNodeFiles, type WriteRecord } from './services/env-files.js';
-import { wipeRecordedFiles } from './services/wipe.js';
+import { FileSession, StateDir } from './services/env-files.js';
+import { wipeRecord } from './services/wipe.js';
 import { loadManifestOrEmpty, nodeSummaries, prepareNodeFiles, withheldVariableNames, type PreparedNodes } from './services/node-files.js';
-import { buildPlan, planPath, probeHost, type Plan, type ProcessEnvSource } from './services/plan.js';
-import { chooseOwner, chooseStorage } from './services/storage.js';
+import { buildPlan, probeHost, type Plan, type ProcessEnvSource } from './services/plan.js';
+import { chooseOwner, chooseStorage, runStatus, storageBases, sweepDeadRuns, type RunId } from './services/storage.js';
 import { ProcessManager } from './services/processes.js';
 import { stopOrphanedInstances } from './services/orphans.js';
-import { pm2HomeOf } from './services/pm2-host.js';
+import { pm2HomeOf, removeStalePm2Files } from './services/pm2-host.js';
 import { StopRequested, StopRequests } from './stop-requests.js';
 import { shutdown } from './shutdown.js';
 import { startConfiguredHealthServer, type HealthServer } from './services/health.js';
@@ -94,44 +93,60 @@ export async function computePlan(ctx: RunContext): Promise<Plan> {
   return buildPlan(ctx.config, gpus, withheldVariableNames(manifest), { ...(owner ? { owner } : {}), processEnv: processEnvSources(manifest, installed) });
 }
 
-/** True when `pid` is a live gpu-boot (a node process), not ours: its files and instances are in use. */
-async function liveOtherRun(pid: number): Promise<boolean> {
-  if (pid === process.pid) return false;
+/**
+ * Is the run that wrote a record alive? Its pid, start time and boot tell; from another pid
+ * namespace (a restarted container on the same volume) only a live node process at its pid does.
+ */
+function runMayBeAlive(run: RunId): boolean {
+  const status = runStatus(run);
+  if (status !== 'unknown') return status === 'alive';
   try {
-    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8');
-    return /node/.test(cmdline.split('\0')[0] ?? '');
+    return /node/.test(readFileSync(`/proc/${run.pid}/cmdline`, 'utf8').split('\0')[0] ?? '');
   } catch {
     return false;
   }
 }
 
-async function refuseIfRunning(ctx: RunContext, pid: number): Promise<void> {
-  if (await liveOtherRun(pid)) {
-    throw new BootError(ExitCode.tempFail, `gpu-boot (pid ${pid}) is running on this workspace (${ctx.config.stateDir}); stop it first`);
-  }
-}
-
 /**
- * Stop the instances a dead run left running, then wipe what the record lists, unless the run
- * that wrote it is still alive (exit 75). Shared by the recover phase and `wipe`.
+ * Stop the instances a dead run left running, remove the secrets folders of dead runs (found on
+ * the tmpfs, whatever became of their workspace), then wipe what the record lists, unless the run
+ * that wrote it is still alive (exit 75). A record or state folder that is not gpu-boot's is
+ * refused before anything is touched (exit 65). Shared by the recover phase and `wipe`.
  */
-async function cleanLeftovers(ctx: RunContext, failure: (pid: number) => string): Promise<{ pid?: number; removed: number; restored: number; orphans: number[] }> {
-  const record = await readRecord(ctx.config.stateDir);
-  if (record) await refuseIfRunning(ctx, record.pid);
-  // Before the wipe: an instance must not go on serving with its secrets wiped from under it.
-  const sweep = await stopOrphanedInstances(pm2HomeOf(process.env), ctx.config.killTimeoutMs);
-  const orphans = sweep.stopped;
-  if (orphans.length) {
-    ctx.logger.warn({ pids: orphans }, `stopped ${orphans.length} instance(s) that an earlier run (pid ${record?.pid ?? 'unknown'}) left running`);
+async function cleanLeftovers(ctx: RunContext, failure: (pid: number) => string): Promise<{ pid?: number; removed: number; restored: number; orphans: number[]; folders: string[] }> {
+  const state = StateDir.open(ctx.config.stateDir);
+  try {
+    const record = state?.readRecord();
+    if (record && record.pid !== process.pid && runMayBeAlive(record.run)) {
+      throw new BootError(ExitCode.tempFail, `gpu-boot (pid ${record.pid}) is running on this workspace (${ctx.config.stateDir}); stop it first`);
+    }
+    // Before the wipe: an instance must not go on serving with its secrets wiped from under it.
+    const sweep = await stopOrphanedInstances(pm2HomeOf(process.env), ctx.config.killTimeoutMs);
+    const orphans = sweep.stopped;
+    if (orphans.length) {
+      ctx.logger.warn({ pids: orphans }, `stopped ${orphans.length} instance(s) that an earlier run (pid ${record?.pid ?? 'unknown'}) left running`);
+    }
+    if (sweep.unverified.length) {
+      ctx.logger.warn({ pids: sweep.unverified }, `PM2's pid files name live process(es) ${sweep.unverified.join(', ')} whose environment cannot be read: not provably instances of an earlier run, left running`);
+    }
+    const dead = sweepDeadRuns(storageBases(ctx.config));
+    if (dead.removed.length) ctx.logger.warn({ folders: dead.removed }, `removed ${dead.removed.length} secrets folder(s) of dead runs`);
+    for (const problem of dead.problems) ctx.logger.warn(problem);
+    if (!state) return { removed: 0, restored: 0, orphans, folders: dead.removed };
+    if (!record) {
+      // A run that died before its record: only its plan (no secret) can be left.
+      state.removeOwnFile('plan.json');
+      state.removeIfEmpty();
+      return { removed: 0, restored: 0, orphans, folders: dead.removed };
+    }
+    const result = wipeRecord(state, record);
+    if (result.problems.length) throw new BootError(ExitCode.ioError, failure(record.pid), result.problems);
+    for (const skipped of result.skipped) ctx.logger.warn(skipped);
+    state.removeIfEmpty();
+    return { pid: record.pid, removed: result.removed, restored: result.restored, orphans, folders: dead.removed };
+  } finally {
+    state?.close();
   }
-  if (sweep.unverified.length) {
-    ctx.logger.warn({ pids: sweep.unverified }, `PM2's pid files name live process(es) ${sweep.unverified.join(', ')} whose environment cannot be read: not provably instances of an earlier run, left running`);
-  }
-  if (!record) return { removed: 0, restored: 0, orphans };
-  const result = await wipeRecordedFiles(ctx.config.stateDir);
-  if (result.problems.length) throw new BootError(ExitCode.ioError, failure(record.pid), result.problems);
-  for (const skipped of result.skipped) ctx.logger.warn(skipped);
-  return { pid: record.pid, removed: result.removed, restored: result.restored, orphans };
 }
 
 /** Remove what a run that died left behind, before anything else. */
@@ -177,7 +192,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
   const processes = new ProcessManager(logger, ECOSYSTEM_FILE);
   let rotator: Rotator | undefined;
   let health: HealthServer | undefined;
-  let wroteFiles = false;
+  let files: FileSession | undefined;
   let knownPids: number[] = [];
   let daemonDied = false;
   let stopDaemonWatch: () => void = () => undefined;
@@ -226,23 +241,18 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
       ...(owner ? { owner } : {}),
       processEnv: processEnvSources(prepared.manifest, new Map(prepared.files.map((f) => [f.node, f.path]))),
     });
-    const planFile = planPath(config.stateDir);
-    const record: WriteRecord = { version: 1, pid: process.pid, startedAt: new Date().toISOString(), files: [] };
     state.gpus = gpus;
     state.nodes = nodeSummaries(prepared);
     await timed(ctx, 'write', async () => {
-      await mkdir(config.stateDir, { recursive: true, mode: 0o700 }).catch((error: NodeJS.ErrnoException) => {
-        throw new FileWriteError(`cannot create the state folder ${config.stateDir}: ${errnoText(error)}`);
-      });
-      await writeFileAtomic(planFile, `${JSON.stringify(plan, null, 2)}\n`, 0o644);
-      wroteFiles = true;
-      await writeNodeFiles(config.stateDir, prepared.files, record, { storage, ...(owner ? { owner } : {}) });
+      files = new FileSession(StateDir.create(config.stateDir), storage, owner);
+      files.writePlan(`${JSON.stringify(plan, null, 2)}\n`);
+      files.write(prepared.files);
       return prepared.files;
-    }, (files) => ({
-      files: capList(files.map((f) => f.path)),
-      storage: storage.kind === 'tmpfs' ? storage.dir : 'in place',
+    }, (written) => ({
+      files: capList(written.map((f) => f.path)),
+      storage: files?.secrets?.path ?? 'in place',
       ...(owner ? { owner } : {}),
-    }), (files) => `plan and ${files.length} .env file(s) written${storage.kind === 'tmpfs' ? `, contents on tmpfs ${storage.dir}` : ' in place'}`);
+    }), (written) => `plan and ${written.length} .env file(s) written${files?.secrets ? `, contents on tmpfs ${files.secrets.path}` : ' in place'}`);
     stops.check();
 
     const instances = await timed(ctx, 'pm2-start', async () => {
@@ -252,7 +262,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
         // Independent round trips to the daemon: clear what an earlier run left, and subscribe to output.
         const [stale] = await Promise.all([processes.removeStaleApps(), processes.watch()]);
         if (stale.length) logger.warn({ apps: stale }, 'removed instances left in PM2 by an earlier run');
-        return await processes.startFromEcosystem(config.stateDir);
+        return await processes.startFromEcosystem(config.stateDir, files!.planFile);
       } catch (error) {
         if (error instanceof BootError || error instanceof StopRequested) throw error;
         throw new BootError(ExitCode.ioError, `PM2 could not start the instances: ${describeError(error)}`);
@@ -266,7 +276,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     knownPids = instances.map((i) => i.pid).filter((pid) => pid > 0);
     state.instances = plan.instances;
     state.phase = 'running';
-    const rotationDeps = { config, logger, masker: ctx.masker, sourceEnv, processes, state, record, storage, owner, probeHost: probeHost(config.comfyuiListen) };
+    const rotationDeps = { config, logger, masker: ctx.masker, sourceEnv, processes, state, files: files!, probeHost: probeHost(config.comfyuiListen) };
     rotator = new Rotator(rotationDeps, prepared);
 
     // Without PM2 nothing restarts the instances: `pm2 kill` (or a foreign daemon's death) ends the boot.
@@ -293,7 +303,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     state.phase = 'stopping';
     // A rotation in progress finishes its write first: a file is never cut in half.
     await rotator?.close();
-    exitCode = await shutdown(ctx, processes, knownPids, wroteFiles);
+    exitCode = await shutdown(ctx, processes, knownPids, files);
     await health?.close();
     if (daemonDied && exitCode === ExitCode.ok) exitCode = ExitCode.ioError;
     stops.dispose();
@@ -304,7 +314,10 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
 /** `wipe`: remove every file a previous run left. */
 export async function runWipe(ctx: RunContext): Promise<number> {
   const left = await cleanLeftovers(ctx, () => 'some files could not be wiped');
-  if (left.pid === undefined) ctx.logger.info({ stateDir: ctx.config.stateDir }, 'nothing to wipe: no record of written files');
+  // PM2's sockets and pid file of a daemon that died with its run (none answers on them).
+  const stale = await removeStalePm2Files(pm2HomeOf(process.env));
+  if (stale.length) ctx.logger.info({ files: stale }, `removed PM2's stale ${stale.map((f) => path.basename(f)).join(', ')}`);
+  if (left.pid === undefined) ctx.logger.info({ stateDir: ctx.config.stateDir, folders: left.folders.length }, 'nothing to wipe: no record of written files');
   else ctx.logger.info({ removed: left.removed, restored: left.restored }, `wiped ${left.removed} file(s), restored ${left.restored}`);
   return ExitCode.ok;
 }

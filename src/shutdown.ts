@@ -1,13 +1,12 @@
-import { rmdir, unlink } from 'node:fs/promises';
 import { ExitCode, describeError } from './errors.js';
 import { withTimeout } from './timeout.js';
 import type { RunContext } from './runner.js';
-import { wipeRecordedFiles } from './services/wipe.js';
-import { planPath } from './services/plan.js';
+import { wipeRecord } from './services/wipe.js';
+import type { FileSession } from './services/env-files.js';
 import { isAlive, type ProcessManager } from './services/processes.js';
 
 /** The finish stage: stop instances within the budget, then wipe no matter what, then stop PM2. */
-export async function shutdown(ctx: RunContext, processes: ProcessManager, knownPids: number[], wroteFiles: boolean): Promise<number> {
+export async function shutdown(ctx: RunContext, processes: ProcessManager, knownPids: number[], files: FileSession | undefined): Promise<number> {
   const { config, logger } = ctx;
   const started = performance.now();
   const budgetEnd = Date.now() + config.shutdownTimeoutMs;
@@ -36,14 +35,14 @@ export async function shutdown(ctx: RunContext, processes: ProcessManager, known
   }
   const instancesStoppedAt = performance.now();
 
-  if (wroteFiles) {
-    // The plan is only PM2's view of a running boot: it goes with the boot.
-    await unlink(planPath(config.stateDir)).catch(() => undefined);
-    const result = await wipeRecordedFiles(config.stateDir);
+  if (files) {
+    // Exactly what this run put in place, proven by identity; the plan goes with the boot.
+    const result = wipeRecord(files.state, files.record, files.secrets ? { secrets: files.secrets.dir } : {});
     if (result.problems.length) {
       logger.error({ problems: result.problems }, 'some files could not be wiped; run `gpu-boot wipe`');
       exitCode = ExitCode.ioError;
     }
+    for (const skipped of result.skipped) logger.warn(skipped);
     logger.info(
       { phase: 'wipe', ms: Math.round((performance.now() - instancesStoppedAt) * 10) / 10, removed: result.removed, restored: result.restored },
       `wiped ${result.removed} file(s), restored ${result.restored}`,
@@ -51,7 +50,10 @@ export async function shutdown(ctx: RunContext, processes: ProcessManager, known
   }
   await withTimeout(processes.close(), budgetEnd - Date.now());
   // Leave no empty state folder behind (the daemon record went with the daemon).
-  if (wroteFiles) await rmdir(config.stateDir).catch(() => undefined);
+  if (files) {
+    files.state.removeIfEmpty();
+    files.close();
+  }
   logger.info({ phase: 'shutdown', ms: Math.round(performance.now() - started) }, 'stopped');
   return exitCode;
 }

@@ -1,21 +1,23 @@
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, link, lstat, mkdir, mkdtemp, readdir, readFile, readlink, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import dotenv from 'dotenv';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { HEADER } from '../src/services/dotenv-format.js';
-import { readRecord, TEMP_PREFIX, writeRecord, writeNodeFiles, type NodeFile, type WriteRecord } from '../src/services/env-files.js';
-import { wipeRecordedFiles } from '../src/services/wipe.js';
-import { chooseStorage } from '../src/services/storage.js';
+import { FileSession, NotOursError, StateDir, type NodeFile } from '../src/services/env-files.js';
+import { wipeRecord } from '../src/services/wipe.js';
+import { chooseStorage, createSecretsFolder, RUN_MARKER, sweepDeadRuns, type Storage } from '../src/services/storage.js';
 import { captureLogger } from './helpers/logger.js';
 
 let root: string;
+let nodes: string;
 let stateDir: string;
 let shm: string;
 beforeEach(async () => {
   root = await mkdtemp(path.join(os.tmpdir(), 'gpu-boot-files-'));
+  nodes = path.join(root, 'custom_nodes');
   stateDir = path.join(root, 'state');
   shm = await mkdtemp('/dev/shm/gpu-boot-test-');
 });
@@ -24,77 +26,264 @@ afterEach(async () => {
   await rm(shm, { recursive: true, force: true });
 });
 
-const record = (): WriteRecord => ({ version: 1, pid: process.pid, startedAt: new Date().toISOString(), files: [] });
-
 /** A node's file as gpu-boot renders it: the generated header, then the given lines. */
 async function nodeFile(node: string, body: string): Promise<NodeFile> {
-  await mkdir(path.join(root, node), { recursive: true });
-  return { node, path: path.join(root, node, '.env'), text: `${HEADER}\n${body}` };
+  await mkdir(path.join(nodes, node), { recursive: true });
+  return { node, path: path.join(nodes, node, '.env'), text: `${HEADER}\n${body}` };
 }
 
-describe('writeNodeFiles and wipeRecordedFiles', () => {
-  it('in place: 0600 files, recorded first, wiped with their temp leftovers, and the record removed', async () => {
+function session(storage: Storage = { kind: 'in-place' }): FileSession {
+  return new FileSession(StateDir.create(stateDir), storage, undefined);
+}
+
+/** Wipe as a later run would: the record read back from disk and proven. */
+function wipeFromDisk() {
+  const state = StateDir.open(stateDir)!;
+  try {
+    const record = state.readRecord();
+    return record ? wipeRecord(state, record) : undefined;
+  } finally {
+    state.close();
+  }
+}
+
+describe('FileSession and wipeRecord', () => {
+  it('in place: 0600 files recorded by identity before they appear, wiped with the record and the plan', async () => {
     const files = [await nodeFile('a', 'A="1"\n'), await nodeFile('b', 'B="2"\n')];
-    await writeNodeFiles(stateDir, files, record(), { storage: { kind: 'in-place' } });
+    const s = session();
+    s.writePlan('{}\n');
+    s.write(files);
     for (const f of files) {
-      expect((await stat(f.path)).mode & 0o777).toBe(0o600);
+      const info = await lstat(f.path, { bigint: true });
+      expect(Number(info.mode & 0o777n)).toBe(0o600);
       expect(await readFile(f.path, 'utf8')).toBe(f.text);
       expect(dotenv.parse(f.text)).toEqual(f.node === 'a' ? { A: '1' } : { B: '2' });
+      const entry = StateDir.open(stateDir)!.readRecord()!.files.find((e) => e.path === f.path)!;
+      expect(entry.ids).toEqual([`${info.dev}:${info.ino}`]);
     }
-    expect((await readRecord(stateDir))!.files.map((f) => f.path)).toEqual(files.map((f) => f.path));
-    // A crash mid-write leaves a temp file beside the target: wipe removes it too.
-    await writeFile(path.join(root, 'a', `${TEMP_PREFIX}999-abc`), 'A="half');
-    const result = await wipeRecordedFiles(stateDir);
-    expect(result).toEqual({ removed: 3, restored: 0, problems: [], skipped: [] });
-    expect(await readdir(path.join(root, 'a'))).toEqual([]);
-    expect(await readdir(path.join(root, 'b'))).toEqual([]);
-    expect(await readRecord(stateDir)).toBeUndefined();
-    expect(await wipeRecordedFiles(stateDir)).toEqual({ removed: 0, restored: 0, problems: [], skipped: [] });
+    expect((await stat(stateDir)).mode & 0o777).toBe(0o700);
+    expect((await stat(path.join(stateDir, 'written-files.json'))).mode & 0o777).toBe(0o600);
+    expect(wipeFromDisk()).toEqual({ removed: 2, restored: 0, problems: [], skipped: [] });
+    expect(await readdir(path.join(nodes, 'a'))).toEqual([]);
+    expect(await readdir(stateDir)).toEqual([]);
+    expect(wipeFromDisk()).toBeUndefined();
+    s.close();
   });
 
-  it('on tmpfs: each .env is a link to a 0600 file in a 0700 folder, and both readers read through it', async () => {
-    const dir = path.join(shm, 'store');
+  it('on tmpfs: a fresh, unguessable, marked 0700 folder; each .env a link to its 0600 file there', async () => {
     const files = [await nodeFile('a', 'A=\'x #y\'\n')];
-    await writeNodeFiles(stateDir, files, record(), { storage: { kind: 'tmpfs', dir } });
+    const s = session({ kind: 'tmpfs', base: shm });
+    s.write(files);
+    const dir = s.secrets!.path;
+    expect(path.basename(dir)).toMatch(/^gpu-boot-[0-9a-f]{18}$/);
     expect(await readlink(files[0]!.path)).toBe(path.join(dir, 'a.env'));
     expect((await stat(dir)).mode & 0o777).toBe(0o700);
     expect((await stat(path.join(dir, 'a.env'))).mode & 0o777).toBe(0o600);
+    expect(JSON.parse(await readFile(path.join(dir, RUN_MARKER), 'utf8'))).toMatchObject({ pid: process.pid });
     expect(dotenv.parse(await readFile(files[0]!.path))).toEqual({ A: 'x #y' });
-    expect((await readRecord(stateDir))!.storageDir).toBe(dir);
-    expect(await wipeRecordedFiles(stateDir)).toEqual({ removed: 1, restored: 0, problems: [], skipped: [] });
+    expect(wipeRecord(s.state, s.record, { secrets: s.secrets!.dir })).toEqual({ removed: 1, restored: 0, problems: [], skipped: [] });
     expect(existsSync(dir)).toBe(false);
     expect(existsSync(files[0]!.path)).toBe(false);
+    s.close();
   });
 
   it('keeps a foreign .env aside and restores it exactly', async () => {
     const f = await nodeFile('a', 'A="ours"\n');
     await writeFile(f.path, 'MINE=1\n', { mode: 0o644 });
-    await writeNodeFiles(stateDir, [f], record(), { storage: { kind: 'tmpfs', dir: path.join(shm, 's') } });
+    const s = session({ kind: 'tmpfs', base: shm });
+    s.write([f]);
     expect(await readFile(f.path, 'utf8')).toBe(f.text);
-    expect(await wipeRecordedFiles(stateDir)).toEqual({ removed: 1, restored: 1, problems: [], skipped: [] });
+    expect(wipeFromDisk()).toEqual({ removed: 1, restored: 1, problems: [], skipped: [] });
     expect(await readFile(f.path, 'utf8')).toBe('MINE=1\n');
     expect((await stat(f.path)).mode & 0o777).toBe(0o644);
+    s.close();
   });
 
-  it('records a file before writing it, so a failed write is still wiped', async () => {
-    const good = await nodeFile('a', 'A="1"\n');
-    const bad: NodeFile = { node: 'gone', path: path.join(root, 'gone', '.env'), text: 'B="2"\n' };
-    await expect(writeNodeFiles(stateDir, [good, bad], record(), { storage: { kind: 'in-place' } })).rejects.toThrow(
-      `cannot create a file in ${path.join(root, 'gone')}: ENOENT`,
+  it('never overwrites an earlier kept-aside file: both the user\'s current .env and the old copy survive', async () => {
+    const f = await nodeFile('a', 'A="ours"\n');
+    const older = path.join(nodes, 'a', '.env.gpu-boot-orig');
+    await writeFile(older, 'OLD=1\n');
+    await writeFile(f.path, 'EDITED=2\n');
+    const s = session();
+    s.write([f]);
+    expect(await readFile(path.join(nodes, 'a', '.env.gpu-boot-orig-2'), 'utf8')).toBe('EDITED=2\n');
+    expect(await readFile(older, 'utf8')).toBe('OLD=1\n');
+    expect(wipeFromDisk()).toEqual({ removed: 1, restored: 1, problems: [], skipped: [] });
+    expect(await readFile(f.path, 'utf8')).toBe('EDITED=2\n');
+    expect(await readFile(older, 'utf8')).toBe('OLD=1\n');
+    s.close();
+  });
+
+  it('a .env edited during the run is left alone at the wipe, and so is the kept-aside original', async () => {
+    const f = await nodeFile('a', 'A="ours"\n');
+    await writeFile(f.path, 'ORIGINAL=1\n');
+    const s = session();
+    s.write([f]);
+    // An editor writes a new file and renames it over .env.
+    await writeFile(path.join(nodes, 'a', 'edit'), 'EDITED=1\n');
+    await rename(path.join(nodes, 'a', 'edit'), f.path);
+    const result = wipeRecord(s.state, s.record);
+    expect(result.removed).toBe(0);
+    expect(result.skipped).toEqual([
+      `${f.path}: not the file gpu-boot put there (replaced since); left alone`,
+      `${path.join(nodes, 'a', '.env.gpu-boot-orig')}: kept, since ${f.path} is not gpu-boot's file now (edited during the run?); compare them and keep the one you need`,
+    ]);
+    expect(await readFile(f.path, 'utf8')).toBe('EDITED=1\n');
+    expect(await readFile(path.join(nodes, 'a', '.env.gpu-boot-orig'), 'utf8')).toBe('ORIGINAL=1\n');
+    s.close();
+  });
+
+  it('refuses a .env that is a FIFO or a folder (78) before writing anything', async () => {
+    const f = await nodeFile('a', 'A="1"\n');
+    await mkdir(f.path);
+    const s = session({ kind: 'tmpfs', base: shm });
+    expect(() => s.write([f])).toThrow(expect.objectContaining({ exitCode: 78, problems: [`node "a": ${f.path} is a folder; refusing to replace it (move it away)`] }));
+    expect(s.secrets).toBeUndefined();
+    expect(existsSync(path.join(stateDir, 'written-files.json'))).toBe(false);
+    s.close();
+  });
+
+  it('refuses two nodes whose folders are one folder (78)', async () => {
+    const a = await nodeFile('a', 'A="1"\n');
+    await symlink(path.join(nodes, 'a'), path.join(nodes, 'b'));
+    const b: NodeFile = { node: 'b', path: path.join(nodes, 'b', '.env'), text: `${HEADER}\nB="2"\n` };
+    const s = session();
+    expect(() => s.write([a, b])).toThrow(expect.objectContaining({ exitCode: 78, problems: [`node "b": ${path.join(nodes, 'b')} is the same folder as node "a"'s; two nodes cannot share one .env`] }));
+    expect(await readdir(path.join(nodes, 'a'))).toEqual([]);
+    s.close();
+  });
+
+  it('a rotation that cannot write leaves every current file as it was', async () => {
+    const a = await nodeFile('a', 'A="1"\n');
+    const b = await nodeFile('b', 'B="1"\n');
+    const s = session();
+    s.write([a, b]);
+    // b's folder becomes read-only for the rewrite: a's new file must not land either.
+    await chmod(path.join(nodes, 'b'), 0o500);
+    try {
+      if (process.getuid?.() === 0) {
+        // root ignores modes: take b's folder away instead.
+        await rename(path.join(nodes, 'b'), path.join(root, 'b-moved'));
+        await mkdir(path.join(nodes, 'b'));
+      }
+      expect(() => s.write([{ ...a, text: `${HEADER}\nA="2"\n` }, { ...b, text: `${HEADER}\nB="2"\n` }])).toThrow(/b/);
+      expect(await readFile(a.path, 'utf8')).toBe(a.text);
+      expect((await readdir(path.join(nodes, 'a'))).sort()).toEqual(['.env']);
+    } finally {
+      await chmod(path.join(nodes, 'b'), 0o700).catch(() => undefined);
+    }
+    s.close();
+  });
+
+  it('works through its handles: a secrets folder moved away and replaced during the run is wiped where it went, the decoy untouched', async () => {
+    const f = await nodeFile('a', 'A="1"\n');
+    const s = session({ kind: 'tmpfs', base: shm });
+    s.write([f]);
+    const real = s.secrets!.path;
+    const moved = path.join(shm, 'moved');
+    await rename(real, moved);
+    await mkdir(real);
+    await writeFile(path.join(real, 'a.env'), 'DECOY=1\n');
+    // A rotation writes into the folder it made, not the decoy.
+    s.write([{ ...f, text: `${HEADER}\nA="2"\n` }]);
+    expect(await readFile(path.join(moved, 'a.env'), 'utf8')).toBe(`${HEADER}\nA="2"\n`);
+    expect(await readFile(path.join(real, 'a.env'), 'utf8')).toBe('DECOY=1\n');
+    const result = wipeRecord(s.state, s.record, { secrets: s.secrets!.dir });
+    expect(result.problems).toEqual([]);
+    expect(await readdir(moved)).toEqual([]);
+    expect(await readFile(path.join(real, 'a.env'), 'utf8')).toBe('DECOY=1\n');
+    s.close();
+  });
+
+  it('a rotation into a node folder replaced during the run is refused, and nothing is written there', async () => {
+    const f = await nodeFile('a', 'A="1"\n');
+    const s = session();
+    s.write([f]);
+    await rename(path.join(nodes, 'a'), path.join(root, 'a-away'));
+    await mkdir(path.join(nodes, 'a'));
+    expect(() => s.write([{ ...f, text: `${HEADER}\nA="2"\n` }])).toThrow(
+      expect.objectContaining({ exitCode: 73, message: `${path.join(nodes, 'a')} is not the folder gpu-boot wrote to at start (it was replaced); not writing there` }),
     );
-    expect((await readRecord(stateDir))!.files.map((f) => f.path)).toEqual([good.path, bad.path]);
-    await wipeRecordedFiles(stateDir);
-    expect(existsSync(good.path)).toBe(false);
+    expect(await readdir(path.join(nodes, 'a'))).toEqual([]);
+    expect(await readFile(path.join(root, 'a-away', '.env'), 'utf8')).toBe(f.text);
+    s.close();
+  });
+
+  it('a node folder replaced during the run is not wiped into', async () => {
+    const f = await nodeFile('a', 'A="1"\n');
+    const s = session();
+    s.write([f]);
+    await rename(path.join(nodes, 'a'), path.join(root, 'a-away'));
+    await mkdir(path.join(nodes, 'a'));
+    await writeFile(f.path, `${HEADER}\nVICTIM=1\n`);
+    const result = wipeRecord(s.state, s.record);
+    expect(result.skipped).toEqual([`${f.path}: ${path.join(nodes, 'a')} is not the folder gpu-boot wrote to (replaced since); left alone`]);
+    expect(await readFile(f.path, 'utf8')).toBe(`${HEADER}\nVICTIM=1\n`);
+    s.close();
+  });
+});
+
+describe('the record cannot redirect anything', () => {
+  it('refuses a state folder that is a link, and a record that is a link or has other links (65), touching nothing', async () => {
+    const elsewhere = path.join(root, 'elsewhere');
+    await mkdir(elsewhere, { mode: 0o700 });
+    await symlink(elsewhere, stateDir);
+    expect(() => StateDir.open(stateDir)).toThrow(NotOursError);
+    expect(() => StateDir.create(stateDir)).toThrow(expect.objectContaining({ exitCode: 65, message: `the state folder ${stateDir} is a link, not gpu-boot's folder; nothing was touched` }));
+    await rm(stateDir);
+    const s = session();
+    s.write([await nodeFile('a', 'A="1"\n')]);
+    await link(path.join(stateDir, 'written-files.json'), path.join(root, 'second-name'));
+    expect(() => StateDir.open(stateDir)!.readRecord()).toThrow(/is not one gpu-boot wrote \(owner uid \d+, 2 link\(s\), mode 600\); nothing was touched/);
+    s.close();
+  });
+
+  it('refuses a record that is not valid (65) and an older record (65), naming what to do', async () => {
+    const s = session();
+    s.write([await nodeFile('a', 'A="1"\n')]);
+    const file = path.join(stateDir, 'written-files.json');
+    const record = JSON.parse(await readFile(file, 'utf8'));
+    await writeFile(file, JSON.stringify({ ...record, files: [{ ...record.files[0], path: '/etc/passwd' }] }), { mode: 0o600 });
+    expect(() => StateDir.open(stateDir)!.readRecord()).toThrow(expect.objectContaining({ exitCode: 65, problems: [`${file}: files.0.path: must be an absolute path to a .env`] }));
+    await writeFile(file, JSON.stringify({ version: 1, pid: 1, startedAt: '', files: [] }), { mode: 0o600 });
+    expect(() => StateDir.open(stateDir)!.readRecord()).toThrow(/written by an older gpu-boot/);
+    await chmod(file, 0o666);
+    expect(() => StateDir.open(stateDir)!.readRecord()).toThrow(/mode 666/);
+    s.close();
+  });
+});
+
+describe('dead runs leave nothing', () => {
+  it('sweeps a dead run\'s marked folder, never a live run\'s, an unmarked one or a link', async () => {
+    const live = createSecretsFolder(shm);
+    const dead = createSecretsFolder(shm);
+    await writeFile(path.join(dead.path, 'a.env'), 'SECRET=1\n');
+    // A run that is gone: a pid that cannot exist.
+    await writeFile(path.join(dead.path, RUN_MARKER), JSON.stringify({ ...JSON.parse(await readFile(path.join(live.path, RUN_MARKER), 'utf8')), pid: 4194304 + 7 }));
+    const unmarked = path.join(shm, 'gpu-boot-0123456789abcdef01');
+    await mkdir(unmarked);
+    await writeFile(path.join(unmarked, 'keep'), 'x');
+    const victim = path.join(root, 'victim');
+    await mkdir(victim);
+    await writeFile(path.join(victim, RUN_MARKER), JSON.stringify({ pid: 4194311, start: '1', boot: 'x', pidNs: 'y' }));
+    await symlink(victim, path.join(shm, 'gpu-boot-aaaaaaaaaaaaaaaaaa'));
+    const sweep = sweepDeadRuns([shm]);
+    expect(sweep).toEqual({ removed: [dead.path], problems: [] });
+    expect(existsSync(dead.path)).toBe(false);
+    expect(existsSync(path.join(live.path, RUN_MARKER))).toBe(true);
+    expect(await readFile(path.join(unmarked, 'keep'), 'utf8')).toBe('x');
+    expect(existsSync(path.join(victim, RUN_MARKER))).toBe(true);
+    live.dir.close();
+    dead.dir.close();
   });
 });
 
 describe('chooseStorage', () => {
   const config = (SECRETS_TMPFS?: string) => loadConfig({ WORKSPACE_PATH: root, ...(SECRETS_TMPFS ? { SECRETS_TMPFS } : {}) });
 
-  it('auto: the first writable tmpfs, one folder per workspace', async () => {
+  it('auto: the first writable tmpfs', async () => {
     const { logger, lines } = captureLogger();
-    const storage = await chooseStorage(config(), logger, [root, '/dev/shm']);
-    expect(storage).toEqual({ kind: 'tmpfs', dir: expect.stringMatching(/^\/dev\/shm\/gpu-boot-[0-9a-f]{12}$/) });
+    expect(await chooseStorage(config(), logger, [root, '/dev/shm'])).toEqual({ kind: 'tmpfs', base: '/dev/shm' });
     expect(lines).toEqual([]);
   });
 
@@ -108,37 +297,7 @@ describe('chooseStorage', () => {
   it('off: in place, silently; a folder that is not tmpfs: used, with a warning', async () => {
     const { logger, lines } = captureLogger();
     expect(await chooseStorage(config('off'), logger)).toEqual({ kind: 'in-place' });
-    const chosen = await chooseStorage(config(path.join(root, 'mine')), logger);
-    expect(chosen).toEqual({ kind: 'tmpfs', dir: expect.stringContaining(path.join(root, 'mine', 'gpu-boot-')) });
+    expect(await chooseStorage(config(path.join(root, 'mine')), logger)).toEqual({ kind: 'tmpfs', base: path.join(root, 'mine') });
     expect(lines.map((l) => JSON.parse(l).msg)).toEqual([`SECRETS_TMPFS=${path.join(root, 'mine')} is not a memory file system: secrets will be on disk there`]);
-  });
-});
-
-describe('wipe trusts nothing but its own files', () => {
-  it('leaves alone recorded paths that gpu-boot did not write', async () => {
-    const userFile = path.join(root, 'user', '.env');
-    await mkdir(path.dirname(userFile), { recursive: true });
-    await writeFile(userFile, 'MINE=1\n');
-    const victim = path.join(root, 'passwd');
-    await writeFile(victim, 'root:x:0:0\n');
-    const foreignLink = path.join(root, 'linked', '.env');
-    await mkdir(path.dirname(foreignLink), { recursive: true });
-    const { symlink } = await import('node:fs/promises');
-    await symlink(victim, foreignLink);
-    await writeRecord(stateDir, {
-      ...record(),
-      storageDir: path.join(shm, 's'),
-      files: [{ path: userFile }, { path: victim }, { path: foreignLink, target: path.join(shm, 's', 'linked.env') }, { path: path.join(root, 'x', '.env'), target: victim }],
-    });
-    const result = await wipeRecordedFiles(stateDir);
-    expect([...result.skipped].sort()).toEqual([
-      `${userFile}: not generated by gpu-boot; left alone`,
-      `${victim}: not a .env; left alone`,
-      `${foreignLink}: a link gpu-boot did not make; left alone`,
-      `${path.join(root, 'x', '.env')}: its content is not in the recorded secrets folder; left alone`,
-    ].sort());
-    expect(await readFile(userFile, 'utf8')).toBe('MINE=1\n');
-    expect(await readFile(victim, 'utf8')).toBe('root:x:0:0\n');
-    expect(await readlink(foreignLink)).toBe(victim);
   });
 });

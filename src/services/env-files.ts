@@ -1,40 +1,69 @@
 import { randomBytes } from 'node:crypto';
-import { closeSync, constants, fchownSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
-import { chmod, chown, link, lstat, mkdir, open, readFile, realpath, rename, symlink, unlink } from 'node:fs/promises';
+import { lstatSync, mkdirSync, realpathSync } from 'node:fs';
+import { lstat, realpath } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import { BootError, ExitCode } from '../errors.js';
+import { BootError, ConfigError, ExitCode } from '../errors.js';
+import { DirHandle, euid, fileId, isPlainName, ownerMayWrite, writableByOthers, type FileId, type Owner } from './owned.js';
+import { createSecretsFolder, RunIdSchema, thisRun, type SecretsFolder, type Storage } from './storage.js';
+
+export type { Owner } from './owned.js';
+export type { Storage } from './storage.js';
 
 /**
- * The one place this program writes files (wipe.ts is the one place it removes them). Every .env it writes is recorded in
- * the state folder *before* it is written, so that `wipe` or the next `start`
- * can remove it after a crash. A .env that was already there (shipped in the
- * image, or the user's) is kept aside as `.env.gpu-boot-orig` and put back on wipe.
+ * The one place this program writes files (wipe.ts is the one place it removes them). Each
+ * write goes through a handle on the folder it lands in, never through a path that could have
+ * been swapped, and every object gpu-boot puts in place is recorded by identity (device and
+ * inode) in the state folder *before* it becomes visible, so that `wipe` or the next `start`
+ * can remove exactly it after a crash, and nothing else. A .env that was already there (shipped
+ * in the image, or the user's) is kept aside as `.env.gpu-boot-orig` and put back on wipe.
  */
 
 export const ENV_FILE_NAME = '.env';
 export const BACKUP_SUFFIX = '.gpu-boot-orig';
 export const TEMP_PREFIX = '.env.gpu-boot-tmp-';
 export const RECORD_FILE_NAME = 'written-files.json';
+export const PLAN_FILE_NAME = 'plan.json';
 export const FILE_MODE = 0o600;
 
-/** Temp names: unique per process (O_EXCL guards the rest); a counter, not randomBytes per file. */
-const TEMP_RUN = `${process.pid}-${randomBytes(4).toString('hex')}`;
+/** Temp names: unique per process and unguessable (O_EXCL guards the rest); a counter, not randomBytes per file. */
+const TEMP_RUN = `${process.pid}-${randomBytes(6).toString('hex')}`;
 let tempCounter = 0;
 function tempName(): string {
   tempCounter += 1;
   return `${TEMP_PREFIX}${TEMP_RUN}-${tempCounter}`;
 }
 
+const Id = z.string().regex(/^\d+:\d+$/);
+const PlainName = z.string().refine(isPlainName, { error: 'must be a plain file name' });
+const EntrySchema = z.object({
+  node: PlainName,
+  /** custom_nodes/<node>/.env, as the manifest names it. */
+  path: z.string().refine((p) => path.isAbsolute(p) && path.basename(p) === ENV_FILE_NAME, { error: 'must be an absolute path to a .env' }),
+  /** The node folder the entries below are in. */
+  dir: Id,
+  /** What gpu-boot put (or is about to put) at `path`: a link into the secrets folder, or the file itself. */
+  ids: z.array(Id),
+  /** Temp names in the node folder that a crash may leave (each one of `ids` once it exists). */
+  temps: z.array(PlainName.refine((n) => n.startsWith(TEMP_PREFIX), { error: `must start with ${TEMP_PREFIX}` })),
+  /** The content's name in the secrets folder (tmpfs). */
+  target: PlainName.optional(),
+  /** The user's own .env, kept aside (a hard link of it) in the node folder, and its identity. */
+  backup: z.object({ name: PlainName.refine((n) => n.startsWith(ENV_FILE_NAME + BACKUP_SUFFIX), { error: 'is not a kept-aside name' }), id: Id }).optional(),
+});
 const RecordSchema = z.object({
-  version: z.literal(1),
+  version: z.literal(2),
   pid: z.number().int(),
+  run: RunIdSchema,
   startedAt: z.string(),
-  /** The tmpfs folder holding the contents, when the .env files are links into it. */
-  storageDir: z.string().optional(),
-  files: z.array(z.object({ path: z.string(), target: z.string().optional(), backup: z.string().optional() })),
+  /** The instances' user, when gpu-boot ran as root: files of theirs are the ones it made. */
+  owner: z.object({ uid: z.number().int(), gid: z.number().int() }).optional(),
+  /** The run's secrets folder (tmpfs) and its identity. */
+  storage: z.object({ path: z.string().refine((p) => path.isAbsolute(p), { error: 'must be absolute' }), id: Id }).optional(),
+  files: z.array(EntrySchema),
 });
 export type WriteRecord = z.infer<typeof RecordSchema>;
+export type RecordEntry = z.infer<typeof EntrySchema>;
 
 /** A file could not be written: exit 73, the path and the reason named (a read-only or full disk, say). */
 export class FileWriteError extends BootError {
@@ -44,87 +73,162 @@ export class FileWriteError extends BootError {
   }
 }
 
+/** The state folder or its record is not gpu-boot's (planted, replaced, forged): exit 65, nothing touched. */
+export class NotOursError extends BootError {
+  constructor(message: string, problems: string[] = []) {
+    super(ExitCode.dataError, `${message}; nothing was touched`, problems);
+    this.name = 'NotOursError';
+  }
+}
+
 export function errnoText(error: unknown): string {
   const e = error as NodeJS.ErrnoException;
   if (e.code === 'ENOSPC') return 'no space left on the device';
   if (e.code === 'EROFS') return 'the file system is read-only';
   if (e.code === 'EACCES' || e.code === 'EPERM') return 'permission denied';
+  if (e.code === 'EDQUOT') return 'disk quota exceeded';
   return e.code ?? e.message;
-}
-
-export async function fsyncDir(dir: string): Promise<void> {
-  const handle = await open(dir, constants.O_RDONLY);
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-export interface Owner {
-  uid: number;
-  gid: number;
-}
-
-/**
- * Write `text` to `target` atomically: a temp file created 0600 in the same folder,
- * written, chmodded, renamed over the target (rename replaces a planted link instead of
- * writing through it); a reader sees the old file or the new one, never half of one.
- * `durable` (the default) also fsyncs the file before the rename and the folder after, so
- * that a power cut leaves the old or the new content; the node .env files skip it (see
- * writeNodeFiles).
- */
-export async function writeFileAtomic(target: string, text: string, mode = FILE_MODE, owner?: Owner, durable = true): Promise<void> {
-  const dir = path.dirname(target);
-  const temp = path.join(dir, `${tempName()}`);
-  let handle;
-  try {
-    handle = await open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode);
-  } catch (error) {
-    throw new FileWriteError(`cannot create a file in ${dir}: ${errnoText(error)}`);
-  }
-  try {
-    await handle.writeFile(text, 'utf8');
-    await handle.chmod(mode);
-    if (owner) await handle.chown(owner.uid, owner.gid);
-    if (durable) await handle.sync();
-    await handle.close();
-    handle = undefined;
-    await rename(temp, target);
-    if (durable) await fsyncDir(dir);
-  } catch (error) {
-    await handle?.close().catch(() => undefined);
-    await unlink(temp).catch(() => undefined);
-    throw new FileWriteError(`cannot write ${target}: ${errnoText(error)}`);
-  }
 }
 
 export function recordPath(stateDir: string): string {
   return path.join(stateDir, RECORD_FILE_NAME);
 }
 
-export async function readRecord(stateDir: string): Promise<WriteRecord | undefined> {
-  let text: string;
-  try {
-    text = await readFile(recordPath(stateDir), 'utf8');
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new FileWriteError(`cannot read ${recordPath(stateDir)}: ${errnoText(error)}`);
-  }
-  try {
-    return RecordSchema.parse(JSON.parse(text));
-  } catch {
-    throw new FileWriteError(`${recordPath(stateDir)} is damaged; remove the .env files it listed by hand, then delete it`);
-  }
-}
+/**
+ * The state folder, held open. Made by gpu-boot (mode 0700) or, when it exists, proven to be
+ * its own: a folder (not a link) of this uid that no one else can write. As root the instances'
+ * user can then neither read nor change what is in it; whatever they can rename into its place
+ * is refused.
+ */
+export class StateDir {
+  private constructor(readonly dir: DirHandle) {}
 
-export async function writeRecord(stateDir: string, record: WriteRecord): Promise<void> {
-  try {
-    await mkdir(stateDir, { recursive: true, mode: 0o700 });
-  } catch (error) {
-    throw new FileWriteError(`cannot create the state folder ${stateDir}: ${errnoText(error)}`);
+  get path(): string {
+    return this.dir.path;
   }
-  await writeFileAtomic(recordPath(stateDir), `${JSON.stringify(record, null, 2)}\n`, 0o600);
+
+  /** Open the existing folder (undefined if there is none), refusing one that is not ours. */
+  static open(stateDir: string): StateDir | undefined {
+    let dir: DirHandle;
+    try {
+      dir = DirHandle.openNoFollow(stateDir);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      // O_NOFOLLOW with O_DIRECTORY answers ENOTDIR for a link, and for a path through a file: lstat tells which.
+      let what: 'none' | 'link' | 'other';
+      try {
+        const found = lstatSync(stateDir);
+        what = found.isSymbolicLink() ? 'link' : 'other';
+      } catch {
+        what = 'none';
+      }
+      if (what === 'none' && (code === 'ENOENT' || code === 'ENOTDIR')) return undefined;
+      if (what === 'link') throw new NotOursError(`the state folder ${stateDir} is a link, not gpu-boot's folder`, [`remove the link ${stateDir}, or set GPU_BOOT_STATE_DIR`]);
+      if (code === 'ENOTDIR' || code === 'ELOOP') throw new NotOursError(`the state folder ${stateDir} is not a folder`, [`remove ${stateDir}, or set GPU_BOOT_STATE_DIR`]);
+      throw new FileWriteError(`cannot open the state folder ${stateDir}: ${errnoText(error)}`);
+    }
+    const why = Number(dir.stat.uid) !== euid() ? `it belongs to uid ${dir.stat.uid}, not to gpu-boot's uid ${euid()}` : writableByOthers(dir.stat) ? 'others can write it (group or world write bit)' : undefined;
+    if (why) {
+      dir.close();
+      throw new NotOursError(`the state folder ${stateDir} is not gpu-boot's: ${why}`, [`inspect and remove ${stateDir}, or set GPU_BOOT_STATE_DIR`]);
+    }
+    return new StateDir(dir);
+  }
+
+  static create(stateDir: string): StateDir {
+    try {
+      mkdirSync(path.dirname(stateDir), { recursive: true, mode: 0o755 });
+      mkdirSync(stateDir, { mode: 0o700 });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw new FileWriteError(`cannot create the state folder ${stateDir}: ${errnoText(error)}`);
+    }
+    const opened = StateDir.open(stateDir);
+    if (!opened) throw new FileWriteError(`cannot create the state folder ${stateDir}: it vanished as it was made`);
+    return opened;
+  }
+
+  /** Where `name` is, through the handle (what PM2 reads the plan by). */
+  at(name: string): string {
+    return this.dir.at(name);
+  }
+
+  /** Temp file, fsync, rename over `name`, fsync the folder: the old content or the new, never half. */
+  writeFileAtomic(name: string, text: string, mode: number): void {
+    const temp = tempName();
+    try {
+      this.dir.createFile(temp, Buffer.from(text, 'utf8'), mode, undefined, true);
+      this.dir.rename(temp, name);
+      this.dir.fsync();
+    } catch (error) {
+      this.dir.unlinkQuietly(temp);
+      throw new FileWriteError(`cannot write ${path.join(this.path, name)}: ${errnoText(error)}`);
+    }
+  }
+
+  /** The record of written files, proven to be one this uid wrote; undefined when there is none. */
+  readRecord(): WriteRecord | undefined {
+    const where = path.join(this.path, RECORD_FILE_NAME);
+    let read;
+    try {
+      read = this.dir.readFile(RECORD_FILE_NAME);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return undefined;
+      if (code === 'ELOOP' || code === 'EFTYPE' || code === 'ENXIO') throw new NotOursError(`the record ${where} is not a regular file`, [`inspect and remove ${where}`]);
+      throw new FileWriteError(`cannot read ${where}: ${errnoText(error)}`);
+    }
+    const { stat } = read;
+    if (Number(stat.uid) !== euid() || stat.nlink !== 1n || writableByOthers(stat)) {
+      throw new NotOursError(`the record ${where} is not one gpu-boot wrote (owner uid ${stat.uid}, ${stat.nlink} link(s), mode ${(Number(stat.mode) & 0o777).toString(8)})`, [`inspect and remove ${where}`]);
+    }
+    let json: unknown;
+    try {
+      json = JSON.parse(read.text);
+    } catch {
+      throw new NotOursError(`the record ${where} is damaged (not JSON)`, [`remove the .env files it lists by hand if they are gpu-boot's, then delete ${where}`]);
+    }
+    if ((json as { version?: unknown } | null)?.version === 1) {
+      throw new NotOursError(`the record ${where} was written by an older gpu-boot, whose files cannot be proven by identity`, [`remove the .env links it lists by hand, then delete ${where}`]);
+    }
+    const parsed = RecordSchema.safeParse(json);
+    if (!parsed.success) {
+      throw new NotOursError(
+        `the record ${where} is not one gpu-boot wrote`,
+        parsed.error.issues.map((i) => `${where}: ${i.path.map(String).join('.') || '(top level)'}: ${i.message}`),
+      );
+    }
+    return parsed.data;
+  }
+
+  writeRecord(record: WriteRecord): void {
+    this.writeFileAtomic(RECORD_FILE_NAME, `${JSON.stringify(record)}\n`, 0o600);
+  }
+
+  /** Remove `name` if it is a regular file of this uid. */
+  removeOwnFile(name: string): boolean {
+    const stat = this.dir.lstat(name);
+    if (!stat?.isFile() || Number(stat.uid) !== euid()) return false;
+    return this.dir.unlinkIf(name, fileId(stat));
+  }
+
+  /** Remove the folder itself when it is empty and still the one opened. */
+  removeIfEmpty(): void {
+    try {
+      if (this.dir.names().length) return;
+      const parent = DirHandle.open(path.dirname(this.path));
+      try {
+        parent.rmdirIf(path.basename(this.path), this.dir.id);
+      } finally {
+        parent.close();
+      }
+    } catch {
+      // not empty, or gone
+    }
+  }
+
+  close(): void {
+    this.dir.close();
+  }
 }
 
 export interface NodeFile {
@@ -169,120 +273,236 @@ export async function existing(target: string): Promise<'none' | 'file' | 'link'
   }
 }
 
-/**
- * Where the contents go. `tmpfs`: in a 0700 folder on a memory file system, with
- * custom_nodes/<name>/.env a link to its file there, so no secret touches the
- * image's or the volume's disk. `in-place`: the .env itself is the file.
- */
-export type Storage = { kind: 'tmpfs'; dir: string } | { kind: 'in-place' };
-
-export interface WriteOptions {
-  storage: Storage;
-  /** The user the instances run as: files (and the tmpfs folder) belong to them. */
-  owner?: Owner;
+function kindOf(stat: { isFIFO(): boolean; isSocket(): boolean; isDirectory(): boolean }): string {
+  return stat.isFIFO() ? 'a FIFO' : stat.isSocket() ? 'a socket' : stat.isDirectory() ? 'a folder' : 'not a regular file';
 }
 
+/** Up to this many kept-aside names per node (`.env.gpu-boot-orig`, `-2`, ...) before gpu-boot refuses. */
+const MAX_BACKUPS = 20;
+
 /**
- * On tmpfs: the same temp-then-rename write, synchronously and without fsync (memory has
- * nothing to flush). Hundreds of tiny files are written far faster than through the thread pool.
+ * Every node's .env, written through handles, recorded by identity. Owns the run's secrets
+ * folder and the state folder; `wipe()` (wipe.ts) removes exactly what it put in place.
  */
-function writeMemoryFileSync(target: string, text: string, owner: Owner | undefined): void {
-  const temp = path.join(path.dirname(target), `${tempName()}`);
-  let fd: number | undefined;
-  try {
-    fd = openSync(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, FILE_MODE);
-    writeSync(fd, text);
-    if (owner) fchownSync(fd, owner.uid, owner.gid);
-    closeSync(fd);
-    fd = undefined;
-    renameSync(temp, target);
-  } catch (error) {
-    if (fd !== undefined) closeSync(fd);
+export class FileSession {
+  readonly record: WriteRecord;
+  secrets: SecretsFolder | undefined;
+  private readonly entries = new Map<string, RecordEntry>();
+
+  constructor(
+    readonly state: StateDir,
+    readonly storage: Storage,
+    readonly owner?: Owner,
+  ) {
+    this.record = { version: 2, pid: process.pid, run: thisRun(), startedAt: new Date().toISOString(), ...(owner ? { owner } : {}), files: [] };
+  }
+
+  writePlan(text: string): void {
+    this.state.writeFileAtomic(PLAN_FILE_NAME, text, 0o644);
+  }
+
+  /** The plan through the state folder's handle: PM2 (in this process) reads it there, whatever became of the path. */
+  get planFile(): string {
+    return this.state.at(PLAN_FILE_NAME);
+  }
+
+  /** Entry for a .env this session wrote. */
+  entry(file: string): RecordEntry | undefined {
+    return this.entries.get(file);
+  }
+
+  /**
+   * Write `files`: the first time for a node, keep its own .env aside and put the generated one
+   * (or a link to it) in place; for a node already written (rotation), replace the content.
+   * Two phases: everything is written and checked first, invisibly (temp names); only then is
+   * it renamed into place. A failure in the first phase leaves every current file as it was.
+   */
+  write(files: NodeFile[]): void {
+    const fresh = files.filter((f) => !this.entries.has(f.path));
+    const known = files.filter((f) => this.entries.has(f.path));
+    const opened = new Map<string, DirHandle>();
+    const undo: Array<() => void> = [];
+    const commits: Array<() => void> = [];
     try {
-      unlinkSync(temp);
-    } catch {
-      // never created
-    }
-    throw new FileWriteError(`cannot write ${target}: ${errnoText(error)}`);
-  }
-}
-
-/** Replace `linkPath` with a link to `target`, atomically: a planted file or link is replaced, never followed. */
-async function replaceWithLink(target: string, linkPath: string): Promise<void> {
-  const temp = path.join(path.dirname(linkPath), `${tempName()}`);
-  try {
-    await symlink(target, temp);
-    await rename(temp, linkPath);
-  } catch (error) {
-    await unlink(temp).catch(() => undefined);
-    throw new FileWriteError(`cannot link ${linkPath}: ${errnoText(error)}`);
-  }
-}
-
-export async function prepareStorageDir(dir: string, owner?: Owner): Promise<void> {
-  try {
-    await mkdir(dir, { recursive: true, mode: 0o700 });
-    await chmod(dir, 0o700);
-    if (owner) await chown(dir, owner.uid, owner.gid);
-  } catch (error) {
-    throw new FileWriteError(`cannot create the secrets folder ${dir}: ${errnoText(error)}`);
-  }
-}
-
-export function storageTarget(storage: Storage, file: NodeFile): string | undefined {
-  return storage.kind === 'tmpfs' ? path.join(storage.dir, `${file.node}.env`) : undefined;
-}
-
-/**
- * Write every node's file. The record listing all of them (and the backups) is
- * written first. Files are written in parallel; any failure is reported with its path.
- */
-export async function writeNodeFiles(stateDir: string, files: NodeFile[], record: WriteRecord, options: WriteOptions): Promise<void> {
-  const { storage, owner } = options;
-  const plans = await Promise.all(files.map(async (file) => ({ file, before: await existing(file.path) })));
-  const known = new Set(record.files.map((f) => f.path));
-  if (storage.kind === 'tmpfs') record.storageDir = storage.dir;
-  for (const { file, before } of plans) {
-    if (known.has(file.path)) continue;
-    const target = storageTarget(storage, file);
-    record.files.push({
-      path: file.path,
-      ...(target ? { target } : {}),
-      ...(before === 'file' || before === 'link' ? { backup: file.path + BACKUP_SUFFIX } : {}),
-    });
-  }
-  await writeRecord(stateDir, record);
-  if (storage.kind === 'tmpfs') await prepareStorageDir(storage.dir, owner);
-  // allSettled: on a failure, every other write has finished before the error goes up, so the
-  // wipe that follows cannot race a write still in flight.
-  const results = await Promise.allSettled(
-    plans.map(async ({ file, before }) => {
-      // A file already in the record is ours (a rewrite after rotation): nothing to keep aside.
-      if ((before === 'file' || before === 'link') && !known.has(file.path)) {
-        const backup = file.path + BACKUP_SUFFIX;
-        // A hard link keeps the original inode: bytes, mode and owner come back unchanged. For a
-        // symbolic link, link(2) links the link itself: it is kept as it was, never followed.
+      // Phase 0, fresh nodes: open each folder and check it before anything is written.
+      const problems: string[] = [];
+      const roots = new Map<string, string>();
+      const seen = new Map<FileId, string>();
+      for (const file of fresh) {
+        const folder = path.dirname(file.path);
+        let dir: DirHandle;
         try {
-          await link(file.path, backup);
+          dir = DirHandle.open(folder);
         } catch (error) {
-          if ((error as NodeJS.ErrnoException).code !== 'EEXIST') {
-            throw new FileWriteError(`cannot keep aside ${file.path}: ${errnoText(error)}`);
-          }
+          throw new FileWriteError(`cannot open ${folder}: ${errnoText(error)}`);
+        }
+        opened.set(file.path, dir);
+        const customNodes = path.dirname(folder);
+        let root = roots.get(customNodes);
+        if (root === undefined) {
+          root = realpathSync(customNodes);
+          roots.set(customNodes, root);
+        }
+        const real = dir.realPath();
+        if (!real.startsWith(`${root}${path.sep}`)) problems.push(`node "${file.node}": ${folder} now leads to ${real}, outside ${customNodes}; refusing to write there`);
+        if (seen.has(dir.id)) problems.push(`node "${file.node}": ${folder} is the same folder as node "${seen.get(dir.id)}"'s; two nodes cannot share one .env`);
+        seen.set(dir.id, file.node);
+        if (this.owner && !ownerMayWrite(dir.stat, this.owner)) {
+          problems.push(`node "${file.node}": ${folder} is not writable by the instances' user (uid ${this.owner.uid}); as root, gpu-boot writes only where that user could: chown it to them`);
+        }
+        const current = dir.lstat(ENV_FILE_NAME);
+        if (current && !current.isFile() && !current.isSymbolicLink()) {
+          problems.push(`node "${file.node}": ${file.path} is ${kindOf(current)}; refusing to replace it (move it away)`);
         }
       }
-      const target = storageTarget(storage, file);
-      if (target) {
-        writeMemoryFileSync(target, file.text, owner);
-        // The link lives on the workspace's disk: created through the thread pool, in parallel,
-        // which measured 40x faster than one after another on ext4 (bench/RESULTS.md).
-        await replaceWithLink(target, file.path);
-      } else {
-        // No fsync: after a power cut the next start wipes every file the (durable) record lists and
-        // writes them again, so their own durability buys nothing. 500 fsyncs cost ~100 ms here.
-        await writeFileAtomic(file.path, file.text, FILE_MODE, owner, false);
+      if (problems.length) throw new ConfigError(`cannot write the custom nodes' .env files (${problems.length} problem${problems.length === 1 ? '' : 's'})`, problems.sort());
+
+      if (this.storage.kind === 'tmpfs' && !this.secrets && fresh.length) {
+        try {
+          this.secrets = createSecretsFolder(this.storage.base, this.owner);
+        } catch (error) {
+          throw new FileWriteError(`cannot create a secrets folder in ${this.storage.base}: ${errnoText(error)}`);
+        }
+        this.record.storage = { path: this.secrets.path, id: this.secrets.dir.id };
       }
-    }),
-  );
-  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (failed) throw failed.reason;
+      const secrets = this.storage.kind === 'tmpfs' ? this.secrets : undefined;
+
+      // Phase 1, fresh nodes: keep the user's .env aside (a hard link: same inode, mode, owner), then record.
+      const newEntries: RecordEntry[] = [];
+      for (const file of fresh) {
+        const dir = opened.get(file.path)!;
+        const entry: RecordEntry = { node: file.node, path: file.path, dir: dir.id, ids: [], temps: [tempName()], ...(secrets ? { target: `${file.node}.env` } : {}) };
+        const current = dir.lstat(ENV_FILE_NAME);
+        if (current) entry.backup = this.keepAside(dir, file, fileId(current));
+        newEntries.push(entry);
+      }
+      for (const entry of newEntries) {
+        this.record.files.push(entry);
+        this.entries.set(entry.path, entry);
+      }
+      if (newEntries.length) this.state.writeRecord(this.record);
+
+      // Phase 2: every byte, under temp names; each temp's identity is recorded before it can become visible.
+      for (const file of fresh) {
+        const dir = opened.get(file.path)!;
+        const entry = this.entries.get(file.path)!;
+        const temp = entry.temps[0]!;
+        if (secrets) {
+          try {
+            secrets.dir.createFile(entry.target!, Buffer.from(file.text, 'utf8'), FILE_MODE, this.owner);
+          } catch (error) {
+            throw new FileWriteError(`cannot write ${path.join(secrets.path, entry.target!)}: ${errnoText(error)}`);
+          }
+        }
+        try {
+          if (secrets) {
+            entry.ids.push(dir.createLink(path.join(secrets.path, entry.target!), temp));
+          } else {
+            // No fsync: after a power cut the next start wipes every file the (durable) record lists
+            // and writes them again, so their own durability buys nothing.
+            entry.ids.push(dir.createFile(temp, Buffer.from(file.text, 'utf8'), FILE_MODE, this.owner));
+          }
+        } catch (error) {
+          throw new FileWriteError(`cannot ${secrets ? 'link' : 'write'} ${file.path}: ${errnoText(error)}`);
+        }
+        commits.push(() => {
+          dir.rename(temp, ENV_FILE_NAME);
+          entry.temps = [];
+        });
+      }
+      for (const file of known) {
+        const entry = this.entries.get(file.path)!;
+        const temp = tempName();
+        if (secrets && entry.target) {
+          try {
+            secrets.dir.createFile(temp, Buffer.from(file.text, 'utf8'), FILE_MODE, this.owner);
+          } catch (error) {
+            throw new FileWriteError(`cannot write ${path.join(secrets.path, entry.target)}: ${errnoText(error)}`);
+          }
+          undo.push(() => secrets.dir.unlinkQuietly(temp));
+          commits.push(() => secrets.dir.rename(temp, entry.target!));
+        } else {
+          const dir = this.reopen(entry);
+          opened.set(file.path, dir);
+          entry.temps.push(temp);
+          try {
+            entry.ids.push(dir.createFile(temp, Buffer.from(file.text, 'utf8'), FILE_MODE, this.owner));
+          } catch (error) {
+            entry.temps.pop();
+            throw new FileWriteError(`cannot write ${file.path}: ${errnoText(error)}`);
+          }
+          const newId = entry.ids.at(-1)!;
+          undo.push(() => {
+            dir.unlinkIf(temp, newId);
+            entry.ids = entry.ids.filter((i) => i !== newId);
+            entry.temps = entry.temps.filter((t) => t !== temp);
+          });
+          commits.push(() => {
+            dir.rename(temp, ENV_FILE_NAME);
+            entry.ids = [newId];
+            entry.temps = [];
+          });
+        }
+      }
+      if (fresh.length || known.some((f) => !this.entries.get(f.path)!.target)) this.state.writeRecord(this.record);
+    } catch (error) {
+      for (const step of undo.reverse()) step();
+      for (const dir of opened.values()) dir.close();
+      throw error;
+    }
+    // Phase 3: into place.
+    try {
+      for (const commit of commits) commit();
+    } catch (error) {
+      throw new FileWriteError(`cannot put the new .env files in place: ${errnoText(error)}`);
+    } finally {
+      for (const dir of opened.values()) dir.close();
+    }
+  }
+
+  /** Reopen a node folder this session wrote into, proven by its identity. */
+  private reopen(entry: RecordEntry): DirHandle {
+    const folder = path.dirname(entry.path);
+    let dir: DirHandle;
+    try {
+      dir = DirHandle.open(folder);
+    } catch (error) {
+      throw new FileWriteError(`cannot open ${folder}: ${errnoText(error)}`);
+    }
+    if (dir.id !== entry.dir) {
+      dir.close();
+      throw new FileWriteError(`${folder} is not the folder gpu-boot wrote to at start (it was replaced); not writing there`);
+    }
+    return dir;
+  }
+
+  /**
+   * Keep the current .env aside as a hard link under the first free kept-aside name: an earlier
+   * kept-aside file (left when someone edited .env during a run) is never overwritten.
+   */
+  private keepAside(dir: DirHandle, file: NodeFile, id: FileId): { name: string; id: FileId } {
+    for (let n = 1; n <= MAX_BACKUPS; n += 1) {
+      const name = `${ENV_FILE_NAME}${BACKUP_SUFFIX}${n === 1 ? '' : `-${n}`}`;
+      try {
+        dir.hardLink(ENV_FILE_NAME, name);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code === 'EEXIST') continue;
+        throw new FileWriteError(`cannot keep aside ${file.path}: ${errnoText(error)}`);
+      }
+      const kept = dir.lstat(name);
+      if (!kept || fileId(kept) !== id) {
+        dir.unlinkQuietly(name);
+        throw new FileWriteError(`${file.path} changed while being kept aside; not writing over it`);
+      }
+      return { name, id };
+    }
+    throw new ConfigError(`cannot keep aside ${file.path}`, [
+      `${path.dirname(file.path)} already holds ${MAX_BACKUPS} kept-aside copies (${ENV_FILE_NAME}${BACKUP_SUFFIX}*): keep the one you need as .env and remove the others`,
+    ]);
+  }
+
+  close(): void {
+    this.secrets?.dir.close();
+    this.state.close();
+  }
 }

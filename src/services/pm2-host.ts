@@ -1,4 +1,6 @@
 import { readFileSync, unlinkSync, writeFileSync } from 'node:fs';
+import { lstat, readFile, unlink } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
 import { createRequire } from 'node:module';
 import net from 'node:net';
 import os from 'node:os';
@@ -61,6 +63,44 @@ export function daemonAnswers(rpcSocket: string): Promise<boolean> {
     });
     socket.once('error', () => resolve(false));
   });
+}
+
+/**
+ * PM2's sockets and pid file in `pm2Home` that no daemon serves any more (its run was killed):
+ * removed only when no daemon answers on rpc.sock and the pid file names no live process.
+ * Sockets must be sockets and the pid file a regular file; links are never followed.
+ */
+export async function removeStalePm2Files(pm2Home: string): Promise<string[]> {
+  const rpc = path.join(pm2Home, 'rpc.sock');
+  if (await daemonAnswers(rpc)) return [];
+  const pidFile = path.join(pm2Home, 'pm2.pid');
+  let pid: number | undefined;
+  try {
+    pid = Number.parseInt(await readFile(pidFile, 'utf8'), 10);
+  } catch {
+    pid = undefined;
+  }
+  if (pid !== undefined && Number.isInteger(pid) && pid > 0 && pid !== process.pid) {
+    try {
+      process.kill(pid, 0);
+      return [];
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'EPERM') return [];
+    }
+  }
+  const removed: string[] = [];
+  for (const [name, isRight] of [['rpc.sock', (s: Stats) => s.isSocket()], ['pub.sock', (s: Stats) => s.isSocket()], ['pm2.pid', (s: Stats) => s.isFile()]] as const) {
+    const file = path.join(pm2Home, name);
+    try {
+      const stat = await lstat(file);
+      if (!isRight(stat) || stat.uid !== process.geteuid?.()) continue;
+      await unlink(file);
+      removed.push(file);
+    } catch {
+      // not there
+    }
+  }
+  return removed;
 }
 
 /** PM2_HOME as PM2 itself resolves it: the variable if not empty, else ~/.pm2 of the user (os.homedir()). */

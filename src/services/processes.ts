@@ -201,10 +201,12 @@ export class ProcessManager {
   /** True once this run asked PM2 to start the instances. */
   startedInstances = false;
 
-  async startFromEcosystem(stateDir: string): Promise<InstanceState[]> {
+  async startFromEcosystem(stateDir: string, planFile?: string): Promise<InstanceState[]> {
     this.startedInstances = true;
     // ecosystem.config.cjs finds plan.json here, as it does for a person running pm2 by hand.
     process.env.GPU_BOOT_STATE_DIR = stateDir;
+    // This process reads it through the state folder's handle: a folder renamed into the path's place changes nothing.
+    if (planFile) process.env.GPU_BOOT_PLAN_FILE = planFile;
     await call((cb) => this.pm2.start(this.ecosystemFile, cb));
     return this.list();
   }

@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { BootError, describeError } from '../errors.js';
 import type { SecretMasker } from '../log.js';
-import { writeNodeFiles, type NodeFile, type Owner, type Storage, type WriteRecord } from './env-files.js';
+import type { FileSession, NodeFile } from './env-files.js';
 import { nodeSummaries, prepareNodeFiles, type PreparedNodes } from './node-files.js';
 import type { InstancePlan } from './plan.js';
 import type { ProcessManager } from './processes.js';
@@ -27,9 +27,8 @@ export interface RotatorDeps {
   sourceEnv: NodeJS.ProcessEnv;
   processes: ProcessManager;
   state: BootState;
-  record: WriteRecord;
-  storage: Storage;
-  owner: Owner | undefined;
+  /** This run's files: rewritten through it (two phases: all written and checked, then renamed). */
+  files: FileSession;
   probeHost: string;
 }
 
@@ -102,7 +101,8 @@ export class Rotator {
       this.pending = reason;
       return this.running;
     }
-    this.running = this.rotate(reason).finally(() => {
+    // Nothing a rotation meets may end the boot: every failure is reported and the old files stay.
+    this.running = this.rotate(reason).catch((error: unknown) => this.fail(reason, performance.now(), `rotation failed, old files and instances kept: ${describeError(error)}`, error instanceof BootError ? error.problems : [])).finally(() => {
       this.running = undefined;
       const next = this.pending;
       this.pending = undefined;
@@ -127,12 +127,7 @@ export class Rotator {
     try {
       prepared = await prepareNodeFiles(config, this.deps.sourceEnv, this.deps.masker, logger);
     } catch (error) {
-      const problems = error instanceof BootError ? error.problems : [];
-      const message = `rotation refused, old files and instances kept: ${describeError(error)}`;
-      logger.error({ reason, problems }, message);
-      state.lastError = [message, ...problems].join('; ');
-      state.rotations.failed += 1;
-      state.lastRotation = { at: new Date().toISOString(), reason, ok: false, ms: Math.round(performance.now() - started), variables: [], files: [], instances: [], error: state.lastError };
+      this.fail(reason, started, `rotation refused, old files and instances kept: ${describeError(error)}`, error instanceof BootError ? error.problems : []);
       return;
     }
     const newValues = new Map([...prepared.resolution.variables.values()].map((v) => [v.variable, v.value]));
@@ -143,7 +138,13 @@ export class Rotator {
       this.remember(prepared);
       return;
     }
-    await writeNodeFiles(config.stateDir, changed, this.deps.record, { storage: this.deps.storage, ...(this.deps.owner ? { owner: this.deps.owner } : {}) });
+    try {
+      // All or nothing: a file that cannot be written whole (a full tmpfs) leaves every old file in place.
+      this.deps.files.write(changed);
+    } catch (error) {
+      this.fail(reason, started, `rotation failed, old files and instances kept: ${describeError(error)}`, error instanceof BootError ? error.problems : [], variables);
+      return;
+    }
     this.remember(prepared);
     state.nodes = nodeSummaries(prepared);
 
@@ -175,6 +176,14 @@ export class Rotator {
         `rotation: ${variables.length} variable(s) changed (${variables.join(', ')}), ${changed.length} file(s) rewritten, ${restarted.length} instance(s) restarted in ${ms} ms`,
       );
     }
+  }
+
+  private fail(reason: string, started: number, message: string, problems: readonly string[], variables: string[] = []): void {
+    const { logger, state } = this.deps;
+    logger.error({ reason, problems, variables }, message);
+    state.lastError = [message, ...problems].join('; ');
+    state.rotations.failed += 1;
+    state.lastRotation = { at: new Date().toISOString(), reason, ok: false, ms: Math.round(performance.now() - started), variables, files: [], instances: [], error: state.lastError };
   }
 
   private async restartOne(instance: InstancePlan): Promise<boolean> {

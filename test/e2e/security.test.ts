@@ -1,10 +1,10 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { chmod, lstat, mkdir, readdir, readFile, readlink, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, lstat, mkdir, readdir, readFile, readlink, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterEach, describe, expect, it } from 'vitest';
-import { makeWorkspace, PM2_BIN, runBoot, startBoot, tinyServerMain, type Workspace } from '../helpers/boot.js';
+import { makeWorkspace, mountTmpfs, PM2_BIN, runBoot, startBoot, tinyServerMain, type Workspace } from '../helpers/boot.js';
 
 // One canary per kind of source; each may appear only where it belongs.
 const PLAIN = 'canaryPLAIN-hf-4c1d';
@@ -65,11 +65,13 @@ describe('canaries go only where they belong', () => {
     // Each .env is a link into a 0700 folder on tmpfs; the content there is 0600.
     const link = await readlink(ws.envFile('hf_node'));
     const storage = path.dirname(link);
-    expect(storage).toMatch(new RegExp(`^${ws.tmpfs}/gpu-boot-[0-9a-f]{12}$`));
+    expect(storage).toMatch(new RegExp(`^${ws.tmpfs}/gpu-boot-[0-9a-f]{18}$`));
     expect((await stat(storage)).mode & 0o777).toBe(0o700);
+    // Marked with the run that made it, so a later run can tell when it is dead.
+    expect(JSON.parse(await readFile(path.join(storage, '.gpu-boot-run'), 'utf8'))).toMatchObject({ pid: boot.child.pid });
     expect((await lstat(ws.envFile('hf_node'))).isSymbolicLink()).toBe(true);
     expect((await stat(link)).mode & 0o777).toBe(0o600);
-    expect((await readdir(storage)).sort()).toEqual(['emprops_custom_nodes.env', 'hf_node.env', 'openai_node.env']);
+    expect((await readdir(storage)).sort()).toEqual(['.gpu-boot-run', 'emprops_custom_nodes.env', 'hf_node.env', 'openai_node.env']);
 
     // Ask PM2 every way it can tell, and save its dump, before searching.
     const jlist = await pm2(['jlist']);
@@ -166,15 +168,18 @@ describe('short values', () => {
 describe('instances as another user', () => {
   it.skipIf(process.getuid?.() !== 0)('as root with COMFYUI_USER=nobody: files owned by nobody, 0600, and the instances run as nobody', async () => {
     ws = await makeWorkspace({ nodes: ['hf_node'], manifest: { custom_nodes: [{ name: 'hf_node', env: { HF_TOKEN: '${HF_TOKEN}' } }] }, gpus: 1 });
-    // nobody must be able to reach main.py and its node folder.
+    // nobody must be able to reach main.py, and the node folder is theirs (as after `gpu-boot install` as that user).
     await chmod(ws.root, 0o755);
+    await chown(path.dirname(ws.envFile('hf_node')), Number(execFileSync('id', ['-u', 'nobody']).toString()), Number(execFileSync('id', ['-g', 'nobody']).toString()));
     const nobody = Number(execFileSync('id', ['-u', 'nobody']).toString());
     const boot = startBoot(['start'], { ...ws.env, HF_TOKEN: PLAIN, COMFYUI_USER: 'nobody' });
     await boot.waitForLog((l) => l.phase === 'ready', 'ready');
     const content = await readlink(ws.envFile('hf_node'));
     const info = await stat(content);
     expect([info.uid, info.mode & 0o777]).toEqual([nobody, 0o600]);
-    expect((await stat(path.dirname(content))).uid).toBe(nobody);
+    // The folder stays root's (nobody cannot rename, replace or add entries), reachable through nobody's group only.
+    const folder = await stat(path.dirname(content));
+    expect([folder.uid, folder.gid, folder.mode & 0o777]).toEqual([0, Number(execFileSync('id', ['-g', 'nobody']).toString()), 0o710]);
     const pid = (boot.logs().find((l) => l.phase === 'pm2-start')!.instances as Array<{ pid: number }>)[0]!.pid;
     const status = await readFile(`/proc/${pid}/status`, 'utf8');
     expect(status).toMatch(new RegExp(`^Uid:\\s+${nobody}\\s`, 'm'));
@@ -194,16 +199,6 @@ describe('instances as another user', () => {
   });
 });
 
-/** Mount a small tmpfs (root only); returns false where mounting is not allowed. */
-function mountTmpfs(dir: string, options: string): boolean {
-  try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', options, 'tmpfs', dir], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 describe('a full or read-only disk', () => {
   it.skipIf(process.getuid?.() !== 0)('a full secrets folder fails with exit 73 naming the path, and leaves no partial state', async (ctx) => {
     ws = await makeWorkspace({
@@ -217,7 +212,7 @@ describe('a full or read-only disk', () => {
     try {
       const result = await runBoot(['start'], { ...ws.env, HF_TOKEN: PLAIN, BIG: 'y'.repeat(64 * 1024), SECRETS_TMPFS: small });
       expect(result.exitCode).toBe(73);
-      expect(result.stderr).toMatch(/cannot write .*small\/gpu-boot-[0-9a-f]{12}\/[ab]_node\.env: no space left on the device/);
+      expect(result.stderr).toMatch(/cannot write .*small\/gpu-boot-[0-9a-f]{18}\/[ab]_node\.env: no space left on the device/);
       for (const node of ['a_node', 'b_node']) expect(existsSync(ws.envFile(node))).toBe(false);
       expect(await filesUnder(small)).toEqual([]);
       expect(existsSync(path.join(ws.stateDir, 'written-files.json'))).toBe(false);

@@ -1,4 +1,5 @@
 import { chmod, cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -115,6 +116,16 @@ export async function makeWorkspace(options: WorkspaceOptions): Promise<Workspac
       await rm(tmpfs, { recursive: true, force: true });
     },
   };
+}
+
+/** Mount a small tmpfs (root only); returns false where mounting is not allowed. */
+export function mountTmpfs(dir: string, options: string): boolean {
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', options, 'tmpfs', dir], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Running: the pid exists and is not a zombie (an exited process that a PID 1 has not reaped yet runs nothing). */
