@@ -102,6 +102,21 @@ export type RawSettings = z.infer<typeof EnvSchema>;
 /** The names the schema reads: the README and --help must document exactly these. */
 export const SETTING_NAMES: readonly string[] = Object.keys(EnvSchema.shape);
 
+/** The basic process variables: who and where the process is. Never a secret. */
+export const PROCESS_VARIABLES: readonly string[] = ['HOME', 'PATH', 'USER', 'LOGNAME', 'SHELL', 'PWD', 'LANG', 'LANGUAGE', 'TZ', 'TERM', 'HOSTNAME', 'TMPDIR'];
+
+const NEVER_SECRET = new Set([...SETTING_NAMES, ...PROCESS_VARIABLES]);
+
+/**
+ * gpu-boot's own settings and the basic process variables (LC_* included) are never secrets, even when
+ * the manifest references them: never withheld from the instances, never masked in logs, never
+ * refused as too short to mask.
+ */
+export function isNeverSecret(name: string): boolean {
+  // The locale categories: LC_ALL, LC_CTYPE, LC_MESSAGES... (LC_ALL_FILE is not one).
+  return NEVER_SECRET.has(name) || /^LC_[A-Z]+$/.test(name);
+}
+
 export interface Config {
   gpuMode: 'actual' | 'mock';
   numGpusHint: number | undefined;
@@ -165,7 +180,7 @@ export const SETTINGS_DOC: ReadonlyArray<{ name: string; default: string; doc: s
   { name: 'NVIDIA_SMI_TIMEOUT_MS', default: '10000', doc: 'nvidia-smi is killed after this long' },
   { name: 'LOG_LEVEL', default: 'info', doc: LOG_LEVELS.join(', ') },
   { name: 'PM2_HOME', default: '~/.pm2', doc: 'PM2\'s folder (socket, logs); `pm2 ls` with the same value lists the instances' },
-  { name: 'SECRETS_TMPFS', default: 'auto', doc: '`auto`: .env contents live on a tmpfs (/dev/shm, else /run), each .env a link to its file; `off`: files in place; or a folder' },
+  { name: 'SECRETS_TMPFS', default: 'auto', doc: '`auto`: .env contents live on a tmpfs (/dev/shm, else /run), in a fresh folder per run, each .env a link to its file; `off`: files in place; or a folder to make that run folder in' },
   { name: 'COMFYUI_USER', default: 'owner of COMFYUI_PATH', doc: 'when gpu-boot runs as root: the user (name or uid) the instances run as and the .env files belong to' },
   { name: 'HEALTH_PORT', default: '9090', doc: 'port of the health server (/health, /ready, /status, /metrics); 0 turns it off' },
   { name: 'HEALTH_BIND', default: '0.0.0.0', doc: 'address the health server listens on' },
@@ -174,8 +189,10 @@ export const SETTINGS_DOC: ReadonlyArray<{ name: string; default: string; doc: s
   { name: 'ALLOW_SHORT_SECRETS', default: '(none)', doc: 'variables (comma-separated, or `*`) whose values may be shorter than 4 characters, which cannot be masked in logs' },
 ];
 
-/** Parse every setting; all problems are reported together, each naming its variable, never a value. */
-export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config {
+type SettingsResult = ReturnType<typeof EnvSchema.safeParse>;
+
+/** The schema's verdict; in actual mode a malformed platform hint is dropped with a warning. */
+function readSettings(env: NodeJS.ProcessEnv): { parsed: SettingsResult; warnings: string[] } {
   let parsed = EnvSchema.safeParse(env);
   // In actual mode NUM_GPUS and GPU_MEMORY_GB are only the platform's hints and detection decides:
   // a malformed hint is a warning, not a reason to refuse a machine whose GPUs work.
@@ -192,11 +209,37 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
       parsed = EnvSchema.safeParse(withoutBadHints);
     }
   }
+  return { parsed, warnings };
+}
+
+/** Parse every setting; all problems are reported together, each naming its variable, never a value. */
+export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config {
+  const { parsed, warnings } = readSettings(env);
   if (!parsed.success) {
     const problems = parsed.error.issues.map((issue) => `${issue.path.join('.') || 'environment'}: ${issue.message}`);
     throw new ConfigError(`invalid configuration (${problems.length} problem${problems.length === 1 ? '' : 's'})`, problems);
   }
-  const s = parsed.data;
+  return toConfig(parsed.data, warnings, cwd);
+}
+
+/**
+ * The configuration with every invalid setting at its default: after loadConfig refused the
+ * environment, `check` and `start` still read the manifest and the secrets with it, so that one
+ * report lists every problem. Never used to start anything.
+ */
+export function loadConfigBestEffort(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config {
+  let trial: NodeJS.ProcessEnv = { ...env };
+  for (;;) {
+    const { parsed, warnings } = readSettings(trial);
+    if (parsed.success) return toConfig(parsed.data, warnings, cwd);
+    const invalid = parsed.error.issues.map((i) => String(i.path[0])).filter((name) => trial[name] !== undefined);
+    // Defaults that still clash (a kill timeout against a short SHUTDOWN_TIMEOUT_MS): every default, then.
+    if (invalid.length === 0) trial = {};
+    for (const name of invalid) delete trial[name];
+  }
+}
+
+function toConfig(s: RawSettings, warnings: string[], cwd: string): Config {
   const abs = (p: string): string => path.resolve(cwd, p);
   const workspacePath = abs(s.WORKSPACE_PATH);
   const comfyuiPath = abs(s.COMFYUI_PATH ?? path.join(workspacePath, 'ComfyUI'));

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { parseArgs } from 'node:util';
-import { SETTINGS_DOC, loadConfig, type Config } from './config.js';
-import { BootError, ExitCode, UsageError, describeError } from './errors.js';
+import { SETTINGS_DOC, loadConfig, loadConfigBestEffort, type Config } from './config.js';
+import { BootError, ConfigError, ExitCode, UsageError, describeError } from './errors.js';
 import { SecretMasker, createLogger } from './log.js';
 import { environmentSnapshot } from './env-snapshot.js';
 import type { Logger } from 'pino';
@@ -11,13 +11,13 @@ const COMMANDS = {
   check: 'pre-flight: validate configuration, manifest, secrets and GPUs; print a masked report; start and write nothing (exit 0 or 78)',
   detect: 'print the GPUs found (--json: only the JSON on stdout, logs on stderr)',
   plan: 'print the PM2 apps that start would run (JSON, no secrets)',
-  wipe: 'remove every .env a previous run left (after a crash), restoring what they replaced',
+  wipe: 'remove every .env a previous run left (after a crash), restoring what they replaced; also dead runs\' secrets folders, a dead run\'s plan and PM2\'s stale sockets',
   demo: 'run start on the shipped demo workspace: mock GPUs, a ComfyUI stand-in, fake secrets',
   install: 'build time: clone each manifest node with a url at its branch or commit, pip install its requirements, run its custom_script; refuses to run with secrets set',
 } as const;
 type Command = keyof typeof COMMANDS;
 
-const EXIT_CODES = `exit codes: 0 ok, 1 install failed, 64 usage, 69 no GPU (GPU_MODE=actual), 70 internal error, 73 cannot write, 74 I/O or PM2 failure, 75 another gpu-boot runs on this workspace, 78 configuration, manifest or secret error`;
+const EXIT_CODES = `exit codes: 0 ok, 1 install failed, 64 usage, 65 state folder or record not gpu-boot's (nothing touched), 69 no GPU (GPU_MODE=actual), 70 internal error, 73 cannot write, 74 I/O or PM2 failure, 75 another gpu-boot runs on this workspace, 78 configuration, manifest or secret error`;
 
 function mainHelp(): string {
   const width = Math.max(...SETTINGS_DOC.map((s) => s.name.length));
@@ -75,6 +75,28 @@ function reportError(error: unknown, logger: Logger | undefined, masker: SecretM
   return code;
 }
 
+/**
+ * An invalid configuration must not hide the manifest's and the secrets' problems: they are checked
+ * with the valid settings and the default of each invalid one, and added to the same report.
+ * Nothing is written: prepareNodeFiles only reads.
+ */
+async function withLaterProblems(error: ConfigError, env: NodeJS.ProcessEnv, masker: SecretMasker, logger: Logger): Promise<ConfigError> {
+  const { prepareNodeFiles } = await import('./services/node-files.js');
+  const later: string[] = [];
+  try {
+    await prepareNodeFiles(loadConfigBestEffort(env), env, masker, logger);
+  } catch (laterError) {
+    if (!(laterError instanceof BootError)) throw laterError;
+    later.push(...(laterError.problems.length ? laterError.problems : [laterError.message]));
+  }
+  if (later.length === 0) return error;
+  const count = (n: number): string => `${n} problem${n === 1 ? '' : 's'}`;
+  return new ConfigError(
+    `invalid configuration (${count(error.problems.length)}), and ${count(later.length)} in the manifest and secrets (checked with the default of each invalid setting)`,
+    [...error.problems, ...later],
+  );
+}
+
 export async function main(argv: string[]): Promise<number> {
   const masker = new SecretMasker();
   let logger: Logger | undefined;
@@ -100,6 +122,10 @@ export async function main(argv: string[]): Promise<number> {
       config = loadConfig(env);
     } catch (error) {
       logger = await createLogger({ level: 'info', masker, fd: quietStdout ? 2 : 1 });
+      // The manifest and the secrets are still checked: one report lists every problem.
+      if (error instanceof ConfigError && (command === 'start' || command === 'check' || command === 'demo')) {
+        throw await withLaterProblems(error, env, masker, logger);
+      }
       throw error;
     }
     logger = await createLogger({ level: config.logLevel, masker, fd: quietStdout ? 2 : 1 });

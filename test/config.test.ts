@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { loadConfig, type Config } from '../src/config.js';
+import { isNeverSecret, loadConfig, loadConfigBestEffort, SETTING_NAMES, type Config } from '../src/config.js';
 import { BootError, ConfigError } from '../src/errors.js';
 
 function configError(env: NodeJS.ProcessEnv): ConfigError {
@@ -245,5 +245,46 @@ describe('platform hints in actual mode', () => {
 
   it('other problems are still reported', () => {
     expect(configError({ NUM_GPUS: '0', COMFYUI_PORT_START: '0' }).problems).toEqual(['COMFYUI_PORT_START: must be at least 1']);
+  });
+});
+
+describe('loadConfigBestEffort: the valid settings, and the default of each invalid one', () => {
+  it('keeps the valid settings and puts defaults in place of the invalid ones', () => {
+    const config = loadConfigBestEffort({ WORKSPACE_PATH: '/ws', COMFYUI_PORT_START: 'abc', GPU_MODE: 'gpu', CUSTOM_NODES_CONFIG: '/m.json', ALLOW_SHORT_SECRETS: 'A' });
+    expect(config).toEqual({
+      ...DEFAULTS,
+      workspacePath: '/ws',
+      comfyuiPath: '/ws/ComfyUI',
+      customNodesPath: '/ws/ComfyUI/custom_nodes',
+      manifestPath: '/m.json',
+      manifestExplicit: true,
+      stateDir: '/ws/.gpu-boot',
+      allowShortSecrets: new Set(['A']),
+    });
+  });
+
+  it('gives up a pair of settings that clash even at their defaults', () => {
+    // COMFYUI_KILL_TIMEOUT_MS at its default (5000) still leaves no room in a 2000 ms budget.
+    const config = loadConfigBestEffort({ COMFYUI_KILL_TIMEOUT_MS: '9000', SHUTDOWN_TIMEOUT_MS: '2000', WORKSPACE_PATH: '/ws' });
+    expect([config.killTimeoutMs, config.shutdownTimeoutMs]).toEqual([5000, 8000]);
+  });
+
+  it('is loadConfig on a valid environment', () => {
+    expect(loadConfigBestEffort({ GPU_MODE: 'mock', NUM_GPUS: '3' })).toEqual(loadConfig({ GPU_MODE: 'mock', NUM_GPUS: '3' }));
+  });
+});
+
+describe('isNeverSecret', () => {
+  it('is true for every setting the schema reads and the basic process variables', () => {
+    expect(SETTING_NAMES).toContain('WORKSPACE_PATH');
+    for (const name of [...SETTING_NAMES, 'HOME', 'PATH', 'USER', 'LOGNAME', 'SHELL', 'PWD', 'LANG', 'LANGUAGE', 'LC_ALL', 'LC_CTYPE', 'TZ', 'TERM', 'HOSTNAME', 'TMPDIR']) {
+      expect({ name, neverSecret: isNeverSecret(name) }).toEqual({ name, neverSecret: true });
+    }
+  });
+
+  it('is false for anything else', () => {
+    for (const name of ['HF_TOKEN', 'STAGE', 'HOME_FILE', 'PATH_ENCODED', 'LC_ALL_FILE', 'home', 'LC_']) {
+      expect({ name, neverSecret: isNeverSecret(name) }).toEqual({ name, neverSecret: false });
+    }
   });
 });

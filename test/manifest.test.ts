@@ -2,7 +2,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { loadManifest, ManifestError, parseManifest, parseTemplate, referencedVariables } from '../src/services/manifest.js';
+import { loadManifest, ManifestError, parseManifest, parseTemplate, readManifestText, referencedVariables } from '../src/services/manifest.js';
 
 let dir: string;
 beforeEach(() => {
@@ -27,6 +27,8 @@ async function manifestErrorOf(fn: () => unknown): Promise<ManifestError> {
 }
 
 const manifestText = (nodes: unknown): string => JSON.stringify({ custom_nodes: nodes });
+
+const TOO_LONG = 'is longer than 251 bytes of UTF-8 (its .env content file is named <name>.env, and a file name has at most 255 bytes)';
 
 describe('parseTemplate', () => {
   it('reads plain text as one text part', () => {
@@ -171,7 +173,7 @@ describe('parseManifest', () => {
     ['a node name is .', manifestText([{ name: '.' }]), [`${MANIFEST}: custom_nodes.0.name: must not be . or ..`]],
     ['a node name is absolute', manifestText([{ name: '/etc' }]), [`${MANIFEST}: custom_nodes.0.name: must be a folder name, without / or \\`]],
     ['a node name is empty', manifestText([{ name: '' }]), [`${MANIFEST}: custom_nodes.0.name: is empty`]],
-    ['a node name is too long', manifestText([{ name: 'n'.repeat(256) }]), [`${MANIFEST}: custom_nodes.0.name: is longer than 255 characters`]],
+    ['a node name is too long', manifestText([{ name: 'n'.repeat(256) }]), [`${MANIFEST}: custom_nodes.0.name: ${TOO_LONG}`]],
     ['a node name has a newline', manifestText([{ name: 'a\nb' }]), [`${MANIFEST}: custom_nodes.0.name: must not contain control characters`]],
     ['a node has no name', manifestText([{ env: {} }]), [`${MANIFEST}: custom_nodes.0.name: Invalid input: expected string, received undefined`]],
     [
@@ -317,5 +319,155 @@ describe('process_env', () => {
     expect(() => parseManifest(JSON.stringify({ custom_nodes: [{ name: 'n', env: { A: 'x' }, process_env: ['HF_TOKEN'] }] }), '/m.json')).toThrow(
       expect.objectContaining({ problems: ['/m.json: node "n" process_env: HF_TOKEN is not a key of its env'] }),
     );
+  });
+});
+
+describe('strict JSON: what JSON.parse accepts silently is refused, with its line and column and none of the text', () => {
+  const RESERVED = '(__proto__, constructor and prototype are reserved names in JavaScript)';
+  const LAST = 'JSON.parse would keep only the last one, silently';
+
+  it.each([
+    [
+      'two "env" keys in one entry',
+      '{"custom_nodes": [\n  {"name": "n", "env": {"A": "1"},\n   "env": {"B": "2"}}\n]}',
+      [`${MANIFEST}: custom_nodes.0: duplicate key "env" at line 3, column 4 (first at line 2, column 17); ${LAST}`],
+    ],
+    [
+      'two identical keys inside "env"',
+      '{"custom_nodes": [{"name": "n", "env": {\n  "TOKEN": "${A}",\n  "TOKEN": "${B}"\n}}]}',
+      [`${MANIFEST}: custom_nodes.0.env: duplicate key "TOKEN" at line 3, column 3 (first at line 2, column 3); ${LAST}`],
+    ],
+    [
+      'two "custom_nodes"',
+      '{"custom_nodes": [],\n "custom_nodes": [{"name": "n"}]}',
+      [`${MANIFEST}: (top level): duplicate key "custom_nodes" at line 2, column 2 (first at line 1, column 2); ${LAST}`],
+    ],
+    [
+      'two "name" keys, and a key three times',
+      '{"custom_nodes": [{"name": "a", "name": "b", "env": {"K": "1", "K": "2", "K": "3"}}]}',
+      [
+        `${MANIFEST}: custom_nodes.0: duplicate key "name" at line 1, column 33 (first at line 1, column 20); ${LAST}`,
+        `${MANIFEST}: custom_nodes.0.env: duplicate key "K" at line 1, column 64 (first at line 1, column 54); ${LAST}`,
+        `${MANIFEST}: custom_nodes.0.env: duplicate key "K" at line 1, column 74 (first at line 1, column 54); ${LAST}`,
+      ],
+    ],
+    ['__proto__ at the top level', '{"__proto__": {"x": 1}, "custom_nodes": []}', [`${MANIFEST}: (top level): key "__proto__" at line 1, column 2 is not allowed ${RESERVED}`]],
+    [
+      '__proto__ in an entry',
+      '{"custom_nodes": [{"name": "n", "__proto__": {"env": {"K": "v"}}}]}',
+      [`${MANIFEST}: custom_nodes.0: key "__proto__" at line 1, column 33 is not allowed ${RESERVED}`],
+    ],
+    [
+      '__proto__, constructor and prototype in env',
+      '{"custom_nodes": [{"name": "n", "env": {"__proto__": "a", "constructor": "b", "prototype": "c"}}]}',
+      [
+        `${MANIFEST}: custom_nodes.0.env: key "__proto__" at line 1, column 41 is not allowed ${RESERVED}`,
+        `${MANIFEST}: custom_nodes.0.env: key "constructor" at line 1, column 59 is not allowed ${RESERVED}`,
+        `${MANIFEST}: custom_nodes.0.env: key "prototype" at line 1, column 79 is not allowed ${RESERVED}`,
+      ],
+    ],
+    ['constructor in a nested object another tool reads', '{"custom_nodes": [{"name": "n", "extra": [{"constructor": 1}]}]}', [`${MANIFEST}: custom_nodes.0.extra.0: key "constructor" at line 1, column 44 is not allowed ${RESERVED}`]],
+  ])('refuses %s', async (_name, text, problems) => {
+    // What JSON.parse makes of it: no error at all.
+    expect(() => JSON.parse(text) as unknown).not.toThrow();
+    const error = await manifestErrorOf(() => parseManifest(text, MANIFEST));
+    expect(error.message).toBe(`manifest ${MANIFEST} has the wrong shape`);
+    expect(error.problems).toEqual(problems);
+  });
+
+  it.each([
+    ['an unclosed list', '{"custom_nodes": [', 'line 1, column 19 (the text ends before the JSON does)'],
+    ['an unexpected character on line 3', '{\n  "custom_nodes": [\n    {"name": secret-canary-77}\n  ]\n}', 'line 3, column 14 (unexpected character)'],
+    ['a trailing comma', '{"custom_nodes": [],\n}', 'line 2, column 1 (unexpected token)'],
+    ['a comment', '{"custom_nodes": []} // secret-canary-77', 'line 1, column 22 (unexpected character)'],
+    ['a raw tab inside a string', '{"custom_nodes": [{"name": "n", "env": {"K": "secret\tcanary-77"}}]}', 'line 1, column 53 (a control character inside a string: write it as an escape, such as \\n or \\t)'],
+    ['a raw newline inside a string', '{"custom_nodes": [{"name": "n",\n "env": {"K": "secret\ncanary-77"}}]}', 'line 2, column 22 (a control character inside a string: write it as an escape, such as \\n or \\t)'],
+    ['text after the JSON', '{"custom_nodes": []} x', 'line 1, column 22 (unexpected character)'],
+    ['an empty file', '', 'line 1, column 1 (the text ends before the JSON does)'],
+  ])('refuses %s as not JSON, with the line and column only', async (_name, text, where) => {
+    const error = await manifestErrorOf(() => parseManifest(text, MANIFEST));
+    expect(error.message).toBe(`manifest ${MANIFEST} is not valid JSON`);
+    expect(error.problems).toEqual([`${MANIFEST}: not valid JSON at ${where}`]);
+    expect(error.problems.join('\n')).not.toContain('secret');
+    expect(error.problems.join('\n')).not.toContain('canary');
+  });
+
+  it('accepts a UTF-8 byte order mark (as Node\'s JSON module loader does)', async () => {
+    const text = `\ufeff${manifestText([{ name: 'n', env: { K: '${V}' } }])}`;
+    expect(() => JSON.parse(text) as unknown).toThrow();
+    const expected = { path: MANIFEST, nodes: [{ name: 'n', env: [{ key: 'K', template: [{ kind: 'ref', variable: 'V' }] }], processEnv: [] }] };
+    expect(parseManifest(text, MANIFEST)).toEqual(expected);
+    const file = path.join(dir, 'bom.json');
+    writeFileSync(file, Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(manifestText([{ name: 'n', env: { K: '${V}' } }]))]));
+    await expect(loadManifest(file)).resolves.toEqual({ ...expected, path: file });
+  });
+
+  it('refuses invalid UTF-8 with the byte offset and the line, instead of reading U+FFFD into a .env', async () => {
+    const file = path.join(dir, 'latin1.json');
+    const before = Buffer.from('{"custom_nodes": [\n  {"name": "n", "env": {"K": "caf');
+    writeFileSync(file, Buffer.concat([before, Buffer.from([0xe9]), Buffer.from('-secret"}}\n]}')]));
+    const error = await manifestErrorOf(() => loadManifest(file));
+    expect(error.message).toBe(`manifest ${file} is not valid UTF-8`);
+    expect(error.problems).toEqual([`${file}: not valid UTF-8 at byte offset ${before.length} (line 2)`]);
+    expect(error.problems.join('\n')).not.toContain('secret');
+  });
+
+  it.each([
+    ['a lone continuation byte', [0x80], 0],
+    ['a truncated sequence at the end', [0xe2, 0x82], 0],
+    ['an overlong encoding', [0xc0, 0xaf], 0],
+    ['a UTF-16 surrogate encoded in UTF-8', [0xed, 0xa0, 0x80], 0],
+  ])('finds the offset of %s after valid multi-byte text', async (_name, bad, at) => {
+    const file = path.join(dir, 'bad.json');
+    const before = Buffer.from('{"custom_nodes": [{"name": "日本", "env": {"K": "\ufffd🚀');
+    writeFileSync(file, Buffer.concat([before, Buffer.from(bad), Buffer.from('"}}]}')]));
+    const error = await manifestErrorOf(() => loadManifest(file));
+    expect(error.problems).toEqual([`${file}: not valid UTF-8 at byte offset ${before.length + at} (line 1)`]);
+  });
+});
+
+describe('node name length, in bytes: <name>.env must fit in 255 bytes', () => {
+  it('accepts 251 ASCII characters', () => {
+    const name = 'n'.repeat(251);
+    expect(parseManifest(manifestText([{ name }]), MANIFEST).nodes.map((n) => n.name)).toEqual([name]);
+  });
+
+  it('refuses 252 ASCII characters, saying the limit and why', async () => {
+    const error = await manifestErrorOf(() => parseManifest(manifestText([{ name: 'n'.repeat(252) }]), MANIFEST));
+    expect(error.problems).toEqual([`${MANIFEST}: custom_nodes.0.name: ${TOO_LONG}`]);
+  });
+
+  it('refuses a multi-byte name of fewer than 251 characters but more than 251 bytes', async () => {
+    const name = 'é'.repeat(126);
+    expect([name.length, Buffer.byteLength(name)]).toEqual([126, 252]);
+    const error = await manifestErrorOf(() => parseManifest(manifestText([{ name }]), MANIFEST));
+    expect(error.problems).toEqual([`${MANIFEST}: custom_nodes.0.name: ${TOO_LONG}`]);
+    // 125 of them (250 bytes) and one ASCII character: 251 bytes, accepted.
+    expect(parseManifest(manifestText([{ name: `${'é'.repeat(125)}x` }]), MANIFEST).nodes).toHaveLength(1);
+  });
+});
+
+describe('not_secret', () => {
+  it('lists variables that are not secrets', () => {
+    const manifest = parseManifest(JSON.stringify({ not_secret: ['STAGE', 'CLOUD_PROVIDER'], custom_nodes: [{ name: 'n', env: { B: 'models-${STAGE}' } }] }), MANIFEST);
+    expect(manifest.notSecret).toEqual(['STAGE', 'CLOUD_PROVIDER']);
+  });
+
+  it.each([
+    ['a string', '"STAGE"', [`${MANIFEST}: not_secret: must be a list of variable names`]],
+    ['a bad name and a number', '["STAGE", "1X", 3]', [`${MANIFEST}: not_secret.1: is not a valid variable name (letters, digits, _; not starting with a digit)`, `${MANIFEST}: not_secret.2: must be a variable name`]],
+  ])('refuses %s', async (_name, list, problems) => {
+    const error = await manifestErrorOf(() => parseManifest(`{"custom_nodes": [], "not_secret": ${list}}`, MANIFEST));
+    expect(error.problems).toEqual(problems);
+  });
+});
+
+describe('readManifestText keeps the valid entries beside the problems of the others', () => {
+  it('leaves out each entry with a problem, and every entry when custom_nodes itself is wrong', () => {
+    const text = '{"custom_nodes": [{"name": "a", "env": {"K": "1", "K": "2"}}, {"name": "b", "env": {"L": "${B}"}}, {"name": "c", "env": 5}, {"name": "d", "env": {"M": "${"}}]}';
+    const reading = readManifestText(text, MANIFEST);
+    expect(reading.manifest.nodes.map((n) => n.name)).toEqual(['b']);
+    expect(reading.problems).toHaveLength(3);
+    expect(readManifestText('{"custom_nodes": [], "custom_nodes": [{"name": "b"}]}', MANIFEST).manifest.nodes).toEqual([]);
   });
 });

@@ -1,11 +1,11 @@
-import { lstat, readFile } from 'node:fs/promises';
+import { lstat } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import type { Config } from '../config.js';
 import { BootError, ConfigError, ExitCode } from '../errors.js';
-import { loadManifest, referencedVariables } from './manifest.js';
+import { loadManifest, readManifestFile, referencedVariables } from './manifest.js';
 
 /**
  * `install`, for build time: clone each manifest entry that has a `url` into
@@ -99,7 +99,8 @@ export async function runInstall(config: Config, env: NodeJS.ProcessEnv, logger:
       setSecrets.map((name) => `${name} is set`),
     );
   }
-  const parsed = InstallManifest.safeParse(JSON.parse(await readFile(config.manifestPath, 'utf8')));
+  // Already validated by loadManifest (strict JSON, UTF-8); a byte order mark is dropped as there.
+  const parsed = InstallManifest.safeParse(JSON.parse((await readManifestFile(config.manifestPath)).replace(/^\uFEFF/, '')));
   if (!parsed.success) {
     throw new ConfigError(
       `manifest ${config.manifestPath} has install fields of the wrong type`,

@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs/promises';
+import { parse as parseJson, type DocumentNode, type ValueNode } from '@humanwhocodes/momoa';
 import { z } from 'zod';
 
 /**
@@ -9,11 +10,17 @@ import { z } from 'zod';
 
 export const VARIABLE_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
+/** The longest node name, in bytes of UTF-8: `<name>.env` must fit in a file name's 255 bytes. */
+export const MAX_NODE_NAME_BYTES = 255 - '.env'.length;
+
 /** A node name is one folder under custom_nodes: no separators, no dot-names, no control characters. */
 const NodeName = z
   .string()
   .min(1, { error: 'is empty' })
-  .max(255, { error: 'is longer than 255 characters' })
+  // Its content file on tmpfs is `<name>.env`, and a file name holds at most 255 bytes (NAME_MAX).
+  .refine((n) => Buffer.byteLength(n, 'utf8') <= MAX_NODE_NAME_BYTES, {
+    error: `is longer than ${MAX_NODE_NAME_BYTES} bytes of UTF-8 (its .env content file is named <name>.env, and a file name has at most 255 bytes)`,
+  })
   .refine((n) => !n.includes('/') && !n.includes('\\'), { error: 'must be a folder name, without / or \\' })
   .refine((n) => n !== '.' && n !== '..', { error: 'must not be . or ..' })
   // eslint-disable-next-line no-control-regex
@@ -39,8 +46,16 @@ const NodeEntry = z.looseObject({
   process_env: z.array(z.string({ error: 'must be a list of key names' }), { error: 'must be a list of key names' }).optional(),
 });
 
+/** The top level; each entry is checked on its own (NodeEntry), so that one bad entry does not hide the others. */
 const ManifestSchema = z.looseObject({
-  custom_nodes: z.array(NodeEntry, { error: 'must be a list of nodes' }),
+  custom_nodes: z.array(z.unknown(), { error: 'must be a list of nodes' }),
+  /** Variables the manifest references that are not secrets: neither masked in logs nor withheld from the instances. */
+  not_secret: z
+    .array(
+      z.string({ error: 'must be a variable name' }).regex(VARIABLE_NAME, { error: 'is not a valid variable name (letters, digits, _; not starting with a digit)' }),
+      { error: 'must be a list of variable names' },
+    )
+    .optional(),
 });
 
 export type TemplatePart = { kind: 'text'; text: string } | { kind: 'ref'; variable: string; fallback?: string };
@@ -56,6 +71,8 @@ export interface NodeSpec {
 export interface Manifest {
   path: string;
   nodes: NodeSpec[];
+  /** The manifest's `not_secret` list, when it has one. */
+  notSecret?: string[];
 }
 
 export class ManifestError extends Error {
@@ -100,65 +117,238 @@ export function parseTemplate(value: string): TemplatePart[] {
   return parts;
 }
 
-export function parseManifest(text: string, manifestPath: string): Manifest {
-  let json: unknown;
+/** Where something is in the manifest: 1-based line and column, as editors count them. */
+interface Position {
+  line: number;
+  column: number;
+}
+
+const at = (p: Position): string => `line ${p.line}, column ${p.column}`;
+
+/** The line and column of a character offset (UTF-16 units, as in the parser's locations). */
+function positionOf(text: string, offset: number): Position {
+  const before = text.slice(0, offset);
+  return { line: before.split('\n').length, column: offset - before.lastIndexOf('\n') };
+}
+
+/** Keys that mean something to JavaScript objects: never a manifest's business, and `__proto__` was dropped silently. */
+const RESERVED_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
+
+/** A problem found while reading the JSON, with the path of the object it is in. */
+interface JsonProblem {
+  /** The object the key is in. */
+  path: Array<string | number>;
+  key: string;
+  message: string;
+}
+
+const pathText = (p: ReadonlyArray<string | number>): string => (p.length ? p.map(String).join('.') : '(top level)');
+
+/**
+ * Strict JSON (RFC 8259) through momoa, the value built from its syntax tree. Refused, each with its
+ * line and column and none of the text: a syntax error (thrown), a raw control character in a string
+ * (JSON.parse refuses it too; thrown), the same key twice in one object (JSON.parse keeps the last
+ * silently) and `__proto__`, `constructor` or `prototype` as a key (returned as problems).
+ */
+function parseStrictJson(text: string, manifestPath: string): { value: unknown; problems: JsonProblem[] } {
+  const invalid = (where: Position, why: string): ManifestError =>
+    new ManifestError(`manifest ${manifestPath} is not valid JSON`, [`${manifestPath}: not valid JSON at ${at(where)} (${why})`]);
+  let document: DocumentNode;
   try {
-    json = JSON.parse(text);
+    document = parseJson(text, { mode: 'json', ranges: false, tokens: false });
   } catch (error) {
-    // JSON.parse's message quotes the text around the error; the manifest could hold a pasted secret.
-    const position = /position (\d+)/.exec((error as Error).message)?.[1];
-    let where = '';
-    if (position !== undefined) {
-      const before = text.slice(0, Number(position));
-      const line = before.split('\n').length;
-      where = ` at line ${line}, column ${Number(position) - before.lastIndexOf('\n')}`;
-    }
-    throw new ManifestError(`manifest ${manifestPath} is not valid JSON`, [`${manifestPath}: not valid JSON${where}`]);
+    // momoa's message quotes the offending character: only its kind and place are kept.
+    const { line, column } = error as { line?: unknown; column?: unknown };
+    if (typeof line !== 'number' || typeof column !== 'number') throw error;
+    const kind = (error as Error).constructor.name;
+    if (kind === 'UnexpectedEOF') throw invalid(positionOf(text, text.length), 'the text ends before the JSON does');
+    throw invalid({ line, column }, kind === 'UnexpectedToken' ? 'unexpected token' : 'unexpected character');
   }
-  const parsed = ManifestSchema.safeParse(json);
+  const problems: JsonProblem[] = [];
+  const build = (node: ValueNode, where: Array<string | number>): unknown => {
+    switch (node.type) {
+      case 'Object': {
+        const object: Record<string, unknown> = {};
+        const first = new Map<string, Position>();
+        for (const member of node.members) {
+          const key = member.name.type === 'String' ? member.name.value : member.name.name;
+          const position = member.name.loc.start;
+          if (RESERVED_KEYS.has(key)) {
+            problems.push({ path: where, key, message: `key ${JSON.stringify(key)} at ${at(position)} is not allowed (__proto__, constructor and prototype are reserved names in JavaScript)` });
+            continue;
+          }
+          const earlier = first.get(key);
+          if (earlier) {
+            problems.push({ path: where, key, message: `duplicate key ${JSON.stringify(key)} at ${at(position)} (first at ${at(earlier)}); JSON.parse would keep only the last one, silently` });
+            continue;
+          }
+          first.set(key, position);
+          object[key] = build(member.value, [...where, key]);
+        }
+        return object;
+      }
+      case 'Array':
+        return node.elements.map((element, index) => build(element.value, [...where, index]));
+      case 'String': {
+        // eslint-disable-next-line no-control-regex
+        const raw = /[\u0000-\u001f]/.exec(text.slice(node.loc.start.offset, node.loc.end.offset));
+        if (raw) throw invalid(positionOf(text, node.loc.start.offset + raw.index), 'a control character inside a string: write it as an escape, such as \\n or \\t');
+        return node.value;
+      }
+      case 'Number':
+      case 'Boolean':
+        return node.value;
+      case 'Null':
+        return null;
+      default:
+        // NaN and Infinity exist only in momoa's JSON5 mode.
+        throw invalid(node.loc.start, 'unexpected token');
+    }
+  };
+  const value = build(document.body, []);
+  return { value, problems };
+}
+
+/**
+ * What could be read of a manifest: its valid entries, and every problem. An entry with a problem is
+ * left out of `manifest.nodes`, so that the other entries' secrets can still be checked and reported
+ * in the same report; when custom_nodes itself is wrong, no entry is kept.
+ */
+export interface ManifestReading {
+  manifest: Manifest;
+  problems: string[];
+  /** The message of the ManifestError these problems make. */
+  message: string;
+}
+
+const UTF8_BOM = '\ufeff';
+
+export function readManifestText(text: string, manifestPath: string): ManifestReading {
+  // A UTF-8 byte order mark is accepted and dropped, as Node's own JSON module loader does.
+  const { value, problems: jsonProblems } = parseStrictJson(text.startsWith(UTF8_BOM) ? text.slice(1) : text, manifestPath);
   const problems: string[] = [];
-  if (!parsed.success) {
-    for (const issue of parsed.error.issues) {
-      const where = issue.path.length ? issue.path.map(String).join('.') : '(top level)';
-      problems.push(`${manifestPath}: ${where}: ${issue.message}`);
-    }
-    throw new ManifestError(`manifest ${manifestPath} has the wrong shape`, problems);
+  const badEntries = new Set<number>();
+  let unusable = false;
+  // Which entry a problem at `where` belongs to: a problem inside custom_nodes but outside any entry spoils them all.
+  const blame = (where: ReadonlyArray<string | number>, key: string): void => {
+    if (where[0] === 'custom_nodes' && typeof where[1] === 'number') badEntries.add(where[1]);
+    else if (where[0] === 'custom_nodes' || (where.length === 0 && key === 'custom_nodes')) unusable = true;
+  };
+  for (const problem of jsonProblems) {
+    problems.push(`${manifestPath}: ${pathText(problem.path)}: ${problem.message}`);
+    blame(problem.path, problem.key);
   }
+
+  const top = ManifestSchema.safeParse(value);
+  let shapeProblems = false;
+  const entries: unknown[] = [];
+  let notSecret: string[] | undefined;
+  if (!top.success) {
+    shapeProblems = true;
+    for (const issue of top.error.issues) {
+      problems.push(`${manifestPath}: ${pathText(issue.path as Array<string | number>)}: ${issue.message}`);
+      if (issue.path[0] !== 'not_secret') unusable = true;
+    }
+    // not_secret problems alone leave the entries readable.
+    const nodes = (value as { custom_nodes?: unknown } | null)?.custom_nodes;
+    if (!unusable && Array.isArray(nodes)) entries.push(...nodes);
+  } else {
+    entries.push(...top.data.custom_nodes);
+    notSecret = top.data.not_secret;
+  }
+
   const nodes: NodeSpec[] = [];
   const seen = new Set<string>();
-  parsed.data.custom_nodes.forEach((entry, index) => {
-    if (seen.has(entry.name)) problems.push(`${manifestPath}: custom_nodes.${index}: node "${entry.name}" is listed twice`);
+  entries.forEach((raw, index) => {
+    const parsed = NodeEntry.safeParse(raw);
+    if (!parsed.success) {
+      shapeProblems = true;
+      badEntries.add(index);
+      for (const issue of parsed.error.issues) {
+        problems.push(`${manifestPath}: ${pathText(['custom_nodes', index, ...(issue.path as Array<string | number>)])}: ${issue.message}`);
+      }
+      return;
+    }
+    const entry = parsed.data;
+    let valid = !badEntries.has(index);
+    if (seen.has(entry.name)) {
+      problems.push(`${manifestPath}: custom_nodes.${index}: node "${entry.name}" is listed twice`);
+      valid = false;
+    }
     seen.add(entry.name);
     const env: NodeSpec['env'] = [];
-    for (const [key, value] of Object.entries(entry.env ?? {})) {
+    for (const [key, text] of Object.entries(entry.env ?? {})) {
       try {
-        env.push({ key, template: parseTemplate(value) });
+        env.push({ key, template: parseTemplate(text) });
       } catch (error) {
         problems.push(`${manifestPath}: node "${entry.name}" key ${key}: ${(error as Error).message}`);
+        valid = false;
       }
     }
     const processEnv = entry.process_env ?? [];
     for (const key of processEnv) {
       if (!(entry.env && key in entry.env)) {
         problems.push(`${manifestPath}: node "${entry.name}" process_env: ${key} is not a key of its env`);
+        valid = false;
       }
     }
-    nodes.push({ name: entry.name, env, processEnv });
+    if (valid) nodes.push({ name: entry.name, env, processEnv });
   });
-  if (problems.length) throw new ManifestError(`manifest ${manifestPath} has errors`, problems);
-  return { path: manifestPath, nodes };
+  const manifest: Manifest = { path: manifestPath, nodes: unusable ? [] : nodes, ...(notSecret ? { notSecret } : {}) };
+  const message = `manifest ${manifestPath} ${shapeProblems || jsonProblems.length ? 'has the wrong shape' : 'has errors'}`;
+  return { manifest, problems, message };
 }
 
-export async function loadManifest(manifestPath: string): Promise<Manifest> {
-  let text: string;
+export function parseManifest(text: string, manifestPath: string): Manifest {
+  const reading = readManifestText(text, manifestPath);
+  if (reading.problems.length) throw new ManifestError(reading.message, reading.problems);
+  return reading.manifest;
+}
+
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/** The byte offset of the first byte that is not valid UTF-8 (the text is known to be invalid). */
+function firstInvalidByte(bytes: Uint8Array): number {
+  // The lenient decoder replaces each invalid sequence by U+FFFD; every character before the first is valid and
+  // takes exactly its own encoded length.
+  let offset = 0;
+  for (const char of new TextDecoder('utf-8', { ignoreBOM: true }).decode(bytes)) {
+    const length = Buffer.byteLength(char, 'utf8');
+    if (char === '\ufffd' && !(bytes[offset] === 0xef && bytes[offset + 1] === 0xbf && bytes[offset + 2] === 0xbd)) return offset;
+    offset += length;
+  }
+  return offset;
+}
+
+/** The manifest's text: read as bytes, refused (with the byte offset and line) unless valid UTF-8. */
+export async function readManifestFile(manifestPath: string): Promise<string> {
+  let bytes: Buffer;
   try {
-    text = await readFile(manifestPath, 'utf8');
+    bytes = await readFile(manifestPath);
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code ?? 'error';
     const why = code === 'ENOENT' ? 'does not exist' : code === 'EISDIR' ? 'is a folder' : `cannot be read (${code})`;
     throw new ManifestError(`manifest ${manifestPath} ${why}`, [`CUSTOM_NODES_CONFIG: ${manifestPath} ${why}`]);
   }
-  return parseManifest(text, manifestPath);
+  try {
+    return utf8.decode(bytes);
+  } catch {
+    // Decoded leniently, each bad byte would become U+FFFD and end up in a .env.
+    const offset = firstInvalidByte(bytes);
+    const line = bytes.subarray(0, offset).filter((b) => b === 0x0a).length + 1;
+    throw new ManifestError(`manifest ${manifestPath} is not valid UTF-8`, [`${manifestPath}: not valid UTF-8 at byte offset ${offset} (line ${line})`]);
+  }
+}
+
+/** Read and parse the manifest: its valid entries and every problem; a ManifestError when it cannot be read at all (missing, not UTF-8, not JSON). */
+export async function loadManifestReading(manifestPath: string): Promise<ManifestReading> {
+  return readManifestText(await readManifestFile(manifestPath), manifestPath);
+}
+
+export async function loadManifest(manifestPath: string): Promise<Manifest> {
+  const reading = await loadManifestReading(manifestPath);
+  if (reading.problems.length) throw new ManifestError(reading.message, reading.problems);
+  return reading.manifest;
 }
 
 /** Every variable the manifest refers to, sorted. */

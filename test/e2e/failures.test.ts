@@ -1,6 +1,6 @@
-import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, lstatSync, readdirSync } from 'node:fs';
+import { mkdir, rename, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { runBoot, type Workspace } from '../helpers/boot.js';
@@ -101,9 +101,11 @@ describe('start refuses bad input with exit 78, naming the variable, printing no
 
   it('reports every bad setting at once', async () => {
     const w = await workspace();
-    const result = await runBoot(['start'], { ...w.env, GPU_MODE: 'gpu', COMFYUI_PORT_START: 'abc', NUM_GPUS: '0' });
+    // The secrets are there: only the settings are wrong.
+    const result = await runBoot(['start'], { ...w.env, GPU_MODE: 'gpu', COMFYUI_PORT_START: 'abc', NUM_GPUS: '0', HF_TOKEN: CANARY, AZURE_STORAGE_KEY: CANARY });
     expect(result.exitCode).toBe(78);
-    expect(result.stderr).toContain('invalid configuration (3 problems)');
+    expect(result.stderr).toContain('gpu-boot: error: invalid configuration (3 problems)\n');
+    expect(result.stderr).not.toContain(CANARY);
     expect(result.stderr).toContain('- GPU_MODE: must be "actual" or "mock"');
     expect(result.stderr).toContain('- COMFYUI_PORT_START: expected a whole number');
     expect(result.stderr).toContain('- NUM_GPUS: must be at least 1');
@@ -181,5 +183,138 @@ describe('an unreadable secret file', () => {
     expect(result.exitCode).toBe(78);
     expect(result.stdout).toContain(`  - HF_TOKEN_FILE: ${token} is not readable (permission denied)`);
     expect(result.stdout + result.stderr).not.toContain(CANARY);
+  });
+});
+
+/** Nothing written: no .env, no file in the state folder (if there is one at all), no PM2. */
+function expectNoFiles(w: Workspace): void {
+  expectNothingWritten(w);
+  expect(existsSync(w.stateDir) ? readdirSync(w.stateDir) : []).toEqual([]);
+  expect(existsSync(w.tmpfs) ? readdirSync(w.tmpfs) : []).toEqual([]);
+}
+
+/** The two-node manifest with two "env" keys in the first entry (JSON.parse would keep the second). */
+const DUPLICATE_ENV =
+  '{"custom_nodes": [\n' +
+  '  {"name": "emprops_custom_nodes", "env": {"AZURE_STORAGE_KEY": "${AZURE_STORAGE_KEY}"},\n' +
+  '   "env": {"CLOUD_PROVIDER": "azure"}},\n' +
+  '  {"name": "hf_node", "env": {"HF_TOKEN": "${HF_TOKEN}"}}\n' +
+  ']}\n';
+
+describe('manifest and node-folder defects: start and check refuse them with exit 78, writing nothing', () => {
+  const manifestFile = (w: Workspace) => path.join(w.workspace, 'config_nodes.json');
+  const cases: Array<{ name: string; arrange: (w: Workspace) => Promise<void>; problem: (w: Workspace) => string }> = [
+    {
+      name: 'two "env" keys in one entry',
+      arrange: (w) => writeFile(manifestFile(w), DUPLICATE_ENV),
+      problem: (w) => `${manifestFile(w)}: custom_nodes.0: duplicate key "env" at line 3, column 4 (first at line 2, column 36); JSON.parse would keep only the last one, silently`,
+    },
+    {
+      name: 'a __proto__ key',
+      arrange: (w) => writeFile(manifestFile(w), '{"custom_nodes": [{"name": "hf_node", "env": {"HF_TOKEN": "${HF_TOKEN}", "__proto__": "x"}}]}'),
+      problem: (w) => `${manifestFile(w)}: custom_nodes.0.env: key "__proto__" at line 1, column 74 is not allowed (__proto__, constructor and prototype are reserved names in JavaScript)`,
+    },
+    {
+      name: 'invalid UTF-8 in the manifest',
+      arrange: (w) =>
+        writeFile(manifestFile(w), Buffer.concat([Buffer.from('{"custom_nodes": [\n{"name": "hf_node", "env": {"HF_TOKEN": "caf'), Buffer.from([0xe9]), Buffer.from('"}}]}')])),
+      problem: (w) => `${manifestFile(w)}: not valid UTF-8 at byte offset 63 (line 2)`,
+    },
+    {
+      name: 'a node name of 252 bytes',
+      arrange: async (w) => {
+        await mkdir(path.join(w.nodes, 'n'.repeat(252)));
+        await writeFile(manifestFile(w), JSON.stringify({ custom_nodes: [{ name: 'n'.repeat(252), env: { HF_TOKEN: '${HF_TOKEN}' } }] }));
+      },
+      problem: (w) =>
+        `${manifestFile(w)}: custom_nodes.0.name: is longer than 251 bytes of UTF-8 (its .env content file is named <name>.env, and a file name has at most 255 bytes)`,
+    },
+    {
+      name: 'a node folder that is a link to another entry\'s',
+      arrange: async (w) => {
+        await rename(path.join(w.nodes, 'hf_node'), path.join(w.root, 'hf_node_moved'));
+        await symlink('emprops_custom_nodes', path.join(w.nodes, 'hf_node'));
+      },
+      problem: (w) =>
+        `node "hf_node": ${path.join(w.nodes, 'hf_node')} is the same folder as node "emprops_custom_nodes"'s (${path.join(w.nodes, 'emprops_custom_nodes')}), through a symbolic link; both would write the same .env`,
+    },
+    {
+      name: 'a .env that is a FIFO',
+      arrange: async (w) => {
+        execFileSync('mkfifo', [w.envFile('hf_node')]);
+      },
+      problem: (w) => `node "hf_node": ${w.envFile('hf_node')} is a FIFO (named pipe), not a file or a link; move it away (gpu-boot would replace it)`,
+    },
+  ];
+
+  for (const c of cases) {
+    it(c.name, async () => {
+      const w = await workspace();
+      await c.arrange(w);
+      const fifo = c.name.includes('FIFO');
+      // The FIFO case: `existsSync(.env)` is true for it, so only the other files are checked, and the FIFO is still one.
+      const expectUntouched = () => {
+        if (fifo) {
+          expect(lstatSync(w.envFile('hf_node')).isFIFO()).toBe(true);
+          expect(existsSync(w.envFile('emprops_custom_nodes'))).toBe(false);
+          expect(existsSync(w.stateDir) ? readdirSync(w.stateDir) : []).toEqual([]);
+          expect(existsSync(w.tmpfs) ? readdirSync(w.tmpfs) : []).toEqual([]);
+          expect(existsSync(path.join(w.pm2Home, 'pm2.pid'))).toBe(false);
+        } else {
+          expectNoFiles(w);
+        }
+      };
+      const env = { ...w.env, HF_TOKEN: CANARY, AZURE_STORAGE_KEY: CANARY };
+      const checked = await runBoot(['check'], env);
+      expect(checked.exitCode).toBe(78);
+      expect(checked.stdout.split('\n')).toContain(`  - ${c.problem(w)}`);
+      expect(checked.stdout + checked.stderr).not.toContain(CANARY);
+      expectUntouched();
+      const started = await runBoot(['start'], env);
+      expect(started.exitCode).toBe(78);
+      expect(started.stderr.split('\n')).toContain(`  - ${c.problem(w)}`);
+      expect(started.stdout + started.stderr).not.toContain(CANARY);
+      expectUntouched();
+    });
+  }
+
+  it('accepts a manifest that starts with a UTF-8 byte order mark', async () => {
+    const w = await workspace();
+    await writeFile(manifestFile(w), `\ufeff${JSON.stringify({ custom_nodes: [{ name: 'hf_node', env: { HF_TOKEN: '${HF_TOKEN}' } }] })}`);
+    const checked = await runBoot(['check'], { ...w.env, HF_TOKEN: CANARY });
+    expect(checked.exitCode).toBe(0);
+    expect(checked.stdout).toContain(`  hf_node -> ${w.envFile('hf_node')}`);
+  });
+});
+
+describe('every problem in one report', () => {
+  it('an invalid setting, a duplicate key in one entry and a missing secret in another: all three, exit 78, nothing written', async () => {
+    const w = await workspace();
+    await writeFile(path.join(w.workspace, 'config_nodes.json'), DUPLICATE_ENV);
+    const expected = [
+      'gpu-boot: error: invalid configuration (1 problem), and 2 problems in the manifest and secrets (checked with the default of each invalid setting)',
+      '  - COMFYUI_PORT_START: expected a whole number',
+      `  - ${path.join(w.workspace, 'config_nodes.json')}: custom_nodes.0: duplicate key "env" at line 3, column 4 (first at line 2, column 36); JSON.parse would keep only the last one, silently`,
+      '  - node "hf_node" key HF_TOKEN: required variable HF_TOKEN is not set (looked for HF_TOKEN, HF_TOKEN_FILE, HF_TOKEN_ENCODED)',
+    ].join('\n');
+    for (const command of ['check', 'start']) {
+      const result = await runBoot([command], { ...w.env, COMFYUI_PORT_START: 'abc', AZURE_STORAGE_KEY: CANARY });
+      expect({ command, exitCode: result.exitCode }).toEqual({ command, exitCode: 78 });
+      // The whole report: these four lines and nothing after them (execa drops the last newline).
+      expect(result.stderr.endsWith(expected)).toBe(true);
+      expect(result.stderr).toContain(expected);
+      expect(result.stdout + result.stderr).not.toContain(CANARY);
+      expectNoFiles(w);
+    }
+  });
+
+  it('with valid settings, a bad entry does not hide the secret problems of the other entries', async () => {
+    const w = await workspace();
+    await writeFile(path.join(w.workspace, 'config_nodes.json'), DUPLICATE_ENV);
+    const result = await runBoot(['start'], { ...w.env, AZURE_STORAGE_KEY: CANARY });
+    expect(result.exitCode).toBe(78);
+    expect(result.stderr.split('\n')).toContain("gpu-boot: error: cannot prepare the custom nodes' .env files (2 problems)");
+    expect(result.stderr).toContain('  - node "hf_node" key HF_TOKEN: required variable HF_TOKEN is not set');
+    expectNoFiles(w);
   });
 });
