@@ -223,27 +223,31 @@ async function boot(gpus, nodes) {
 
 /** The cost of writing and wiping N nodes' files alone (no boot around it), on tmpfs and in place. */
 async function fileCost(nodes, storageKind) {
-  const { writeNodeFiles } = await import(path.join(ROOT, 'dist', 'services', 'env-files.js'));
-  const { wipeRecordedFiles } = await import(path.join(ROOT, 'dist', 'services', 'wipe.js'));
+  const { FileSession, StateDir } = await import(path.join(ROOT, 'dist', 'services', 'env-files.js'));
+  const { wipeRecord } = await import(path.join(ROOT, 'dist', 'services', 'wipe.js'));
   const { renderEnvFile } = await import(path.join(ROOT, 'dist', 'services', 'dotenv-format.js'));
   const root = mkdtempSync(path.join(os.tmpdir(), 'gpu-boot-bench-files-'));
   const shm = path.join('/dev/shm', path.basename(root));
+  mkdirSync(shm);
+  mkdirSync(path.join(root, 'custom_nodes'));
   const files = [];
   for (let n = 0; n < nodes; n += 1) {
-    mkdirSync(path.join(root, `node_${n}`));
+    mkdirSync(path.join(root, 'custom_nodes', `node_${n}`));
     const entries = Array.from({ length: 5 }, (_, k) => ({ key: `KEY_${k}`, value: `bench-secret-${n}-${k}-${'x'.repeat(24)}` }));
-    files.push({ node: `node_${n}`, path: path.join(root, `node_${n}`, '.env'), text: renderEnvFile(`node_${n}`, entries) });
+    files.push({ node: `node_${n}`, path: path.join(root, 'custom_nodes', `node_${n}`, '.env'), text: renderEnvFile(`node_${n}`, entries) });
   }
-  const storage = storageKind === 'tmpfs' ? { kind: 'tmpfs', dir: path.join(shm, 'store') } : { kind: 'in-place' };
+  const storage = storageKind === 'tmpfs' ? { kind: 'tmpfs', base: shm } : { kind: 'in-place' };
   const write = [];
   const wipe = [];
   for (let r = 0; r < FILE_ROUNDS + 1; r += 1) {
     let started = now();
-    await writeNodeFiles(path.join(root, 'state'), files, { version: 1, pid: process.pid, startedAt: '', files: [] }, { storage });
+    const session = new FileSession(StateDir.create(path.join(root, 'state')), storage, undefined);
+    session.write(files);
     write.push(now() - started);
     started = now();
-    await wipeRecordedFiles(path.join(root, 'state'));
+    wipeRecord(session.state, session.record, session.secrets ? { secrets: session.secrets.dir } : {});
     wipe.push(now() - started);
+    session.close();
   }
   rmSync(root, { recursive: true, force: true });
   rmSync(shm, { recursive: true, force: true });

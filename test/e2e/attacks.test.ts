@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs';
 import { chmod, lstat, mkdir, readdir, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { pythonForAnyUser } from '../helpers/python.js';
 import { getJson, makeWorkspace, mountTmpfs, runBoot, startBoot, waitFor, type Workspace } from '../helpers/boot.js';
 
 /**
@@ -20,6 +21,9 @@ const isRoot = process.getuid?.() === 0;
 
 function ensureUser(): { uid: number; gid: number } | string {
   if (!isRoot) return 'not root: cannot create a user or act as one';
+  const { python, reason } = pythonForAnyUser();
+  if (!python) return reason!;
+  anyUserPython = python;
   if (spawnSync('id', ['-u', USER]).status !== 0) {
     const made = spawnSync('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', USER], { encoding: 'utf8' });
     if (made.status !== 0) return `useradd failed: ${made.stderr.trim()}`;
@@ -28,6 +32,7 @@ function ensureUser(): { uid: number; gid: number } | string {
 }
 
 let attacker: { uid: number; gid: number } | undefined;
+let anyUserPython = 'python3';
 let skipReason = '';
 beforeAll(() => {
   const made = ensureUser();
@@ -62,7 +67,7 @@ async function hostileWorkspace(): Promise<{ w: Workspace; victim: string; env: 
   await writeFile(path.join(victim, '.env'), 'ROOT_ONLY=1\n', { mode: 0o600 });
   await mkdir(w.tmpfs, { mode: 0o1777 });
   await chmod(w.tmpfs, 0o1777);
-  return { w, victim, env: { ...w.env, HF_TOKEN: SECRET, COMFYUI_USER: USER } };
+  return { w, victim, env: { ...w.env, HF_TOKEN: SECRET, COMFYUI_USER: USER, COMFYUI_PYTHON: anyUserPython } };
 }
 
 /** Names, bytes, modes, owners and inodes of every entry: equal before and after, or the attack worked. */

@@ -59,10 +59,19 @@ describe('lifecycle', () => {
     const boot = startBoot(['start'], env);
     await boot.waitForLog((l) => l.phase === 'ready', 'ready');
     const orphan = (boot.logs().find((l) => l.phase === 'pm2-start')!.instances as Array<{ pid: number }>)[0]!.pid;
+    const folder = path.dirname(await readlink(ws.envFile('hf_node')));
     boot.child.kill('SIGKILL');
     await boot.child;
+    // What a killed run leaves: its plan, PM2's sockets and pid file, its secrets folder.
+    for (const left of [path.join(ws.stateDir, 'plan.json'), path.join(ws.pm2Home, 'rpc.sock'), path.join(ws.pm2Home, 'pub.sock'), path.join(ws.pm2Home, 'pm2.pid'), folder]) {
+      expect(existsSync(left)).toBe(true);
+    }
     const wipe = await runBoot(['wipe'], env);
     expect(wipe.exitCode).toBe(0);
+    for (const left of [path.join(ws.stateDir, 'plan.json'), path.join(ws.pm2Home, 'rpc.sock'), path.join(ws.pm2Home, 'pub.sock'), path.join(ws.pm2Home, 'pm2.pid'), folder, ws.stateDir]) {
+      expect(existsSync(left)).toBe(false);
+    }
+    expect(wipe.stdout).toContain(`removed PM2's stale rpc.sock, pub.sock, pm2.pid`);
     expect(wipe.stdout).toContain(`stopped 1 instance(s) that an earlier run (pid ${boot.child.pid}) left running`);
     expect(wipe.stdout).toContain('wiped 1 file(s), restored 0');
     expect(alive(orphan)).toBe(false);

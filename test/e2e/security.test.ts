@@ -4,6 +4,7 @@ import { chmod, chown, lstat, mkdir, readdir, readFile, readlink, stat, writeFil
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterEach, describe, expect, it } from 'vitest';
+import { pythonForAnyUser } from '../helpers/python.js';
 import { makeWorkspace, mountTmpfs, PM2_BIN, runBoot, startBoot, tinyServerMain, type Workspace } from '../helpers/boot.js';
 
 // One canary per kind of source; each may appear only where it belongs.
@@ -166,13 +167,15 @@ describe('short values', () => {
 });
 
 describe('instances as another user', () => {
-  it.skipIf(process.getuid?.() !== 0)('as root with COMFYUI_USER=nobody: files owned by nobody, 0600, and the instances run as nobody', async () => {
+  it.skipIf(process.getuid?.() !== 0)('as root with COMFYUI_USER=nobody: files owned by nobody, 0600, and the instances run as nobody', async (ctx) => {
     ws = await makeWorkspace({ nodes: ['hf_node'], manifest: { custom_nodes: [{ name: 'hf_node', env: { HF_TOKEN: '${HF_TOKEN}' } }] }, gpus: 1 });
     // nobody must be able to reach main.py, and the node folder is theirs (as after `gpu-boot install` as that user).
     await chmod(ws.root, 0o755);
     await chown(path.dirname(ws.envFile('hf_node')), Number(execFileSync('id', ['-u', 'nobody']).toString()), Number(execFileSync('id', ['-g', 'nobody']).toString()));
     const nobody = Number(execFileSync('id', ['-u', 'nobody']).toString());
-    const boot = startBoot(['start'], { ...ws.env, HF_TOKEN: PLAIN, COMFYUI_USER: 'nobody' });
+    const { python, reason } = pythonForAnyUser();
+    if (!python) return ctx.skip(reason);
+    const boot = startBoot(['start'], { ...ws.env, HF_TOKEN: PLAIN, COMFYUI_USER: 'nobody', COMFYUI_PYTHON: python });
     await boot.waitForLog((l) => l.phase === 'ready', 'ready');
     const content = await readlink(ws.envFile('hf_node'));
     const info = await stat(content);
