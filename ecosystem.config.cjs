@@ -17,12 +17,32 @@ function planFile() {
   return path.join(stateDir, 'plan.json');
 }
 
+// As root, the plan decides what runs and as whom: only a plan (and a folder) no other user can
+// write is used, never through a link, never a FIFO. A plan planted in a workspace the instances'
+// user can write would otherwise run its script as root.
+function readPlanText(file) {
+  const euid = process.geteuid ? process.geteuid() : -1;
+  if (euid !== 0) return fs.readFileSync(file, 'utf8');
+  const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+  try {
+    const stat = fs.fstatSync(fd);
+    const folder = fs.statSync(path.dirname(file));
+    if (!stat.isFile()) throw Object.assign(new Error('not a regular file'), { code: 'EFTYPE' });
+    if (stat.uid !== 0 || (stat.mode & 0o022) !== 0 || folder.uid !== 0 || (folder.mode & 0o022) !== 0) {
+      throw Object.assign(new Error(`not root's alone (file uid ${stat.uid}, folder uid ${folder.uid}, or writable by others): refused as root`), { code: 'not gpu-boot\'s' });
+    }
+    return fs.readFileSync(fd, 'utf8');
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 function loadPlan() {
   const file = planFile();
   try {
-    return JSON.parse(fs.readFileSync(file, 'utf8'));
+    return JSON.parse(readPlanText(file));
   } catch (error) {
-    throw new Error(`ecosystem.config.cjs: cannot read the plan ${file} (${error.code || error.message}); run \`gpu-boot plan\` or start gpu-boot first`);
+    throw new Error(`ecosystem.config.cjs: cannot read the plan ${file} (${error.code ? `${error.code}: ${error.message}` : error.message}); run \`gpu-boot plan\` or start gpu-boot first`);
   }
 }
 

@@ -1,9 +1,9 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, lstatSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import type { Config } from './config.js';
-import { BootError, ExitCode, describeError } from './errors.js';
+import { BootError, ConfigError, ExitCode, describeError } from './errors.js';
 import type { SecretMasker } from './log.js';
 import { detectGpus, type GpuDetection } from './services/hardware.js';
 import { FileSession, StateDir } from './services/env-files.js';
@@ -94,6 +94,24 @@ export async function computePlan(ctx: RunContext): Promise<Plan> {
 }
 
 /**
+ * As root, gpu-boot reads pid files in PM2_HOME, kills what they name and serves PM2's sockets
+ * there: a PM2_HOME another user can write (or swap, as a link) would aim all that. Refused (78).
+ */
+function checkPm2Home(pm2Home: string): void {
+  if (process.geteuid?.() !== 0) return;
+  let stat;
+  try {
+    stat = lstatSync(pm2Home);
+  } catch {
+    return; // PM2 makes it, as root
+  }
+  const why = stat.isSymbolicLink() ? 'is a link' : !stat.isDirectory() ? 'is not a folder' : stat.uid !== 0 ? `belongs to uid ${stat.uid}` : (stat.mode & 0o022) !== 0 ? 'is writable by others' : undefined;
+  if (why) {
+    throw new ConfigError('invalid configuration', [`PM2_HOME: ${pm2Home} ${why}; as root, gpu-boot runs PM2 there and stops the processes its pid files name: use a folder only root can write`]);
+  }
+}
+
+/**
  * Is the run that wrote a record alive? Its pid, start time and boot tell; from another pid
  * namespace (a restarted container on the same volume) only a live node process at its pid does.
  */
@@ -114,6 +132,7 @@ function runMayBeAlive(run: RunId): boolean {
  * refused before anything is touched (exit 65). Shared by the recover phase and `wipe`.
  */
 async function cleanLeftovers(ctx: RunContext, failure: (pid: number) => string): Promise<{ pid?: number; removed: number; restored: number; orphans: number[]; folders: string[] }> {
+  checkPm2Home(pm2HomeOf(process.env));
   const state = StateDir.open(ctx.config.stateDir);
   try {
     const record = state?.readRecord();

@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, type BigIntStats } from 'node:fs';
 import { chmod, link, lstat, mkdir, mkdtemp, readdir, readFile, readlink, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -8,6 +8,7 @@ import { loadConfig } from '../src/config.js';
 import { HEADER } from '../src/services/dotenv-format.js';
 import { FileSession, NotOursError, StateDir, type NodeFile } from '../src/services/env-files.js';
 import { wipeRecord } from '../src/services/wipe.js';
+import { ownerMayWrite } from '../src/services/owned.js';
 import { chooseStorage, createSecretsFolder, RUN_MARKER, sweepDeadRuns, type Storage } from '../src/services/storage.js';
 import { captureLogger } from './helpers/logger.js';
 
@@ -209,6 +210,27 @@ describe('FileSession and wipeRecord', () => {
     s.close();
   });
 
+  it('a write that fails leaves no trace of the nodes it wrote for the first time: the next write starts them afresh', async () => {
+    const a = await nodeFile('a', 'A="1"\n');
+    const s = session();
+    s.write([a]);
+    const c = await nodeFile('c', 'C="1"\n');
+    await writeFile(c.path, 'MINE=1\n');
+    // a's folder is replaced: its rewrite fails after c was prepared.
+    await rename(path.join(nodes, 'a'), path.join(root, 'a-away'));
+    await mkdir(path.join(nodes, 'a'));
+    expect(() => s.write([{ ...a, text: `${HEADER}\nA="2"\n` }, c])).toThrow(/not the folder gpu-boot wrote to at start/);
+    expect((await readdir(path.join(nodes, 'c'))).sort()).toEqual(['.env']);
+    expect(await readFile(c.path, 'utf8')).toBe('MINE=1\n');
+    expect(s.record.files.map((e) => e.node)).toEqual(['a']);
+    expect(StateDir.open(stateDir)!.readRecord()!.files.map((e) => e.node)).toEqual(['a']);
+    s.write([c]);
+    expect(await readFile(c.path, 'utf8')).toBe(c.text);
+    expect(wipeRecord(s.state, s.record).restored).toBe(1);
+    expect(await readFile(c.path, 'utf8')).toBe('MINE=1\n');
+    s.close();
+  });
+
   it('a node folder replaced during the run is not wiped into', async () => {
     const f = await nodeFile('a', 'A="1"\n');
     const s = session();
@@ -299,5 +321,21 @@ describe('chooseStorage', () => {
     expect(await chooseStorage(config('off'), logger)).toEqual({ kind: 'in-place' });
     expect(await chooseStorage(config(path.join(root, 'mine')), logger)).toEqual({ kind: 'tmpfs', base: path.join(root, 'mine') });
     expect(lines.map((l) => JSON.parse(l).msg)).toEqual([`SECRETS_TMPFS=${path.join(root, 'mine')} is not a memory file system: secrets will be on disk there`]);
+  });
+});
+
+describe("ownerMayWrite: what the instances' user could do there", () => {
+  const st = (mode: number, uid: number, gid: number) => ({ mode: BigInt(mode), uid: BigInt(uid), gid: BigInt(gid) }) as unknown as BigIntStats;
+  const owner = { uid: 1000, gid: 1000 };
+  it.each([
+    ['their own 0755 folder', st(0o40755, 1000, 1000), true],
+    ['their own 0555 folder', st(0o40555, 1000, 1000), false],
+    ['root\'s 0775 folder of their group', st(0o40775, 0, 1000), true],
+    ['root\'s sticky 1775 folder of their group', st(0o41775, 0, 1000), false],
+    ['root\'s 0755 folder', st(0o40755, 0, 0), false],
+    ['root\'s 0777 folder', st(0o40777, 0, 0), true],
+    ['root\'s sticky 1777 folder', st(0o41777, 0, 0), false],
+  ])('%s: %s', (_name, stat, expected) => {
+    expect(ownerMayWrite(stat, owner)).toBe(expected);
   });
 });

@@ -26,12 +26,9 @@ export const RECORD_FILE_NAME = 'written-files.json';
 export const PLAN_FILE_NAME = 'plan.json';
 export const FILE_MODE = 0o600;
 
-/** Temp names: unique per process and unguessable (O_EXCL guards the rest); a counter, not randomBytes per file. */
-const TEMP_RUN = `${process.pid}-${randomBytes(6).toString('hex')}`;
-let tempCounter = 0;
+/** Temp names: each one unguessable, even from another one seen in a node folder (O_EXCL guards the rest). */
 function tempName(): string {
-  tempCounter += 1;
-  return `${TEMP_PREFIX}${TEMP_RUN}-${tempCounter}`;
+  return `${TEMP_PREFIX}${randomBytes(9).toString('hex')}`;
 }
 
 const Id = z.string().regex(/^\d+:\d+$/);
@@ -70,6 +67,17 @@ export class FileWriteError extends BootError {
   constructor(message: string) {
     super(ExitCode.cantCreate, message);
     this.name = 'FileWriteError';
+  }
+}
+
+/** Some new files are in place and some are not: `done` names those that are. */
+export class PartialWriteError extends FileWriteError {
+  constructor(
+    message: string,
+    readonly done: string[],
+  ) {
+    super(message);
+    this.name = 'PartialWriteError';
   }
 }
 
@@ -322,20 +330,164 @@ export class FileSession {
     const known = files.filter((f) => this.entries.has(f.path));
     const opened = new Map<string, DirHandle>();
     const undo: Array<() => void> = [];
-    const commits: Array<() => void> = [];
+    const commits: Array<{ path: string; run: () => void }> = [];
+    const added: RecordEntry[] = [];
     try {
-      // Phase 0, fresh nodes: open each folder and check it before anything is written.
-      const problems: string[] = [];
-      const roots = new Map<string, string>();
-      const seen = new Map<FileId, string>();
-      for (const file of fresh) {
-        const folder = path.dirname(file.path);
-        let dir: DirHandle;
+      this.checkFolders(fresh, opened);
+      if (this.storage.kind === 'tmpfs' && !this.secrets && fresh.length) {
         try {
-          dir = DirHandle.open(folder);
+          this.secrets = createSecretsFolder(this.storage.base, this.owner);
         } catch (error) {
-          throw new FileWriteError(`cannot open ${folder}: ${errnoText(error)}`);
+          throw new FileWriteError(`cannot create a secrets folder in ${this.storage.base}: ${errnoText(error)}`);
         }
+        this.record.storage = { path: this.secrets.path, id: this.secrets.dir.id };
+      }
+      const secrets = this.storage.kind === 'tmpfs' ? this.secrets : undefined;
+
+      // Phase 1: keep each fresh node's own .env aside (a hard link: same inode, mode, owner), and
+      // name every temp in the record before any of them exists.
+      for (const file of fresh) {
+        const dir = opened.get(file.path)!;
+        const entry: RecordEntry = { node: file.node, path: file.path, dir: dir.id, ids: [], temps: [tempName()], ...(secrets ? { target: `${file.node}.env` } : {}) };
+        const current = dir.lstat(ENV_FILE_NAME);
+        if (current) {
+          entry.backup = this.keepAside(dir, file, fileId(current));
+          const kept = entry.backup;
+          undo.push(() => dir.unlinkIf(kept.name, kept.id));
+        }
+        added.push(entry);
+        this.record.files.push(entry);
+        this.entries.set(entry.path, entry);
+      }
+      const inPlaceKnown = new Map<string, string>();
+      for (const file of known) {
+        const entry = this.entries.get(file.path)!;
+        if (secrets && entry.target) continue;
+        const temp = tempName();
+        entry.temps.push(temp);
+        inPlaceKnown.set(file.path, temp);
+        undo.push(() => {
+          entry.temps = entry.temps.filter((t) => t !== temp);
+        });
+      }
+      if (added.length || inPlaceKnown.size) this.state.writeRecord(this.record);
+
+      // Phase 2: every byte, under temp names; each temp's identity is recorded before it can become visible.
+      for (const file of fresh) {
+        const dir = opened.get(file.path)!;
+        const entry = this.entries.get(file.path)!;
+        const temp = entry.temps[0]!;
+        const bytes = Buffer.from(file.text, 'utf8');
+        if (secrets) {
+          const target = entry.target!;
+          try {
+            secrets.dir.createFile(target, bytes, FILE_MODE, this.owner);
+          } catch (error) {
+            throw new FileWriteError(`cannot write ${path.join(secrets.path, target)}: ${errnoText(error)}`);
+          }
+          undo.push(() => secrets.dir.shred(target, () => true, false));
+        }
+        try {
+          // In place, no fsync: after a power cut the next start wipes every file the (durable)
+          // record lists and writes them again, so their own durability buys nothing.
+          entry.ids.push(secrets ? dir.createLink(path.join(secrets.path, entry.target!), temp) : dir.createFile(temp, bytes, FILE_MODE, this.owner));
+        } catch (error) {
+          throw new FileWriteError(`cannot ${secrets ? 'link' : 'write'} ${file.path}: ${errnoText(error)}`);
+        }
+        const id = entry.ids[0]!;
+        undo.push(() => (secrets ? dir.unlinkIf(temp, id) : dir.shred(temp, (st) => fileId(st) === id, false)));
+        commits.push({
+          path: file.path,
+          run: () => {
+            dir.rename(temp, ENV_FILE_NAME);
+            entry.temps = [];
+          },
+        });
+      }
+      for (const file of known) {
+        const entry = this.entries.get(file.path)!;
+        const bytes = Buffer.from(file.text, 'utf8');
+        const temp = inPlaceKnown.get(file.path);
+        if (temp === undefined) {
+          // On tmpfs the link stays; its content is replaced in the folder only gpu-boot can write.
+          const contentTemp = tempName();
+          try {
+            secrets!.dir.createFile(contentTemp, bytes, FILE_MODE, this.owner);
+          } catch (error) {
+            throw new FileWriteError(`cannot write ${path.join(secrets!.path, entry.target!)}: ${errnoText(error)}`);
+          }
+          undo.push(() => secrets!.dir.shred(contentTemp, () => true, false));
+          commits.push({ path: file.path, run: () => secrets!.dir.rename(contentTemp, entry.target!) });
+          continue;
+        }
+        const dir = this.reopen(entry);
+        opened.set(file.path, dir);
+        let newId: FileId;
+        try {
+          newId = dir.createFile(temp, bytes, FILE_MODE, this.owner);
+        } catch (error) {
+          throw new FileWriteError(`cannot write ${file.path}: ${errnoText(error)}`);
+        }
+        entry.ids.push(newId);
+        undo.push(() => {
+          dir.shred(temp, (st) => fileId(st) === newId, false);
+          entry.ids = entry.ids.filter((i) => i !== newId);
+        });
+        commits.push({
+          path: file.path,
+          run: () => {
+            dir.rename(temp, ENV_FILE_NAME);
+            entry.ids = [newId];
+            entry.temps = entry.temps.filter((t) => t !== temp);
+          },
+        });
+      }
+      if (added.length || inPlaceKnown.size) this.state.writeRecord(this.record);
+    } catch (error) {
+      // Nothing of this write becomes visible: its temps, contents and kept-aside links go, and so do
+      // the entries of nodes written for the first time (a later write starts them afresh).
+      for (const step of undo.reverse()) {
+        try {
+          step();
+        } catch {
+          // best effort: what remains is recorded and wiped at the end
+        }
+      }
+      if (added.length) {
+        this.record.files = this.record.files.filter((e) => !added.includes(e));
+        for (const entry of added) this.entries.delete(entry.path);
+        try {
+          this.state.writeRecord(this.record);
+        } catch {
+          // the record on disk still lists them: the wipe finds them gone
+        }
+      }
+      for (const dir of opened.values()) dir.close();
+      throw error instanceof BootError ? error : new FileWriteError(`cannot write the custom nodes' .env files: ${errnoText(error)}`);
+    }
+    // Phase 3: into place.
+    const done: string[] = [];
+    try {
+      for (const commit of commits) {
+        commit.run();
+        done.push(commit.path);
+      }
+    } catch (error) {
+      throw new PartialWriteError(`cannot put the new .env files in place (${done.length} of ${commits.length} done): ${errnoText(error)}`, done);
+    } finally {
+      for (const dir of opened.values()) dir.close();
+    }
+  }
+
+  /** Phase 0, for nodes written the first time: open each folder and check it before anything is written. */
+  private checkFolders(fresh: NodeFile[], opened: Map<string, DirHandle>): void {
+    const problems: string[] = [];
+    const roots = new Map<string, string>();
+    const seen = new Map<FileId, string>();
+    for (const file of fresh) {
+      const folder = path.dirname(file.path);
+      try {
+        const dir = DirHandle.open(folder);
         opened.set(file.path, dir);
         const customNodes = path.dirname(folder);
         let root = roots.get(customNodes);
@@ -354,110 +506,11 @@ export class FileSession {
         if (current && !current.isFile() && !current.isSymbolicLink()) {
           problems.push(`node "${file.node}": ${file.path} is ${kindOf(current)}; refusing to replace it (move it away)`);
         }
+      } catch (error) {
+        throw new FileWriteError(`cannot open ${folder}: ${errnoText(error)}`);
       }
-      if (problems.length) throw new ConfigError(`cannot write the custom nodes' .env files (${problems.length} problem${problems.length === 1 ? '' : 's'})`, problems.sort());
-
-      if (this.storage.kind === 'tmpfs' && !this.secrets && fresh.length) {
-        try {
-          this.secrets = createSecretsFolder(this.storage.base, this.owner);
-        } catch (error) {
-          throw new FileWriteError(`cannot create a secrets folder in ${this.storage.base}: ${errnoText(error)}`);
-        }
-        this.record.storage = { path: this.secrets.path, id: this.secrets.dir.id };
-      }
-      const secrets = this.storage.kind === 'tmpfs' ? this.secrets : undefined;
-
-      // Phase 1, fresh nodes: keep the user's .env aside (a hard link: same inode, mode, owner), then record.
-      const newEntries: RecordEntry[] = [];
-      for (const file of fresh) {
-        const dir = opened.get(file.path)!;
-        const entry: RecordEntry = { node: file.node, path: file.path, dir: dir.id, ids: [], temps: [tempName()], ...(secrets ? { target: `${file.node}.env` } : {}) };
-        const current = dir.lstat(ENV_FILE_NAME);
-        if (current) entry.backup = this.keepAside(dir, file, fileId(current));
-        newEntries.push(entry);
-      }
-      for (const entry of newEntries) {
-        this.record.files.push(entry);
-        this.entries.set(entry.path, entry);
-      }
-      if (newEntries.length) this.state.writeRecord(this.record);
-
-      // Phase 2: every byte, under temp names; each temp's identity is recorded before it can become visible.
-      for (const file of fresh) {
-        const dir = opened.get(file.path)!;
-        const entry = this.entries.get(file.path)!;
-        const temp = entry.temps[0]!;
-        if (secrets) {
-          try {
-            secrets.dir.createFile(entry.target!, Buffer.from(file.text, 'utf8'), FILE_MODE, this.owner);
-          } catch (error) {
-            throw new FileWriteError(`cannot write ${path.join(secrets.path, entry.target!)}: ${errnoText(error)}`);
-          }
-        }
-        try {
-          if (secrets) {
-            entry.ids.push(dir.createLink(path.join(secrets.path, entry.target!), temp));
-          } else {
-            // No fsync: after a power cut the next start wipes every file the (durable) record lists
-            // and writes them again, so their own durability buys nothing.
-            entry.ids.push(dir.createFile(temp, Buffer.from(file.text, 'utf8'), FILE_MODE, this.owner));
-          }
-        } catch (error) {
-          throw new FileWriteError(`cannot ${secrets ? 'link' : 'write'} ${file.path}: ${errnoText(error)}`);
-        }
-        commits.push(() => {
-          dir.rename(temp, ENV_FILE_NAME);
-          entry.temps = [];
-        });
-      }
-      for (const file of known) {
-        const entry = this.entries.get(file.path)!;
-        const temp = tempName();
-        if (secrets && entry.target) {
-          try {
-            secrets.dir.createFile(temp, Buffer.from(file.text, 'utf8'), FILE_MODE, this.owner);
-          } catch (error) {
-            throw new FileWriteError(`cannot write ${path.join(secrets.path, entry.target)}: ${errnoText(error)}`);
-          }
-          undo.push(() => secrets.dir.unlinkQuietly(temp));
-          commits.push(() => secrets.dir.rename(temp, entry.target!));
-        } else {
-          const dir = this.reopen(entry);
-          opened.set(file.path, dir);
-          entry.temps.push(temp);
-          try {
-            entry.ids.push(dir.createFile(temp, Buffer.from(file.text, 'utf8'), FILE_MODE, this.owner));
-          } catch (error) {
-            entry.temps.pop();
-            throw new FileWriteError(`cannot write ${file.path}: ${errnoText(error)}`);
-          }
-          const newId = entry.ids.at(-1)!;
-          undo.push(() => {
-            dir.unlinkIf(temp, newId);
-            entry.ids = entry.ids.filter((i) => i !== newId);
-            entry.temps = entry.temps.filter((t) => t !== temp);
-          });
-          commits.push(() => {
-            dir.rename(temp, ENV_FILE_NAME);
-            entry.ids = [newId];
-            entry.temps = [];
-          });
-        }
-      }
-      if (fresh.length || known.some((f) => !this.entries.get(f.path)!.target)) this.state.writeRecord(this.record);
-    } catch (error) {
-      for (const step of undo.reverse()) step();
-      for (const dir of opened.values()) dir.close();
-      throw error;
     }
-    // Phase 3: into place.
-    try {
-      for (const commit of commits) commit();
-    } catch (error) {
-      throw new FileWriteError(`cannot put the new .env files in place: ${errnoText(error)}`);
-    } finally {
-      for (const dir of opened.values()) dir.close();
-    }
+    if (problems.length) throw new ConfigError(`cannot write the custom nodes' .env files (${problems.length} problem${problems.length === 1 ? '' : 's'})`, problems.sort());
   }
 
   /** Reopen a node folder this session wrote into, proven by its identity. */

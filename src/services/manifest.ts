@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readRegularFile } from './owned.js';
 import { parse as parseJson, type DocumentNode, type ValueNode } from '@humanwhocodes/momoa';
 import { z } from 'zod';
 
@@ -321,13 +321,18 @@ function firstInvalidByte(bytes: Uint8Array): number {
 }
 
 /** The manifest's text: read as bytes, refused (with the byte offset and line) unless valid UTF-8. */
+/** A manifest of 500 nodes is about 100 KiB. */
+export const MAX_MANIFEST_BYTES = 16 * 1024 * 1024;
+
 export async function readManifestFile(manifestPath: string): Promise<string> {
   let bytes: Buffer;
   try {
-    bytes = await readFile(manifestPath);
+    // Never blocks on a FIFO, never reads a device or a huge file planted at the path.
+    bytes = readRegularFile(manifestPath, MAX_MANIFEST_BYTES);
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code ?? 'error';
-    const why = code === 'ENOENT' ? 'does not exist' : code === 'EISDIR' ? 'is a folder' : `cannot be read (${code})`;
+    const why =
+      code === 'ENOENT' ? 'does not exist' : code === 'EISDIR' ? 'is a folder' : code === 'EFTYPE' ? 'is not a regular file' : code === 'EFBIG' ? `is larger than ${MAX_MANIFEST_BYTES / 1024 / 1024} MiB` : `cannot be read (${code})`;
     throw new ManifestError(`manifest ${manifestPath} ${why}`, [`CUSTOM_NODES_CONFIG: ${manifestPath} ${why}`]);
   }
   try {

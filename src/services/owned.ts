@@ -1,4 +1,4 @@
-import { closeSync, constants, fchmodSync, fchownSync, fstatSync, fsyncSync, linkSync, lstatSync, openSync, readdirSync, readFileSync, readlinkSync, renameSync, rmdirSync, symlinkSync, unlinkSync, writeSync, type BigIntStats } from 'node:fs';
+import { closeSync, constants, fchmodSync, fchownSync, fstatSync, fsyncSync, ftruncateSync, linkSync, lstatSync, openSync, readdirSync, readFileSync, readlinkSync, renameSync, rmdirSync, symlinkSync, unlinkSync, writeSync, type BigIntStats } from 'node:fs';
 
 /**
  * Identity, not paths. Everything gpu-boot does with privilege or destruction (write, chmod,
@@ -93,12 +93,13 @@ export class DirHandle {
     let fd: number | undefined = openSync(this.at(name), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode);
     try {
       writeAll(fd, data);
-      fchmodSync(fd, mode);
-      if (owner) fchownSync(fd, owner.uid, owner.gid);
-      if (durable) fsyncSync(fd);
+      // Checked before the file is handed to its owner, who could change it from then on.
       const stat = fstatSync(fd, { bigint: true });
       // Every byte written is counted in the size; a smaller file is a write that did not land.
       if (stat.size !== BigInt(data.length)) throw Object.assign(new Error('short write'), { code: 'ENOSPC' });
+      fchmodSync(fd, mode);
+      if (owner) fchownSync(fd, owner.uid, owner.gid);
+      if (durable) fsyncSync(fd);
       closeSync(fd);
       fd = undefined;
       return fileId(stat);
@@ -143,10 +144,12 @@ export class DirHandle {
   }
 
   /**
-   * Overwrite a regular file with zeros (fsync when `durable`) and unlink it, only when
+   * Overwrite a regular file with zeros (fsync when `durable`), empty it and unlink it, only when
    * `accept` says the opened object is ours. A link is never written through; a FIFO is never opened.
+   * At most `limit` bytes are overwritten, in chunks: a file its owner grew (`truncate -s 5G`) can
+   * neither exhaust memory nor fail the wipe. An overwrite that fails still ends in the unlink.
    */
-  shred(name: string, accept: (stat: BigIntStats) => boolean, durable: boolean): 'gone' | 'shredded' | 'refused' {
+  shred(name: string, accept: (stat: BigIntStats) => boolean, durable: boolean, limit = SHRED_LIMIT): 'gone' | 'shredded' | 'refused' {
     const before = this.lstat(name);
     if (!before) return 'gone';
     if (!before.isFile() || !accept(before)) return 'refused';
@@ -156,9 +159,14 @@ export class DirHandle {
       const stat = fstatSync(fd, { bigint: true });
       id = fileId(stat);
       if (id !== fileId(before) || !stat.isFile()) return 'refused';
-      const size = Number(stat.size);
-      if (size > 0) writeAll(fd, Buffer.alloc(size), 0);
-      if (durable) fsyncSync(fd);
+      const size = Math.min(Number(stat.size), limit);
+      try {
+        for (let offset = 0; offset < size; offset += ZEROS.length) writeAll(fd, ZEROS.subarray(0, Math.min(ZEROS.length, size - offset)), offset);
+        if (durable) fsyncSync(fd);
+      } catch {
+        // A full disk cannot refuse zeros over written bytes, only over holes: the unlink still frees it.
+      }
+      ftruncateSync(fd, 0);
     } finally {
       closeSync(fd);
     }
@@ -198,6 +206,27 @@ export class DirHandle {
   }
 }
 
+/** The most a shred overwrites: far above any .env (a secret file is at most 1 MiB). */
+export const SHRED_LIMIT = 16 * 1024 * 1024;
+const ZEROS = Buffer.alloc(64 * 1024);
+
+/**
+ * Read a small regular file by path (links followed) without ever blocking on a FIFO or a device
+ * and without reading more than `limit` bytes: what the instances' user can put at a path gpu-boot reads.
+ */
+export function readRegularFile(file: string, limit: number): Buffer {
+  const fd = openSync(file, O_RDONLY | O_NONBLOCK);
+  try {
+    const stat = fstatSync(fd);
+    if (stat.isDirectory()) throw Object.assign(new Error(`${file} is a folder`), { code: 'EISDIR' });
+    if (!stat.isFile()) throw Object.assign(new Error(`${file} is not a regular file`), { code: 'EFTYPE' });
+    if (stat.size > limit) throw Object.assign(new Error(`${file} is larger than ${limit} bytes`), { code: 'EFBIG' });
+    return readFileSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 /** write(2) until every byte is down: a short write is retried, and one that writes nothing is a full disk. */
 export function writeAll(fd: number, data: Buffer, position?: number): void {
   let offset = 0;
@@ -212,8 +241,10 @@ export function writeAll(fd: number, data: Buffer, position?: number): void {
 export function ownerMayWrite(stat: BigIntStats, owner: Owner): boolean {
   const mode = Number(stat.mode);
   if (Number(stat.uid) === owner.uid) return (mode & 0o300) === 0o300;
+  // Sticky: they could not rename over or remove an entry that is not theirs; gpu-boot would.
+  if (mode & 0o1000) return false;
   if (Number(stat.gid) === owner.gid) return (mode & 0o030) === 0o030;
-  return (mode & 0o003) === 0o003 && (mode & 0o1000) === 0;
+  return (mode & 0o003) === 0o003;
 }
 
 /** Group- or other-writable: someone else can change what is in it. */

@@ -1,5 +1,6 @@
 import { readFileSync, unlinkSync, writeFileSync } from 'node:fs';
-import { lstat, readFile, unlink } from 'node:fs/promises';
+import { lstat, unlink } from 'node:fs/promises';
+import { readRegularFile } from './owned.js';
 import type { Stats } from 'node:fs';
 import { createRequire } from 'node:module';
 import net from 'node:net';
@@ -76,7 +77,7 @@ export async function removeStalePm2Files(pm2Home: string): Promise<string[]> {
   const pidFile = path.join(pm2Home, 'pm2.pid');
   let pid: number | undefined;
   try {
-    pid = Number.parseInt(await readFile(pidFile, 'utf8'), 10);
+    pid = Number.parseInt(readRegularFile(pidFile, 64).toString('utf8'), 10);
   } catch {
     pid = undefined;
   }

@@ -1,7 +1,8 @@
 import { readFileSync } from 'node:fs';
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
+import { readRegularFile } from './owned.js';
 import { APP_PREFIX } from './plan.js';
 import { daemonAnswers, Pm2Host, pm2HomeOf } from './pm2-host.js';
 
@@ -68,7 +69,14 @@ export function isAlive(pid: number): boolean {
 
 /** A pid file's pid; undefined when it is missing or holds no positive integer. */
 export async function readPidFile(file: string): Promise<number | undefined> {
-  const pid = Number.parseInt(await readFile(file, 'utf8').catch(() => ''), 10);
+  let text = '';
+  try {
+    // A FIFO or a huge file planted in PM2_HOME must not hang or flood the shutdown.
+    text = readRegularFile(file, 64).toString('utf8');
+  } catch {
+    // missing or not a pid file
+  }
+  const pid = Number.parseInt(text, 10);
   return Number.isInteger(pid) && pid > 0 ? pid : undefined;
 }
 

@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { BootError, describeError } from '../errors.js';
 import type { SecretMasker } from '../log.js';
-import type { FileSession, NodeFile } from './env-files.js';
+import { PartialWriteError, type FileSession, type NodeFile } from './env-files.js';
 import { nodeSummaries, prepareNodeFiles, type PreparedNodes } from './node-files.js';
 import type { InstancePlan } from './plan.js';
 import type { ProcessManager } from './processes.js';
@@ -38,6 +38,7 @@ export class Rotator {
   private running: Promise<void> | undefined;
   private pending: string | undefined;
   private closed = false;
+  private readonly abort = new AbortController();
   private files = new Map<string, string>();
   private values = new Map<string, string>();
 
@@ -114,6 +115,8 @@ export class Rotator {
   /** Wait for a rotation in progress (shutdown must not cut a file write in half). */
   async close(): Promise<void> {
     this.closed = true;
+    // A restart waiting for an instance to answer stops waiting: the shutdown must not wait READY_TIMEOUT_MS.
+    this.abort.abort();
     clearTimeout(this.timer);
     for (const w of this.watchers) w.close();
     this.watchers = [];
@@ -142,6 +145,13 @@ export class Rotator {
       // All or nothing: a file that cannot be written whole (a full tmpfs) leaves every old file in place.
       this.deps.files.write(changed);
     } catch (error) {
+      if (error instanceof PartialWriteError && error.done.length) {
+        // Some files are new: remember those, so the next re-read compares with what is on disk.
+        const byPath = new Map(changed.map((f) => [f.path, f.text]));
+        for (const done of error.done) this.files.set(done, byPath.get(done)!);
+        this.fail(reason, started, `rotation partly applied, instances not restarted: ${describeError(error)}`, [`rewritten: ${error.done.join(', ')}`], variables);
+        return;
+      }
       this.fail(reason, started, `rotation failed, old files and instances kept: ${describeError(error)}`, error instanceof BootError ? error.problems : [], variables);
       return;
     }
@@ -191,7 +201,7 @@ export class Rotator {
     state.rotating = instance.name;
     try {
       await processes.restartFresh(instance.name);
-      return await waitForHttp(this.deps.probeHost, instance.port, Date.now() + config.readyTimeoutMs);
+      return await waitForHttp(this.deps.probeHost, instance.port, Date.now() + config.readyTimeoutMs, this.abort.signal);
     } finally {
       state.rotating = undefined;
     }

@@ -2,7 +2,7 @@ import { readlinkSync } from 'node:fs';
 import path from 'node:path';
 import { HEADER } from './dotenv-format.js';
 import { ENV_FILE_NAME, errnoText, PLAN_FILE_NAME, RECORD_FILE_NAME, type RecordEntry, type StateDir, type WriteRecord } from './env-files.js';
-import { DirHandle, euid, fileId } from './owned.js';
+import { DirHandle, euid, fileId, SHRED_LIMIT } from './owned.js';
 import { emptySecretsFolder, openOwnSecretsFolder } from './storage.js';
 
 /**
@@ -46,13 +46,15 @@ function wipeEntry(entry: RecordEntry, record: WriteRecord, result: WipeResult):
         if (stat.isSymbolicLink()) removed = dir.unlinkIf(name, fileId(stat)) || removed;
         else removed = dir.shred(name, (s) => ours.has(fileId(s)), durable) === 'shredded' || removed;
       } else if (name === ENV_FILE_NAME) {
+        // The user's own .env, never replaced (the run failed first), is no news.
+        if (entry.backup && fileId(stat) === entry.backup.id) continue;
         result.skipped.push(`${entry.path}: not the file gpu-boot put there (replaced since); left alone`);
-      } else if (entry.ids.length === 0) {
-        // A run that died before recording the identities: only a temp under its unguessable
-        // recorded name, that is a link into its secrets folder or a file of its users with its header.
+      } else {
+        // A temp whose identity a run that died had not recorded yet: only under its unguessable
+        // recorded name, and only a link into its secrets folder or a file of its users with its header.
         if (stat.isSymbolicLink()) {
           if (linkTarget !== undefined && readlinkSync(dir.at(name)) === linkTarget) removed = dir.unlinkIf(name, fileId(stat)) || removed;
-        } else if (stat.isFile() && stat.nlink === 1n && uids.includes(Number(stat.uid)) && dir.readFile(name).text.startsWith(HEADER)) {
+        } else if (stat.isFile() && stat.nlink === 1n && stat.size <= BigInt(SHRED_LIMIT) && uids.includes(Number(stat.uid)) && dir.readFile(name).text.startsWith(HEADER)) {
           removed = dir.shred(name, (s) => fileId(s) === fileId(stat), durable) === 'shredded' || removed;
         }
       }
@@ -60,8 +62,12 @@ function wipeEntry(entry: RecordEntry, record: WriteRecord, result: WipeResult):
     if (removed) result.removed += 1;
     if (entry.backup) {
       const kept = dir.lstat(entry.backup.name);
+      const current = dir.lstat(ENV_FILE_NAME);
       if (kept && fileId(kept) === entry.backup.id) {
-        if (dir.lstat(ENV_FILE_NAME)) {
+        if (current && fileId(current) === entry.backup.id) {
+          // The user's .env never left (the run failed before putting its own in place): the kept-aside name is a second one for it.
+          dir.unlinkIf(entry.backup.name, entry.backup.id);
+        } else if (current) {
           result.skipped.push(`${path.join(folder, entry.backup.name)}: kept, since ${entry.path} is not gpu-boot's file now (edited during the run?); compare them and keep the one you need`);
         } else {
           dir.rename(entry.backup.name, ENV_FILE_NAME);

@@ -167,7 +167,79 @@ describe('before the start', () => {
   });
 });
 
+describe('paths gpu-boot reads as root', () => {
+  it('a PM2_HOME the attacker owns is refused (78) before PM2 or a pid file is touched', async (ctx) => {
+    if (!attacker) return ctx.skip(skipReason);
+    const { w, env } = await hostileWorkspace();
+    ws = w;
+    const home = path.join(w.workspace, 'pm2');
+    expect(asAttacker(`mkdir ${home} && mkdir ${home}/pids && echo 1 > ${home}/pids/comfyui-gpu0-0.pid`).status).toBe(0);
+    for (const command of ['start', 'wipe']) {
+      const result = await runBoot([command], { ...env, PM2_HOME: home });
+      expect(result.exitCode).toBe(78);
+      expect(result.stderr).toContain(`PM2_HOME: ${home} belongs to uid ${attacker.uid}; as root, gpu-boot runs PM2 there`);
+    }
+    expect(await readdir(home)).toEqual(['pids']);
+    expect(existsSync(w.envFile('hf_node'))).toBe(false);
+  });
+
+  it('`pm2 start ecosystem.config.cjs` as root refuses a plan the attacker wrote, and starts nothing', async (ctx) => {
+    if (!attacker) return ctx.skip(skipReason);
+    const { w } = await hostileWorkspace();
+    ws = w;
+    const forged = path.join(w.workspace, 'plan.json');
+    const plan = { instances: [{ name: 'comfyui-gpu0', script: '/bin/sh', interpreter: 'none', args: ['-c', `touch ${w.root}/pwned`], cwd: w.root, env: {} }], withheldVariables: [] };
+    await writeFile(path.join(w.root, 'forged-plan.json'), JSON.stringify(plan));
+    expect(asAttacker(`cp ${path.join(w.root, 'forged-plan.json')} ${forged}`).status).toBe(0);
+    const { execa } = await import('execa');
+    const { PM2_BIN } = await import('../helpers/boot.js');
+    const shell = { PATH: w.env.PATH!, HOME: w.root, PM2_HOME: w.pm2Home, GPU_BOOT_PLAN_FILE: forged };
+    const started = await execa('node', [PM2_BIN, 'start', path.resolve('ecosystem.config.cjs')], { env: shell, extendEnv: false, reject: false });
+    expect(`${started.stdout}${started.stderr}`).toContain(`cannot read the plan ${forged} (not gpu-boot's: not root's alone (file uid ${attacker.uid}`);
+    const jlist = await execa('node', [PM2_BIN, 'jlist'], { env: shell, extendEnv: false, reject: false });
+    expect(JSON.parse(jlist.stdout.trim().split('\n').pop()!)).toEqual([]);
+    expect(existsSync(path.join(w.root, 'pwned'))).toBe(false);
+  });
+
+  it('a FIFO at the manifest\'s path is refused at the start (78), and before a rotation it neither hangs the re-read nor the shutdown', async (ctx) => {
+    if (!attacker) return ctx.skip(skipReason);
+    const { w, env } = await hostileWorkspace();
+    ws = w;
+    const manifest = path.join(w.workspace, 'config_nodes.json');
+    const token = path.join(w.secrets, 'hf');
+    await writeFile(token, `${SECRET}\n`);
+    const { HF_TOKEN: _plain, ...rest } = env;
+    const bootEnv = { ...rest, HF_TOKEN_FILE: token, ROTATION_DEBOUNCE_MS: '60000' };
+    const boot = startBoot(['start'], bootEnv);
+    await boot.waitForLog((l) => l.phase === 'ready', 'ready', 60_000);
+    expect(asAttacker(`rm ${manifest} && mkfifo ${manifest}`).status).toBe(0);
+    boot.child.kill('SIGHUP');
+    const refused = await boot.waitForLog((l) => typeof l.msg === 'string' && l.msg.startsWith('rotation refused'), 'rotation refused');
+    expect(refused.problems).toEqual([`CUSTOM_NODES_CONFIG: ${manifest} is not a regular file`]);
+    boot.child.kill('SIGTERM');
+    expect((await boot.child).exitCode).toBe(0);
+    const again = await runBoot(['start'], bootEnv);
+    expect(again.exitCode).toBe(78);
+    expect(again.stderr).toContain(`CUSTOM_NODES_CONFIG: ${manifest} is not a regular file`);
+  });
+});
+
 describe('during a run', () => {
+  it('a content file its owner grows to 5 GiB is still shredded and removed: the wipe neither fails nor fills memory', async (ctx) => {
+    if (!attacker) return ctx.skip(skipReason);
+    const { w, env } = await hostileWorkspace();
+    ws = w;
+    const boot = startBoot(['start'], env);
+    await boot.waitForLog((l) => l.phase === 'ready', 'ready', 60_000);
+    const content = await readlink(w.envFile('hf_node'));
+    expect(asAttacker(`truncate -s 5G ${content}`).status).toBe(0);
+    boot.child.kill('SIGTERM');
+    expect((await boot.child).exitCode).toBe(0);
+    expect(existsSync(path.dirname(content))).toBe(false);
+    expect(existsSync(path.join(w.stateDir, 'written-files.json'))).toBe(false);
+  });
+
+
   it('the attacker can neither rename nor add to the secrets folder or the state folder, and a node folder swapped for a link to the victim is not wiped into', async (ctx) => {
     if (!attacker) return ctx.skip(skipReason);
     const { w, victim, env } = await hostileWorkspace();
@@ -221,6 +293,31 @@ describe('during a run', () => {
   });
 });
 
+describe('nothing lost', () => {
+  it('a .env edited during a run survives it and the next run, and so does the kept-aside original', async (ctx) => {
+    if (!attacker) return ctx.skip(skipReason);
+    const { w, env } = await hostileWorkspace();
+    ws = w;
+    const envFile = w.envFile('hf_node');
+    expect(asAttacker(`printf 'ORIGINAL=1\\n' > ${envFile}`).status).toBe(0);
+    const first = startBoot(['start'], env);
+    await first.waitForLog((l) => l.phase === 'ready', 'ready', 60_000);
+    // An editor writes a new file and renames it over .env (the link).
+    expect(asAttacker(`printf 'EDITED=1\\n' > ${envFile}.new && mv ${envFile}.new ${envFile}`).status).toBe(0);
+    first.child.kill('SIGTERM');
+    expect((await first.child).exitCode).toBe(0);
+    expect(first.logs().some((l) => typeof l.msg === 'string' && l.msg.includes('.env.gpu-boot-orig: kept, since'))).toBe(true);
+    const second = startBoot(['start'], env);
+    await second.waitForLog((l) => l.phase === 'ready', 'ready', 60_000);
+    expect(await readFile(`${envFile}.gpu-boot-orig-2`, 'utf8')).toBe('EDITED=1\n');
+    second.child.kill('SIGTERM');
+    expect((await second.child).exitCode).toBe(0);
+    expect(await readFile(envFile, 'utf8')).toBe('EDITED=1\n');
+    expect(await readFile(`${envFile}.gpu-boot-orig`, 'utf8')).toBe('ORIGINAL=1\n');
+    expect((await lstat(envFile)).uid).toBe(attacker.uid);
+  });
+});
+
 describe('writes are whole or fail', () => {
   it('a rotation into a full tmpfs keeps the old file and the running instance, and says so in /status', async (ctx) => {
     if (!isRoot) return ctx.skip('not root: cannot mount a tmpfs');
@@ -258,6 +355,25 @@ describe('writes are whole or fail', () => {
     }
   });
 
+  it('a short write at the boot (a nearly full tmpfs takes part of a file) is a full disk: exit 73 naming the path, everything wiped', async (ctx) => {
+    if (!isRoot) return ctx.skip('not root: cannot mount a tmpfs');
+    ws = await makeWorkspace({ nodes: ['hf_node'], manifest: { custom_nodes: [{ name: 'hf_node', env: { BIG: '${BIG}' } }] }, gpus: 1 });
+    const small = path.join(ws.root, 'small');
+    await mkdir(small);
+    if (!mountTmpfs(small, 'size=16k')) return ctx.skip('mount -t tmpfs is not allowed here');
+    try {
+      // The marker takes one page; the file needs four of the three left: write(2) takes part of it.
+      const result = await runBoot(['start'], { ...ws.env, BIG: 'b'.repeat(13 * 1024), SECRETS_TMPFS: small });
+      expect(result.exitCode).toBe(73);
+      expect(result.stderr).toMatch(/cannot write .*small\/gpu-boot-[0-9a-f]{18}\/hf_node\.env: no space left on the device/);
+      expect(existsSync(ws.envFile('hf_node'))).toBe(false);
+      expect(await readdir(small)).toEqual([]);
+      expect(existsSync(path.join(ws.stateDir, 'written-files.json'))).toBe(false);
+    } finally {
+      execFileSync('umount', [small]);
+    }
+  });
+
   it('a read-only state folder fails with exit 73 naming it and the reason', async (ctx) => {
     if (!isRoot) return ctx.skip('not root: cannot mount a tmpfs');
     ws = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 1 });
@@ -279,6 +395,9 @@ describe('dead runs leave nothing', () => {
     const dead = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 1 });
     ws = dead;
     const live = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 1 });
+    const elsewhere2 = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 1 });
+    const elsewhere3 = await makeWorkspace({ nodes: [], manifest: { custom_nodes: [] }, gpus: 1 });
+    const { killPm2 } = await import('../helpers/boot.js');
     try {
       // Both runs share one tmpfs base, as runs on one machine share /dev/shm.
       const base = dead.tmpfs;
@@ -291,7 +410,6 @@ describe('dead runs leave nothing', () => {
       first.child.kill('SIGKILL');
       await first.child;
       // Its instances, orphaned, and its workspace, discarded: only the tmpfs folder remains.
-      const { killPm2 } = await import('../helpers/boot.js');
       await killPm2(dead.pm2Home);
       await rm(dead.workspace, { recursive: true, force: true });
       expect(existsSync(path.join(deadFolder, 'hf_node.env'))).toBe(true);
@@ -305,10 +423,27 @@ describe('dead runs leave nothing', () => {
       } finally {
         await elsewhere.cleanup();
       }
+      // A second dead run, swept by the next `start` on another workspace.
+      const third = startBoot(['start'], { ...elsewhere2.env, HF_TOKEN: SECRET, SECRETS_TMPFS: base });
+      await third.waitForLog((l) => l.phase === 'ready', 'ready', 60_000);
+      const thirdFolder = path.dirname(await readlink(elsewhere2.envFile('hf_node')));
+      third.child.kill('SIGKILL');
+      await third.child;
+      await killPm2(elsewhere2.pm2Home);
+      await rm(elsewhere2.workspace, { recursive: true, force: true });
+      const fourth = startBoot(['start'], { ...elsewhere3.env, SECRETS_TMPFS: base });
+      const swept = await fourth.waitForLog((l) => typeof l.msg === 'string' && l.msg.startsWith('removed 1 secrets folder(s) of dead runs'), 'the sweep at start');
+      expect(swept.folders).toEqual([thirdFolder]);
+      expect(existsSync(thirdFolder)).toBe(false);
+      expect(existsSync(liveFolder)).toBe(true);
+      fourth.child.kill('SIGTERM');
+      expect((await fourth.child).exitCode).toBe(0);
       second.child.kill('SIGTERM');
       expect((await second.child).exitCode).toBe(0);
     } finally {
       await live.cleanup();
+      await elsewhere2.cleanup();
+      await elsewhere3.cleanup();
     }
   });
 });

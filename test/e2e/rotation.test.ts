@@ -176,3 +176,32 @@ describe('rotation', () => {
     expect((await boot.child).exitCode).toBe(0);
   });
 });
+
+describe('a rotation never holds the shutdown', () => {
+  it('SIGTERM while a restarted instance does not answer yet: the wait is abandoned, the boot stops within SHUTDOWN_TIMEOUT_MS and wipes', async () => {
+    const { tinyServerMain } = await import('../helpers/boot.js');
+    // After the rotation the instance comes up but never answers (a node stuck importing).
+    ws = await makeWorkspace({
+      nodes: ['hf_node'],
+      manifest: MANIFEST,
+      gpus: 1,
+      mainPy: tinyServerMain([`if os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'stall')):`, '    time.sleep(3600)']),
+    });
+    const token = path.join(ws.secrets, 'hf');
+    await writeFile(token, `${OLD}\n`);
+    const boot = await bootWith(token, { ROTATION_DEBOUNCE_MS: '60000', SHUTDOWN_TIMEOUT_MS: '4000', COMFYUI_KILL_TIMEOUT_MS: '1000' });
+    await writeFile(path.join(ws.comfyui, 'stall'), '');
+    await writeFile(token, `${NEW}\n`);
+    boot.child.kill('SIGHUP');
+    // The file is rewritten and the restart begins; it would wait READY_TIMEOUT_MS (10 minutes) for an answer.
+    const { waitFor } = await import('../helpers/boot.js');
+    await waitFor('the restart under way', async () => ((await getJson(ws!.healthPort, '/status')) as { rotation: { rotating: string | null } }).rotation.rotating === 'comfyui-gpu0');
+    const sent = Date.now();
+    boot.child.kill('SIGTERM');
+    const exit = await boot.child;
+    // Generous against a busy machine, and still far below READY_TIMEOUT_MS.
+    expect(Date.now() - sent).toBeLessThan(30_000);
+    expect(exit.exitCode).toBe(0);
+    expect(boot.logs().some((l) => l.phase === 'wipe')).toBe(true);
+  });
+});

@@ -212,11 +212,15 @@ describe('a full or read-only disk', () => {
     const small = path.join(ws.root, 'small');
     await mkdir(small);
     if (!mountTmpfs(small, 'size=8k')) return ctx.skip();
+    // b_node ships its own .env: kept aside before the failed write, it must come back as the only copy.
+    await writeFile(ws.envFile('b_node'), 'MINE=1\n');
     try {
       const result = await runBoot(['start'], { ...ws.env, HF_TOKEN: PLAIN, BIG: 'y'.repeat(64 * 1024), SECRETS_TMPFS: small });
       expect(result.exitCode).toBe(73);
       expect(result.stderr).toMatch(/cannot write .*small\/gpu-boot-[0-9a-f]{18}\/[ab]_node\.env: no space left on the device/);
-      for (const node of ['a_node', 'b_node']) expect(existsSync(ws.envFile(node))).toBe(false);
+      expect(existsSync(ws.envFile('a_node'))).toBe(false);
+      expect(await readdir(path.dirname(ws.envFile('b_node')))).toEqual(['.env', '__init__.py']);
+      expect(await readFile(ws.envFile('b_node'), 'utf8')).toBe('MINE=1\n');
       expect(await filesUnder(small)).toEqual([]);
       expect(existsSync(path.join(ws.stateDir, 'written-files.json'))).toBe(false);
       expect(existsSync(path.join(ws.pm2Home, 'pm2.pid'))).toBe(false);
