@@ -10,12 +10,12 @@ import { FileSession, StateDir } from './services/env-files.js';
 import { wipeRecord } from './services/wipe.js';
 import { loadManifestOrEmpty, nodeSummaries, prepareNodeFiles, withheldVariableNames, type PreparedNodes } from './services/node-files.js';
 import { buildPlan, probeHost, type Plan, type ProcessEnvSource } from './services/plan.js';
-import { chooseOwner, chooseStorage, runStatus, storageBases, sweepDeadRuns, type RunId } from './services/storage.js';
+import { chooseOwner, chooseStorage, procStartTime, runStatus, storageBases, sweepDeadRuns, type RunId } from './services/storage.js';
 import { ProcessManager } from './services/processes.js';
 import { stopOrphanedInstances } from './services/orphans.js';
 import { pm2HomeOf, removeStalePm2Files } from './services/pm2-host.js';
 import { StopRequested, StopRequests } from './stop-requests.js';
-import { shutdown } from './shutdown.js';
+import { shutdown, type KnownPid } from './shutdown.js';
 import { startConfiguredHealthServer, type HealthServer } from './services/health.js';
 import { Rotator } from './services/rotation.js';
 import { BootState } from './services/state.js';
@@ -212,7 +212,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
   let rotator: Rotator | undefined;
   let health: HealthServer | undefined;
   let files: FileSession | undefined;
-  let knownPids: number[] = [];
+  let knownPids: KnownPid[] = [];
   let daemonDied = false;
   let stopDaemonWatch: () => void = () => undefined;
   let exitCode: number = ExitCode.ok;
@@ -292,7 +292,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
       pm2LoadMs,
       instances: list.map((i) => ({ name: i.name, pid: i.pid, status: i.status })),
     }), (list) => `${list.length} instance(s) started under PM2`);
-    knownPids = instances.map((i) => i.pid).filter((pid) => pid > 0);
+    knownPids = instances.map((i) => i.pid).filter((pid) => pid > 0).map((pid) => ({ pid, start: procStartTime(pid) }));
     state.instances = plan.instances;
     state.phase = 'running';
     const rotationDeps = { config, logger, masker: ctx.masker, sourceEnv, processes, state, files: files!, probeHost: probeHost(config.comfyuiListen) };

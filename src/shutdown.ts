@@ -3,10 +3,17 @@ import { withTimeout } from './timeout.js';
 import type { RunContext } from './runner.js';
 import { wipeRecord } from './services/wipe.js';
 import type { FileSession } from './services/env-files.js';
+import { procStartTime } from './services/storage.js';
+
+/** An instance seen at the boot: its pid, and when that process started (a pid PM2 gave up may be someone else's by now). */
+export interface KnownPid {
+  pid: number;
+  start: string | undefined;
+}
 import { isAlive, type ProcessManager } from './services/processes.js';
 
 /** The finish stage: stop instances within the budget, then wipe no matter what, then stop PM2. */
-export async function shutdown(ctx: RunContext, processes: ProcessManager, knownPids: number[], files: FileSession | undefined): Promise<number> {
+export async function shutdown(ctx: RunContext, processes: ProcessManager, knownPids: KnownPid[], files: FileSession | undefined): Promise<number> {
   const { config, logger } = ctx;
   const started = performance.now();
   const budgetEnd = Date.now() + config.shutdownTimeoutMs;
@@ -26,7 +33,7 @@ export async function shutdown(ctx: RunContext, processes: ProcessManager, known
   // the pids PM2 has now (an instance may have restarted since the boot), plus those seen at start.
   // Only a run that started instances may kill any: a refused second run must not touch the first's.
   const leftovers = processes.startedInstances
-    ? [...new Set([...(await processes.currentPids()), ...knownPids.filter(isAlive)])]
+    ? [...new Set([...(await processes.currentPids()), ...knownPids.filter((k) => isAlive(k.pid) && procStartTime(k.pid) === k.start).map((k) => k.pid)])]
     : [];
   if (leftovers.length) {
     logger.error({ pids: leftovers }, inTime ? 'instances outlived PM2; killing them' : 'instances did not stop within the shutdown budget; killing them');
@@ -37,7 +44,7 @@ export async function shutdown(ctx: RunContext, processes: ProcessManager, known
 
   if (files) {
     // Exactly what this run put in place, proven by identity; the plan goes with the boot.
-    const result = wipeRecord(files.state, files.record, files.secrets ? { secrets: files.secrets.dir } : {});
+    const result = wipeRecord(files.state, files.record, { ...(files.secrets ? { secrets: files.secrets.dir } : {}), folders: files.held });
     if (result.problems.length) {
       logger.error({ problems: result.problems }, 'some files could not be wiped; run `gpu-boot wipe`');
       exitCode = ExitCode.ioError;

@@ -9,7 +9,7 @@ import { HEADER } from '../src/services/dotenv-format.js';
 import { FileSession, NotOursError, StateDir, type NodeFile } from '../src/services/env-files.js';
 import { wipeRecord } from '../src/services/wipe.js';
 import { ownerMayWrite } from '../src/services/owned.js';
-import { chooseStorage, createSecretsFolder, RUN_MARKER, sweepDeadRuns, type Storage } from '../src/services/storage.js';
+import { chooseStorage, createSecretsFolder, emptySecretsFolder, RUN_MARKER, sweepDeadRuns, type Storage } from '../src/services/storage.js';
 import { captureLogger } from './helpers/logger.js';
 
 let root: string;
@@ -159,20 +159,12 @@ describe('FileSession and wipeRecord', () => {
     const b = await nodeFile('b', 'B="1"\n');
     const s = session();
     s.write([a, b]);
-    // b's folder becomes read-only for the rewrite: a's new file must not land either.
-    await chmod(path.join(nodes, 'b'), 0o500);
-    try {
-      if (process.getuid?.() === 0) {
-        // root ignores modes: take b's folder away instead.
-        await rename(path.join(nodes, 'b'), path.join(root, 'b-moved'));
-        await mkdir(path.join(nodes, 'b'));
-      }
-      expect(() => s.write([{ ...a, text: `${HEADER}\nA="2"\n` }, { ...b, text: `${HEADER}\nB="2"\n` }])).toThrow(/b/);
-      expect(await readFile(a.path, 'utf8')).toBe(a.text);
-      expect((await readdir(path.join(nodes, 'a'))).sort()).toEqual(['.env']);
-    } finally {
-      await chmod(path.join(nodes, 'b'), 0o700).catch(() => undefined);
-    }
+    // b's folder is removed: its rewrite cannot land, so a's new file must not land either.
+    await rm(path.join(nodes, 'b'), { recursive: true });
+    expect(() => s.write([{ ...a, text: `${HEADER}\nA="2"\n` }, { ...b, text: `${HEADER}\nB="2"\n` }])).toThrow(`cannot write ${b.path}: ENOENT`);
+    expect(await readFile(a.path, 'utf8')).toBe(a.text);
+    expect((await readdir(path.join(nodes, 'a'))).sort()).toEqual(['.env']);
+    expect(s.entry(a.path)!.temps).toEqual([]);
     s.close();
   });
 
@@ -196,17 +188,20 @@ describe('FileSession and wipeRecord', () => {
     s.close();
   });
 
-  it('a rotation into a node folder replaced during the run is refused, and nothing is written there', async () => {
+  it('in place, a rotation goes to the folder it wrote to (held open), never to one put in its place; the old file is zeroed', async () => {
     const f = await nodeFile('a', 'A="1"\n');
     const s = session();
     s.write([f]);
+    await link(f.path, path.join(root, 'second-name'));
     await rename(path.join(nodes, 'a'), path.join(root, 'a-away'));
     await mkdir(path.join(nodes, 'a'));
-    expect(() => s.write([{ ...f, text: `${HEADER}\nA="2"\n` }])).toThrow(
-      expect.objectContaining({ exitCode: 73, message: `${path.join(nodes, 'a')} is not the folder gpu-boot wrote to at start (it was replaced); not writing there` }),
-    );
+    s.write([{ ...f, text: `${HEADER}\nA="2"\n` }]);
     expect(await readdir(path.join(nodes, 'a'))).toEqual([]);
-    expect(await readFile(path.join(root, 'a-away', '.env'), 'utf8')).toBe(f.text);
+    expect(await readFile(path.join(root, 'a-away', '.env'), 'utf8')).toBe(`${HEADER}\nA="2"\n`);
+    expect(await readdir(path.join(root, 'a-away'))).toEqual(['.env']);
+    expect(await readFile(path.join(root, 'second-name'), 'utf8')).toBe('');
+    expect(wipeRecord(s.state, s.record, { folders: s.held }).removed).toBe(1);
+    expect(await readdir(path.join(root, 'a-away'))).toEqual([]);
     s.close();
   });
 
@@ -216,10 +211,9 @@ describe('FileSession and wipeRecord', () => {
     s.write([a]);
     const c = await nodeFile('c', 'C="1"\n');
     await writeFile(c.path, 'MINE=1\n');
-    // a's folder is replaced: its rewrite fails after c was prepared.
-    await rename(path.join(nodes, 'a'), path.join(root, 'a-away'));
-    await mkdir(path.join(nodes, 'a'));
-    expect(() => s.write([{ ...a, text: `${HEADER}\nA="2"\n` }, c])).toThrow(/not the folder gpu-boot wrote to at start/);
+    // a's folder is removed: its rewrite fails after c was prepared.
+    await rm(path.join(nodes, 'a'), { recursive: true });
+    expect(() => s.write([{ ...a, text: `${HEADER}\nA="2"\n` }, c])).toThrow(`cannot write ${a.path}: ENOENT`);
     expect((await readdir(path.join(nodes, 'c'))).sort()).toEqual(['.env']);
     expect(await readFile(c.path, 'utf8')).toBe('MINE=1\n');
     expect(s.record.files.map((e) => e.node)).toEqual(['a']);
@@ -297,6 +291,22 @@ describe('dead runs leave nothing', () => {
     expect(existsSync(path.join(victim, RUN_MARKER))).toBe(true);
     live.dir.close();
     dead.dir.close();
+  });
+});
+
+describe('emptying a secrets folder', () => {
+  it('zeroes only files with one name: a file of the same user linked into the folder is unlinked there, its content untouched', async () => {
+    const folder = createSecretsFolder(shm);
+    await writeFile(path.join(folder.path, 'a.env'), 'SECRET=1\n');
+    const theirs = path.join(shm, 'theirs');
+    await writeFile(theirs, 'PRECIOUS=1\n');
+    await link(theirs, path.join(folder.path, 'b.env'));
+    const problems: string[] = [];
+    expect(emptySecretsFolder(folder.dir, problems)).toBe(1);
+    expect(problems).toEqual([]);
+    expect(await readdir(folder.path)).toEqual([]);
+    expect(await readFile(theirs, 'utf8')).toBe('PRECIOUS=1\n');
+    folder.dir.close();
   });
 });
 

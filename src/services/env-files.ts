@@ -296,6 +296,8 @@ export class FileSession {
   readonly record: WriteRecord;
   secrets: SecretsFolder | undefined;
   private readonly entries = new Map<string, RecordEntry>();
+  /** Files in place: each node folder stays open for the run, so a folder renamed meanwhile is still rewritten and wiped. */
+  readonly held = new Map<string, DirHandle>();
 
   constructor(
     readonly state: StateDir,
@@ -363,11 +365,13 @@ export class FileSession {
       for (const file of known) {
         const entry = this.entries.get(file.path)!;
         if (secrets && entry.target) continue;
+        // The new file's temp, and the name the old one is kept under until it is shredded.
         const temp = tempName();
-        entry.temps.push(temp);
+        const old = tempName();
+        entry.temps.push(temp, old);
         inPlaceKnown.set(file.path, temp);
         undo.push(() => {
-          entry.temps = entry.temps.filter((t) => t !== temp);
+          entry.temps = entry.temps.filter((t) => t !== temp && t !== old);
         });
       }
       if (added.length || inPlaceKnown.size) this.state.writeRecord(this.record);
@@ -409,19 +413,30 @@ export class FileSession {
         const bytes = Buffer.from(file.text, 'utf8');
         const temp = inPlaceKnown.get(file.path);
         if (temp === undefined) {
-          // On tmpfs the link stays; its content is replaced in the folder only gpu-boot can write.
+          // On tmpfs the link stays; its content is replaced in the folder only gpu-boot can write,
+          // and the old content is zeroed once the new one is in place (a rename alone frees it unread).
           const contentTemp = tempName();
+          const oldContent = tempName();
           try {
             secrets!.dir.createFile(contentTemp, bytes, FILE_MODE, this.owner);
           } catch (error) {
             throw new FileWriteError(`cannot write ${path.join(secrets!.path, entry.target!)}: ${errnoText(error)}`);
           }
           undo.push(() => secrets!.dir.shred(contentTemp, () => true, false));
-          commits.push({ path: file.path, run: () => secrets!.dir.rename(contentTemp, entry.target!) });
+          commits.push({
+            path: file.path,
+            run: () => {
+              const before = secrets!.dir.lstat(entry.target!);
+              if (before) secrets!.dir.hardLink(entry.target!, oldContent);
+              secrets!.dir.rename(contentTemp, entry.target!);
+              if (before) secrets!.dir.shred(oldContent, (st) => fileId(st) === fileId(before), false);
+            },
+          });
           continue;
         }
-        const dir = this.reopen(entry);
-        opened.set(file.path, dir);
+        const old = entry.temps.at(-1)!;
+        const dir = this.held.get(file.path) ?? this.reopen(entry);
+        if (!this.held.has(file.path)) opened.set(file.path, dir);
         let newId: FileId;
         try {
           newId = dir.createFile(temp, bytes, FILE_MODE, this.owner);
@@ -436,9 +451,14 @@ export class FileSession {
         commits.push({
           path: file.path,
           run: () => {
+            // The old file (ours: its identity is recorded) keeps a second name until it is zeroed.
+            const before = dir.lstat(ENV_FILE_NAME);
+            const oldId = before && entry.ids.includes(fileId(before)) ? fileId(before) : undefined;
+            if (oldId) dir.hardLink(ENV_FILE_NAME, old);
             dir.rename(temp, ENV_FILE_NAME);
+            if (oldId) dir.shred(old, (st) => fileId(st) === oldId, true);
             entry.ids = [newId];
-            entry.temps = entry.temps.filter((t) => t !== temp);
+            entry.temps = entry.temps.filter((t) => t !== temp && t !== old);
           },
         });
       }
@@ -475,7 +495,11 @@ export class FileSession {
     } catch (error) {
       throw new PartialWriteError(`cannot put the new .env files in place (${done.length} of ${commits.length} done): ${errnoText(error)}`, done);
     } finally {
-      for (const dir of opened.values()) dir.close();
+      for (const [file, dir] of opened) {
+        // In place, a fresh node's folder stays held for the rewrites and the wipe.
+        if (this.storage.kind === 'in-place' && added.some((e) => e.path === file) && !this.held.has(file)) this.held.set(file, dir);
+        else if (!this.held.has(file) || this.held.get(file) !== dir) dir.close();
+      }
     }
   }
 
@@ -555,6 +579,8 @@ export class FileSession {
   }
 
   close(): void {
+    for (const dir of this.held.values()) dir.close();
+    this.held.clear();
     this.secrets?.dir.close();
     this.state.close();
   }

@@ -1,4 +1,4 @@
-import { readRegularFile } from './owned.js';
+import { readRegularFile, rootAlone } from './owned.js';
 import { parse as parseJson, type DocumentNode, type ValueNode } from '@humanwhocodes/momoa';
 import { z } from 'zod';
 
@@ -324,13 +324,21 @@ function firstInvalidByte(bytes: Uint8Array): number {
 /** A manifest of 500 nodes is about 100 KiB. */
 export const MAX_MANIFEST_BYTES = 16 * 1024 * 1024;
 
-export async function readManifestFile(manifestPath: string): Promise<string> {
+/**
+ * The manifest's bytes. `rootAlone`: gpu-boot runs as root, and the manifest decides which secrets
+ * each node gets and which variables are not secrets: it must be root's, writable by root alone.
+ */
+export async function readManifestFile(manifestPath: string, options: { rootAlone?: boolean } = {}): Promise<string> {
   let bytes: Buffer;
   try {
     // Never blocks on a FIFO, never reads a device or a huge file planted at the path.
-    bytes = readRegularFile(manifestPath, MAX_MANIFEST_BYTES);
+    bytes = readRegularFile(manifestPath, MAX_MANIFEST_BYTES, options.rootAlone ? rootAlone : undefined);
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code ?? 'error';
+    if (code === 'ENOTOURS') {
+      const why = `${manifestPath} cannot be trusted as root: ${(error as Error).message}; the manifest decides which secrets each node gets, so as root it must be root's and writable by root alone (chown root and chmod go-w it, or keep it in the image)`;
+      throw new ManifestError(`manifest ${why}`, [`CUSTOM_NODES_CONFIG: ${why}`]);
+    }
     const why =
       code === 'ENOENT' ? 'does not exist' : code === 'EISDIR' ? 'is a folder' : code === 'EFTYPE' ? 'is not a regular file' : code === 'EFBIG' ? `is larger than ${MAX_MANIFEST_BYTES / 1024 / 1024} MiB` : `cannot be read (${code})`;
     throw new ManifestError(`manifest ${manifestPath} ${why}`, [`CUSTOM_NODES_CONFIG: ${manifestPath} ${why}`]);
@@ -346,8 +354,8 @@ export async function readManifestFile(manifestPath: string): Promise<string> {
 }
 
 /** Read and parse the manifest: its valid entries and every problem; a ManifestError when it cannot be read at all (missing, not UTF-8, not JSON). */
-export async function loadManifestReading(manifestPath: string): Promise<ManifestReading> {
-  return readManifestText(await readManifestFile(manifestPath), manifestPath);
+export async function loadManifestReading(manifestPath: string, options: { rootAlone?: boolean } = {}): Promise<ManifestReading> {
+  return readManifestText(await readManifestFile(manifestPath, options), manifestPath);
 }
 
 export async function loadManifest(manifestPath: string): Promise<Manifest> {

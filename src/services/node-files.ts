@@ -59,7 +59,7 @@ export function nodeSummaries(prepared: PreparedNodes): Array<{ name: string; fi
 /** The manifest with its problems (a missing default manifest is none); what stops the reading at once is thrown. */
 async function readManifestOrEmpty(config: Config, logger: Logger): Promise<ManifestReading> {
   try {
-    return await loadManifestReading(config.manifestPath);
+    return await loadManifestReading(config.manifestPath, { rootAlone: process.geteuid?.() === 0 });
   } catch (error) {
     if (error instanceof ManifestError) {
       if (!config.manifestExplicit && /does not exist/.test(error.message)) {

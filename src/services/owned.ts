@@ -1,3 +1,4 @@
+import type { Stats } from 'node:fs';
 import { closeSync, constants, fchmodSync, fchownSync, fstatSync, fsyncSync, ftruncateSync, linkSync, lstatSync, openSync, readdirSync, readFileSync, readlinkSync, renameSync, rmdirSync, symlinkSync, unlinkSync, writeSync, type BigIntStats } from 'node:fs';
 
 /**
@@ -214,13 +215,15 @@ const ZEROS = Buffer.alloc(64 * 1024);
  * Read a small regular file by path (links followed) without ever blocking on a FIFO or a device
  * and without reading more than `limit` bytes: what the instances' user can put at a path gpu-boot reads.
  */
-export function readRegularFile(file: string, limit: number): Buffer {
+export function readRegularFile(file: string, limit: number, trust?: (stat: Stats) => string | undefined): Buffer {
   const fd = openSync(file, O_RDONLY | O_NONBLOCK);
   try {
     const stat = fstatSync(fd);
     if (stat.isDirectory()) throw Object.assign(new Error(`${file} is a folder`), { code: 'EISDIR' });
     if (!stat.isFile()) throw Object.assign(new Error(`${file} is not a regular file`), { code: 'EFTYPE' });
     if (stat.size > limit) throw Object.assign(new Error(`${file} is larger than ${limit} bytes`), { code: 'EFBIG' });
+    const distrust = trust?.(stat);
+    if (distrust) throw Object.assign(new Error(distrust), { code: 'ENOTOURS' });
     return readFileSync(fd);
   } finally {
     closeSync(fd);
@@ -250,6 +253,13 @@ export function ownerMayWrite(stat: BigIntStats, owner: Owner): boolean {
 /** Group- or other-writable: someone else can change what is in it. */
 export function writableByOthers(stat: BigIntStats): boolean {
   return (Number(stat.mode) & 0o022) !== 0;
+}
+
+/** As root: a file only root can write (what decides what root does must not be another user's). */
+export function rootAlone(stat: { uid: number; mode: number }): string | undefined {
+  if (stat.uid !== 0) return `it belongs to uid ${stat.uid}`;
+  if ((stat.mode & 0o022) !== 0) return 'others can write it';
+  return undefined;
 }
 
 /** Fchmod and fchown a folder through its handle. */

@@ -41,6 +41,9 @@ interface Pm2Api {
   disconnect(callback?: () => void): void;
 }
 
+/** The longest line relayed from an instance: a longer one is dropped (64 KiB). */
+export const MAX_LINE = 64 * 1024;
+
 /** State and parent pid from /proc/<pid>/stat: the fields after the command name, which may hold spaces and parentheses. */
 export function procStat(pid: number): { state: string; ppid: number } | undefined {
   let stat: string;
@@ -119,6 +122,8 @@ export class ProcessManager {
   private killedBy: ((reason: string) => void) | undefined;
   private stopping = false;
   private readonly partialLines = new Map<string, string>();
+  /** Characters of an over-long line dropped so far, per instance and stream. */
+  private readonly droppedChars = new Map<string, number>();
   /** Instances being restarted on purpose: their exit is not a crash. */
   private readonly restarting = new Set<string>();
 
@@ -246,10 +251,39 @@ export class ProcessManager {
       const name = packet.process?.name;
       if (!name?.startsWith(APP_PREFIX) || typeof packet.data !== 'string') return;
       const key = `${name}:${stream}`;
-      const text = (this.partialLines.get(key) ?? '') + packet.data;
-      const lines = text.split('\n');
-      this.partialLines.set(key, lines.pop() ?? '');
-      for (const line of lines) if (line.trim()) this.logger.info({ instance: name, stream }, line);
+      let data = packet.data;
+      // A line longer than MAX_LINE is dropped whole, up to its newline: cutting it would log part of
+      // a value the masker can then no longer recognise, and keeping it would cost memory and time.
+      const dropped = this.droppedChars.get(key) ?? 0;
+      if (dropped > 0) {
+        const end = data.indexOf('\n');
+        if (end === -1) {
+          this.droppedChars.set(key, dropped + data.length);
+          return;
+        }
+        this.droppedChars.delete(key);
+        this.logger.warn({ instance: name, stream, droppedChars: dropped + end }, `${name} printed a line of ${dropped + end} characters without a newline; dropped (longer than ${MAX_LINE})`);
+        data = data.slice(end + 1);
+      }
+      const held = this.partialLines.get(key) ?? '';
+      if (!data.includes('\n')) {
+        const text = held + data;
+        if (text.length > MAX_LINE) {
+          this.partialLines.delete(key);
+          this.droppedChars.set(key, text.length);
+        } else this.partialLines.set(key, text);
+        return;
+      }
+      const lines = (held + data).split('\n');
+      const rest = lines.pop() ?? '';
+      if (rest.length > MAX_LINE) {
+        this.partialLines.delete(key);
+        this.droppedChars.set(key, rest.length);
+      } else this.partialLines.set(key, rest);
+      for (const line of lines) {
+        if (line.length > MAX_LINE) this.logger.warn({ instance: name, stream, droppedChars: line.length }, `${name} printed a line of ${line.length} characters; dropped (longer than ${MAX_LINE})`);
+        else if (line.trim()) this.logger.info({ instance: name, stream }, line);
+      }
     };
     bus.on('log:out', relay('stdout'));
     bus.on('log:err', relay('stderr'));

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { constants, mkdirSync, readFileSync, readlinkSync } from 'node:fs';
-import { access, mkdir, stat, statfs } from 'node:fs/promises';
+import { access, lstat, mkdir, statfs } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { z } from 'zod';
@@ -156,7 +156,10 @@ export function emptySecretsFolder(dir: DirHandle, problems: string[]): number {
       const st = dir.lstat(name);
       if (!st) continue;
       if (st.isFile()) {
-        if (dir.shred(name, () => true, false) === 'shredded' && name !== RUN_MARKER) removed += 1;
+        // A file with a second name is not one gpu-boot made here (its owner may have linked one of
+        // theirs in, or kept a copy): unlinked, never zeroed.
+        if (st.nlink !== 1n) dir.unlinkIf(name, fileId(st));
+        else if (dir.shred(name, (s) => s.nlink === 1n, false) === 'shredded' && name !== RUN_MARKER) removed += 1;
       } else if (st.isSymbolicLink()) {
         dir.unlinkIf(name, fileId(st));
       } else {
@@ -264,10 +267,26 @@ export async function chooseOwner(config: Config): Promise<Owner | undefined> {
     const [uid, gid] = await Promise.all([idOf(config.comfyuiUser, '-u'), idOf(config.comfyuiUser, '-g')]);
     return uid === 0 ? undefined : { uid, gid };
   }
+  // The owner of COMFYUI_PATH, never through a link: a link planted in the workspace would choose
+  // the user (root, for a link to /var/tmp) and the main.py that runs as them.
+  let owner;
   try {
-    const owner = await stat(config.comfyuiPath);
-    return owner.uid === 0 ? undefined : { uid: owner.uid, gid: owner.gid };
+    owner = await lstat(config.comfyuiPath);
   } catch {
     return undefined;
   }
+  const setUser = 'set COMFYUI_USER to the user the instances run as';
+  if (owner.isSymbolicLink()) {
+    throw new ConfigError('invalid configuration', [`COMFYUI_PATH: ${config.comfyuiPath} is a link; as root, gpu-boot takes the instances' user from its owner and would follow whatever the link leads to: ${setUser}`]);
+  }
+  if (owner.uid !== 0) return { uid: owner.uid, gid: owner.gid };
+  // Instances as root: only from a folder no one else can change or replace.
+  const parent = await lstat(path.dirname(config.comfyuiPath)).catch(() => undefined);
+  const open = (s: { uid: number; mode: number } | undefined) => !s || s.uid !== 0 || (s.mode & 0o022) !== 0;
+  if ((owner.mode & 0o022) !== 0 || open(parent)) {
+    throw new ConfigError('invalid configuration', [
+      `COMFYUI_PATH: ${config.comfyuiPath} is root's, so the instances would run as root, but it or ${path.dirname(config.comfyuiPath)} can be changed by another user: ${setUser}`,
+    ]);
+  }
+  return undefined;
 }

@@ -20,16 +20,20 @@ export interface WipeResult {
   skipped: string[];
 }
 
-function wipeEntry(entry: RecordEntry, record: WriteRecord, result: WipeResult): void {
+function wipeEntry(entry: RecordEntry, record: WriteRecord, result: WipeResult, folders?: ReadonlyMap<string, DirHandle>): void {
   const durable = record.storage === undefined;
   const uids = [euid(), ...(record.owner ? [record.owner.uid] : [])];
   const linkTarget = record.storage && entry.target ? path.join(record.storage.path, entry.target) : undefined;
   const folder = path.dirname(entry.path);
   let dir: DirHandle;
+  const held = folders?.get(entry.path);
   try {
-    dir = DirHandle.open(folder);
+    dir = held ?? DirHandle.open(folder);
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') result.problems.push(`${folder}: ${errnoText(error)}`);
+    const code = (error as NodeJS.ErrnoException).code;
+    // Renamed, removed or replaced by a file or a looping link: nothing of ours can be reached there.
+    if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'ELOOP') result.skipped.push(`${entry.path}: ${folder} is gone or no longer a folder (moved during the run?); nothing removed there`);
+    else result.problems.push(`${folder}: ${errnoText(error)}`);
     return;
   }
   try {
@@ -79,13 +83,15 @@ function wipeEntry(entry: RecordEntry, record: WriteRecord, result: WipeResult):
   } catch (error) {
     result.problems.push(`${entry.path}: ${errnoText(error)}`);
   } finally {
-    dir.close();
+    if (!held) dir.close();
   }
 }
 
 export interface WipeOptions {
   /** This run's own secrets folder, held open since it was made; a dead run's is opened and proven. */
   secrets?: DirHandle;
+  /** This run's node folders, held open since the write (files in place): a folder renamed during the run is still wiped. */
+  folders?: ReadonlyMap<string, DirHandle>;
 }
 
 /**
@@ -94,7 +100,7 @@ export interface WipeOptions {
  */
 export function wipeRecord(state: StateDir, record: WriteRecord, options: WipeOptions = {}): WipeResult {
   const result: WipeResult = { removed: 0, restored: 0, problems: [], skipped: [] };
-  for (const entry of record.files) wipeEntry(entry, record, result);
+  for (const entry of record.files) wipeEntry(entry, record, result, options.folders);
   if (record.storage) {
     const own = options.secrets;
     const dir = own ?? openOwnSecretsFolder(record.storage.path, record.storage.id);

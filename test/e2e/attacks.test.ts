@@ -61,6 +61,8 @@ async function hostileWorkspace(): Promise<{ w: Workspace; victim: string; env: 
   const w = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 1 });
   await chmod(w.root, 0o755);
   execFileSync('chown', ['-R', `${attacker!.uid}:${attacker!.gid}`, w.workspace]);
+  // The manifest is the image's (root's): it decides which secrets each node gets.
+  execFileSync('chown', ['0:0', path.join(w.workspace, 'config_nodes.json')]);
   const victim = path.join(w.root, 'victim');
   await mkdir(victim, { mode: 0o755 });
   await writeFile(path.join(victim, 'passwd'), 'root:x:0:0:root:/root:/bin/sh\n', { mode: 0o644 });
@@ -224,7 +226,88 @@ describe('paths gpu-boot reads as root', () => {
   });
 });
 
+describe('what decides who runs what', () => {
+  it('a COMFYUI_PATH swapped for a link to a root-owned folder is refused (78): no instance runs as root', async (ctx) => {
+    if (!attacker) return ctx.skip(skipReason);
+    const { w, env } = await hostileWorkspace();
+    ws = w;
+    // A root-owned sticky folder anyone can write, like /var/tmp: the attacker's main.py in it.
+    const sticky = path.join(w.root, 'sticky');
+    await mkdir(sticky);
+    await chmod(sticky, 0o1777);
+    expect(asAttacker(`mv ${w.comfyui} ${w.comfyui}.x && cp ${w.comfyui}.x/main.py ${sticky}/main.py && mkdir ${sticky}/custom_nodes && ln -s ${sticky} ${w.comfyui}`).status).toBe(0);
+    const { COMFYUI_USER: _user, ...noUser } = env;
+    for (const command of ['check', 'start']) {
+      const result = await runBoot([command], noUser);
+      expect(result.exitCode).toBe(78);
+      expect(`${result.stdout}${result.stderr}`).toContain(`COMFYUI_PATH: ${w.comfyui} is a link; as root, gpu-boot takes the instances' user from its owner`);
+    }
+    // Not a link, but root's and open to others: refused too.
+    expect(asAttacker(`rm ${w.comfyui}`).status).toBe(0);
+    execFileSync('mkdir', ['-m', '1777', w.comfyui]);
+    const open = await runBoot(['start'], noUser);
+    expect(open.exitCode).toBe(78);
+    expect(open.stderr).toContain(`COMFYUI_PATH: ${w.comfyui} is root's, so the instances would run as root, but it or ${w.workspace} can be changed by another user`);
+  });
+
+  it('a manifest the attacker rewrote is refused as root (78): it would decide which secrets their node gets and what is masked', async (ctx) => {
+    if (!attacker) return ctx.skip(skipReason);
+    const { w, env } = await hostileWorkspace();
+    ws = w;
+    const manifest = path.join(w.workspace, 'config_nodes.json');
+    const forged = { not_secret: ['HF_TOKEN'], custom_nodes: [{ name: 'hf_node', env: { HF_TOKEN: '${HF_TOKEN}', STOLEN: '${ROOT_ONLY_KEY}' } }] };
+    await writeFile(path.join(w.root, 'forged.json'), JSON.stringify(forged));
+    expect(asAttacker(`rm -f ${manifest} && cp ${path.join(w.root, 'forged.json')} ${manifest}`).status).toBe(0);
+    const result = await runBoot(['start'], { ...env, ROOT_ONLY_KEY: 'rootonly-canary-9f31' });
+    expect(result.exitCode).toBe(78);
+    expect(result.stderr).toContain(`CUSTOM_NODES_CONFIG: ${manifest} cannot be trusted as root: it belongs to uid ${attacker.uid}; the manifest decides which secrets each node gets`);
+    expect(`${result.stdout}${result.stderr}`).not.toContain(SECRET);
+    expect(existsSync(w.envFile('hf_node'))).toBe(false);
+  });
+});
+
 describe('during a run', () => {
+  it('a node folder replaced by a file during the run is reported and left alone: the boot stops with 0 and the next start is not refused', async (ctx) => {
+    if (!attacker) return ctx.skip(skipReason);
+    const { w, env } = await hostileWorkspace();
+    ws = w;
+    const boot = startBoot(['start'], env);
+    await boot.waitForLog((l) => l.phase === 'ready', 'ready', 60_000);
+    const nodeDir = path.dirname(w.envFile('hf_node'));
+    expect(asAttacker(`mv ${nodeDir} ${nodeDir}.x && echo > ${nodeDir}`).status).toBe(0);
+    boot.child.kill('SIGTERM');
+    expect((await boot.child).exitCode).toBe(0);
+    expect(boot.logs().some((l) => l.msg === `${w.envFile('hf_node')}: ${nodeDir} is gone or no longer a folder (moved during the run?); nothing removed there`)).toBe(true);
+    expect(existsSync(path.join(w.stateDir, 'written-files.json'))).toBe(false);
+    const wipe = await runBoot(['wipe'], env);
+    expect(wipe.exitCode).toBe(0);
+  });
+
+  it('files in place: a node folder renamed during the run is still wiped where it went, and a rotation zeroes the old file (a hard link to it reads empty)', async (ctx) => {
+    if (!attacker) return ctx.skip(skipReason);
+    const { w, env } = await hostileWorkspace();
+    ws = w;
+    const token = path.join(w.secrets, 'hf');
+    await writeFile(token, `${SECRET}\n`);
+    const { HF_TOKEN: _plain, ...rest } = env;
+    const boot = startBoot(['start'], { ...rest, HF_TOKEN_FILE: token, SECRETS_TMPFS: 'off', ROTATION_DEBOUNCE_MS: '60000', ROTATION: 'files' });
+    await boot.waitForLog((l) => l.phase === 'ready', 'ready', 60_000);
+    const nodeDir = path.dirname(w.envFile('hf_node'));
+    // A copy by a second name before the rotation: the rotation must zero what it names.
+    expect(asAttacker(`ln ${w.envFile('hf_node')} ${w.workspace}/kept`).status).toBe(0);
+    await writeFile(token, `${SECRET}-rotated\n`);
+    boot.child.kill('SIGHUP');
+    await boot.waitForLog((l) => l.phase === 'rotation', 'rotation');
+    expect(await readFile(path.join(w.workspace, 'kept'), 'utf8')).toBe('');
+    expect(await readFile(w.envFile('hf_node'), 'utf8')).toContain(`${SECRET}-rotated`);
+    expect(asAttacker(`mv ${nodeDir} ${nodeDir}.moved`).status).toBe(0);
+    boot.child.kill('SIGTERM');
+    expect((await boot.child).exitCode).toBe(0);
+    expect(existsSync(path.join(`${nodeDir}.moved`, '.env'))).toBe(false);
+    expect(await filesHolding(w.root, SECRET)).toEqual([path.join(w.secrets, 'hf')]);
+  });
+
+
   it('a content file its owner grows to 5 GiB is still shredded and removed: the wipe neither fails nor fills memory', async (ctx) => {
     if (!attacker) return ctx.skip(skipReason);
     const { w, env } = await hostileWorkspace();

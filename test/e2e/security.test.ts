@@ -152,6 +152,29 @@ describe('masking instance output', () => {
     expect(pm2Files.filter((f) => /comfyui-gpu0.*\.log$/.test(f))).toEqual([]);
     for (const file of pm2Files) expect({ file, leaks: (await readFile(file, 'utf8').catch(() => '')).includes(PLAIN.slice(6)) }).toEqual({ file, leaks: false });
   });
+
+  it('drops a line longer than 64 KiB whole (8 MiB without a newline, a secret inside): no part of it is logged, and the boot stays responsive', async () => {
+    const flood = tinyServerMain([
+      'from dotenv import dotenv_values',
+      'value = dotenv_values(os.path.join("custom_nodes", "hf_node", ".env"))["HF_TOKEN"]',
+      // The secret sits across the 64 KiB mark: a cut there would log half of it, unmasked.
+      'sys.stderr.write("x" * (65536 - 6) + value + "y" * (8 * 1024 * 1024)); sys.stderr.flush()',
+      'sys.stderr.write(" tail\\nafter the flood\\n"); sys.stderr.flush()',
+    ]);
+    ws = await makeWorkspace({ nodes: ['hf_node'], manifest: { custom_nodes: [{ name: 'hf_node', env: { HF_TOKEN: '${HF_TOKEN}' } }] }, gpus: 1, mainPy: flood });
+    const boot = startBoot(['start'], { ...ws.env, HF_TOKEN: PLAIN });
+    const dropped = await boot.waitForLog((l) => typeof l.msg === 'string' && l.msg.includes('without a newline; dropped'), 'the dropped line', 60_000);
+    expect(dropped.droppedChars).toBe(65536 - 6 + PLAIN.length + 8 * 1024 * 1024 + ' tail'.length);
+    await boot.waitForLog((l) => l.msg === 'after the flood', 'the next line');
+    await boot.waitForLog((l) => l.phase === 'ready', 'ready', 60_000);
+    expect(((await (await fetch(`http://127.0.0.1:${ws.healthPort}/health`)).status))).toBe(200);
+    boot.child.kill('SIGTERM');
+    expect((await boot.child).exitCode).toBe(0);
+    const all = boot.lines.join('\n');
+    expect(all).not.toContain(PLAIN.slice(0, 6));
+    expect(all).not.toContain(PLAIN.slice(6));
+    expect(Math.max(...boot.lines.map((l) => l.length))).toBeLessThan(70 * 1024);
+  });
 });
 
 describe('short values', () => {
