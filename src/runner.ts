@@ -265,7 +265,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     await timed(ctx, 'write', async () => {
       files = new FileSession(StateDir.create(config.stateDir), storage, owner);
       files.writePlan(`${JSON.stringify(plan, null, 2)}\n`);
-      files.write(prepared.files);
+      await files.write(prepared.files);
       return prepared.files;
     }, (written) => ({
       files: capList(written.map((f) => f.path)),

@@ -53,7 +53,7 @@ describe('FileSession and wipeRecord', () => {
     const files = [await nodeFile('a', 'A="1"\n'), await nodeFile('b', 'B="2"\n')];
     const s = session();
     s.writePlan('{}\n');
-    s.write(files);
+    await s.write(files);
     for (const f of files) {
       const info = await lstat(f.path, { bigint: true });
       expect(Number(info.mode & 0o777n)).toBe(0o600);
@@ -74,9 +74,9 @@ describe('FileSession and wipeRecord', () => {
   it('on tmpfs: a fresh, unguessable, marked 0700 folder; each .env a link to its 0600 file there', async () => {
     const files = [await nodeFile('a', 'A=\'x #y\'\n')];
     const s = session({ kind: 'tmpfs', base: shm });
-    s.write(files);
+    await s.write(files);
     const dir = s.secrets!.path;
-    expect(path.basename(dir)).toMatch(/^gpu-boot-[0-9a-f]{18}$/);
+    expect(path.basename(dir)).toMatch(/^gpu-boot-[A-Za-z0-9_-]{12}$/);
     expect(await readlink(files[0]!.path)).toBe(path.join(dir, 'a.env'));
     expect((await stat(dir)).mode & 0o777).toBe(0o700);
     expect((await stat(path.join(dir, 'a.env'))).mode & 0o777).toBe(0o600);
@@ -92,7 +92,7 @@ describe('FileSession and wipeRecord', () => {
     const f = await nodeFile('a', 'A="ours"\n');
     await writeFile(f.path, 'MINE=1\n', { mode: 0o644 });
     const s = session({ kind: 'tmpfs', base: shm });
-    s.write([f]);
+    await s.write([f]);
     expect(await readFile(f.path, 'utf8')).toBe(f.text);
     expect(wipeFromDisk()).toEqual({ removed: 1, restored: 1, problems: [], skipped: [] });
     expect(await readFile(f.path, 'utf8')).toBe('MINE=1\n');
@@ -106,7 +106,7 @@ describe('FileSession and wipeRecord', () => {
     await writeFile(older, 'OLD=1\n');
     await writeFile(f.path, 'EDITED=2\n');
     const s = session();
-    s.write([f]);
+    await s.write([f]);
     expect(await readFile(path.join(nodes, 'a', '.env.gpu-boot-orig-2'), 'utf8')).toBe('EDITED=2\n');
     expect(await readFile(older, 'utf8')).toBe('OLD=1\n');
     expect(wipeFromDisk()).toEqual({ removed: 1, restored: 1, problems: [], skipped: [] });
@@ -119,7 +119,7 @@ describe('FileSession and wipeRecord', () => {
     const f = await nodeFile('a', 'A="ours"\n');
     await writeFile(f.path, 'ORIGINAL=1\n');
     const s = session();
-    s.write([f]);
+    await s.write([f]);
     // An editor writes a new file and renames it over .env.
     await writeFile(path.join(nodes, 'a', 'edit'), 'EDITED=1\n');
     await rename(path.join(nodes, 'a', 'edit'), f.path);
@@ -138,7 +138,7 @@ describe('FileSession and wipeRecord', () => {
     const f = await nodeFile('a', 'A="1"\n');
     await mkdir(f.path);
     const s = session({ kind: 'tmpfs', base: shm });
-    expect(() => s.write([f])).toThrow(expect.objectContaining({ exitCode: 78, problems: [`node "a": ${f.path} is a folder; refusing to replace it (move it away)`] }));
+    await expect(s.write([f])).rejects.toThrow(expect.objectContaining({ exitCode: 78, problems: [`node "a": ${f.path} is a folder; refusing to replace it (move it away)`] }));
     expect(s.secrets).toBeUndefined();
     expect(existsSync(path.join(stateDir, 'written-files.json'))).toBe(false);
     s.close();
@@ -149,7 +149,7 @@ describe('FileSession and wipeRecord', () => {
     await symlink(path.join(nodes, 'a'), path.join(nodes, 'b'));
     const b: NodeFile = { node: 'b', path: path.join(nodes, 'b', '.env'), text: `${HEADER}\nB="2"\n` };
     const s = session();
-    expect(() => s.write([a, b])).toThrow(expect.objectContaining({ exitCode: 78, problems: [`node "b": ${path.join(nodes, 'b')} is the same folder as node "a"'s; two nodes cannot share one .env`] }));
+    await expect(s.write([a, b])).rejects.toThrow(expect.objectContaining({ exitCode: 78, problems: [`node "b": ${path.join(nodes, 'b')} is the same folder as node "a"'s; two nodes cannot share one .env`] }));
     expect(await readdir(path.join(nodes, 'a'))).toEqual([]);
     s.close();
   });
@@ -158,10 +158,10 @@ describe('FileSession and wipeRecord', () => {
     const a = await nodeFile('a', 'A="1"\n');
     const b = await nodeFile('b', 'B="1"\n');
     const s = session();
-    s.write([a, b]);
+    await s.write([a, b]);
     // b's folder is removed: its rewrite cannot land, so a's new file must not land either.
     await rm(path.join(nodes, 'b'), { recursive: true });
-    expect(() => s.write([{ ...a, text: `${HEADER}\nA="2"\n` }, { ...b, text: `${HEADER}\nB="2"\n` }])).toThrow(`cannot write ${b.path}: ENOENT`);
+    await expect(s.write([{ ...a, text: `${HEADER}\nA="2"\n` }, { ...b, text: `${HEADER}\nB="2"\n` }])).rejects.toThrow(`cannot write ${b.path}: ENOENT`);
     expect(await readFile(a.path, 'utf8')).toBe(a.text);
     expect((await readdir(path.join(nodes, 'a'))).sort()).toEqual(['.env']);
     expect(s.entry(a.path)!.temps).toEqual([]);
@@ -171,14 +171,14 @@ describe('FileSession and wipeRecord', () => {
   it('works through its handles: a secrets folder moved away and replaced during the run is wiped where it went, the decoy untouched', async () => {
     const f = await nodeFile('a', 'A="1"\n');
     const s = session({ kind: 'tmpfs', base: shm });
-    s.write([f]);
+    await s.write([f]);
     const real = s.secrets!.path;
     const moved = path.join(shm, 'moved');
     await rename(real, moved);
     await mkdir(real);
     await writeFile(path.join(real, 'a.env'), 'DECOY=1\n');
     // A rotation writes into the folder it made, not the decoy.
-    s.write([{ ...f, text: `${HEADER}\nA="2"\n` }]);
+    await s.write([{ ...f, text: `${HEADER}\nA="2"\n` }]);
     expect(await readFile(path.join(moved, 'a.env'), 'utf8')).toBe(`${HEADER}\nA="2"\n`);
     expect(await readFile(path.join(real, 'a.env'), 'utf8')).toBe('DECOY=1\n');
     const result = wipeRecord(s.state, s.record, { secrets: s.secrets!.dir });
@@ -191,11 +191,11 @@ describe('FileSession and wipeRecord', () => {
   it('in place, a rotation goes to the folder it wrote to (held open), never to one put in its place; the old file is zeroed', async () => {
     const f = await nodeFile('a', 'A="1"\n');
     const s = session();
-    s.write([f]);
+    await s.write([f]);
     await link(f.path, path.join(root, 'second-name'));
     await rename(path.join(nodes, 'a'), path.join(root, 'a-away'));
     await mkdir(path.join(nodes, 'a'));
-    s.write([{ ...f, text: `${HEADER}\nA="2"\n` }]);
+    await s.write([{ ...f, text: `${HEADER}\nA="2"\n` }]);
     expect(await readdir(path.join(nodes, 'a'))).toEqual([]);
     expect(await readFile(path.join(root, 'a-away', '.env'), 'utf8')).toBe(`${HEADER}\nA="2"\n`);
     expect(await readdir(path.join(root, 'a-away'))).toEqual(['.env']);
@@ -208,17 +208,17 @@ describe('FileSession and wipeRecord', () => {
   it('a write that fails leaves no trace of the nodes it wrote for the first time: the next write starts them afresh', async () => {
     const a = await nodeFile('a', 'A="1"\n');
     const s = session();
-    s.write([a]);
+    await s.write([a]);
     const c = await nodeFile('c', 'C="1"\n');
     await writeFile(c.path, 'MINE=1\n');
     // a's folder is removed: its rewrite fails after c was prepared.
     await rm(path.join(nodes, 'a'), { recursive: true });
-    expect(() => s.write([{ ...a, text: `${HEADER}\nA="2"\n` }, c])).toThrow(`cannot write ${a.path}: ENOENT`);
+    await expect(s.write([{ ...a, text: `${HEADER}\nA="2"\n` }, c])).rejects.toThrow(`cannot write ${a.path}: ENOENT`);
     expect((await readdir(path.join(nodes, 'c'))).sort()).toEqual(['.env']);
     expect(await readFile(c.path, 'utf8')).toBe('MINE=1\n');
     expect(s.record.files.map((e) => e.node)).toEqual(['a']);
     expect(StateDir.open(stateDir)!.readRecord()!.files.map((e) => e.node)).toEqual(['a']);
-    s.write([c]);
+    await s.write([c]);
     expect(await readFile(c.path, 'utf8')).toBe(c.text);
     expect(wipeRecord(s.state, s.record).restored).toBe(1);
     expect(await readFile(c.path, 'utf8')).toBe('MINE=1\n');
@@ -228,7 +228,7 @@ describe('FileSession and wipeRecord', () => {
   it('a node folder replaced during the run is not wiped into', async () => {
     const f = await nodeFile('a', 'A="1"\n');
     const s = session();
-    s.write([f]);
+    await s.write([f]);
     await rename(path.join(nodes, 'a'), path.join(root, 'a-away'));
     await mkdir(path.join(nodes, 'a'));
     await writeFile(f.path, `${HEADER}\nVICTIM=1\n`);
@@ -248,7 +248,7 @@ describe('the record cannot redirect anything', () => {
     expect(() => StateDir.create(stateDir)).toThrow(expect.objectContaining({ exitCode: 65, message: `the state folder ${stateDir} is a link, not gpu-boot's folder; nothing was touched` }));
     await rm(stateDir);
     const s = session();
-    s.write([await nodeFile('a', 'A="1"\n')]);
+    await s.write([await nodeFile('a', 'A="1"\n')]);
     await link(path.join(stateDir, 'written-files.json'), path.join(root, 'second-name'));
     expect(() => StateDir.open(stateDir)!.readRecord()).toThrow(/is not one gpu-boot wrote \(owner uid \d+, 2 link\(s\), mode 600\); nothing was touched/);
     s.close();
@@ -256,7 +256,7 @@ describe('the record cannot redirect anything', () => {
 
   it('refuses a record that is not valid (65) and an older record (65), naming what to do', async () => {
     const s = session();
-    s.write([await nodeFile('a', 'A="1"\n')]);
+    await s.write([await nodeFile('a', 'A="1"\n')]);
     const file = path.join(stateDir, 'written-files.json');
     const record = JSON.parse(await readFile(file, 'utf8'));
     await writeFile(file, JSON.stringify({ ...record, files: [{ ...record.files[0], path: '/etc/passwd' }] }), { mode: 0o600 });
@@ -276,13 +276,13 @@ describe('dead runs leave nothing', () => {
     await writeFile(path.join(dead.path, 'a.env'), 'SECRET=1\n');
     // A run that is gone: a pid that cannot exist.
     await writeFile(path.join(dead.path, RUN_MARKER), JSON.stringify({ ...JSON.parse(await readFile(path.join(live.path, RUN_MARKER), 'utf8')), pid: 4194304 + 7 }));
-    const unmarked = path.join(shm, 'gpu-boot-0123456789abcdef01');
+    const unmarked = path.join(shm, 'gpu-boot-0123456789ab');
     await mkdir(unmarked);
     await writeFile(path.join(unmarked, 'keep'), 'x');
     const victim = path.join(root, 'victim');
     await mkdir(victim);
     await writeFile(path.join(victim, RUN_MARKER), JSON.stringify({ pid: 4194311, start: '1', boot: 'x', pidNs: 'y' }));
-    await symlink(victim, path.join(shm, 'gpu-boot-aaaaaaaaaaaaaaaaaa'));
+    await symlink(victim, path.join(shm, 'gpu-boot-aaaaaaaaaaaa'));
     const sweep = sweepDeadRuns([shm]);
     expect(sweep).toEqual({ removed: [dead.path], problems: [] });
     expect(existsSync(dead.path)).toBe(false);

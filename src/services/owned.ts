@@ -1,4 +1,5 @@
 import type { Stats } from 'node:fs';
+import { lstat as lstatAsync, open as openAsync, rename as renameAsyncFs, symlink as symlinkAsync } from 'node:fs/promises';
 import { closeSync, constants, fchmodSync, fchownSync, fstatSync, fsyncSync, ftruncateSync, linkSync, lstatSync, openSync, readdirSync, readFileSync, readlinkSync, renameSync, rmdirSync, symlinkSync, unlinkSync, writeSync, type BigIntStats } from 'node:fs';
 
 /**
@@ -109,6 +110,43 @@ export class DirHandle {
       this.unlinkQuietly(name);
       throw error;
     }
+  }
+
+  /**
+   * createFile through the thread pool: hundreds of files on a journaling disk are created far
+   * faster in parallel than one after another (the same checks: every byte, size before chown).
+   */
+  async createFileAsync(name: string, data: Buffer, mode: number, owner?: Owner): Promise<FileId> {
+    const handle = await openAsync(this.at(name), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode);
+    try {
+      for (let offset = 0; offset < data.length; ) {
+        const { bytesWritten } = await handle.write(data, offset, data.length - offset, offset);
+        if (bytesWritten <= 0) throw Object.assign(new Error('short write'), { code: 'ENOSPC' });
+        offset += bytesWritten;
+      }
+      const stat = await handle.stat({ bigint: true });
+      if (stat.size !== BigInt(data.length)) throw Object.assign(new Error('short write'), { code: 'ENOSPC' });
+      await handle.chmod(mode);
+      if (owner) await handle.chown(owner.uid, owner.gid);
+      await handle.close();
+      return fileId(stat);
+    } catch (error) {
+      await handle.close().catch(() => undefined);
+      this.unlinkQuietly(name);
+      throw error;
+    }
+  }
+
+  /** createLink through the thread pool (see createFileAsync). */
+  async createLinkAsync(target: string, name: string): Promise<FileId> {
+    await symlinkAsync(target, this.at(name));
+    const stat = await lstatAsync(this.at(name), { bigint: true });
+    if (!stat.isSymbolicLink()) throw Object.assign(new Error(`${name} changed while being created`), { code: 'EEXIST' });
+    return fileId(stat);
+  }
+
+  async renameAsync(from: string, to: string): Promise<void> {
+    await renameAsyncFs(this.at(from), this.at(to));
   }
 
   /** A new link `name` -> `target` (exclusive); returns the link's id. */

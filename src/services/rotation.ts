@@ -143,7 +143,7 @@ export class Rotator {
     }
     try {
       // All or nothing: a file that cannot be written whole (a full tmpfs) leaves every old file in place.
-      this.deps.files.write(changed);
+      await this.deps.files.write(changed);
     } catch (error) {
       if (error instanceof PartialWriteError && error.done.length) {
         // Some files are new: remember those, so the next re-read compares with what is on disk.

@@ -21,7 +21,7 @@ export type Storage = { kind: 'tmpfs'; base: string } | { kind: 'in-place' };
 const MEMORY_FILE_SYSTEMS = new Set([0x01021994 /* tmpfs */, 0x858458f6 /* ramfs */]);
 export const TMPFS_CANDIDATES = ['/dev/shm', '/run'];
 /** A run's secrets folder: a name no one can guess before it exists (72 random bits). */
-export const SECRETS_FOLDER = /^gpu-boot-[0-9a-f]{18}$/;
+export const SECRETS_FOLDER = /^gpu-boot-[A-Za-z0-9_-]{12}$/;
 /** Inside each secrets folder: which run made it (pid, its start time, the boot and pid namespace). */
 export const RUN_MARKER = '.gpu-boot-run';
 
@@ -122,7 +122,8 @@ export interface SecretsFolder {
  * entries. It is marked with this run's identity, so a later run can tell it is dead.
  */
 export function createSecretsFolder(base: string, owner?: Owner): SecretsFolder {
-  const name = `gpu-boot-${randomBytes(9).toString('hex')}`;
+  // base64url: 12 characters keep the link target short enough for ext4's inline (fast) symlinks.
+  const name = `gpu-boot-${randomBytes(9).toString('base64url')}`;
   const full = path.join(base, name);
   mkdirSync(full, { mode: 0o700 });
   const dir = DirHandle.openNoFollow(full);

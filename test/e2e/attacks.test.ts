@@ -146,14 +146,14 @@ describe('before the start', () => {
     ws = w;
     // The name the last version derived from the workspace, and any name a run could pick.
     const oldName = `gpu-boot-${createHash('sha256').update(w.stateDir).digest('hex').slice(0, 12)}`;
-    expect(asAttacker(`ln -s ${victim} ${w.tmpfs}/${oldName} && ln -s ${victim} ${w.tmpfs}/gpu-boot-000000000000000000 && mkdir ${w.tmpfs}/gpu-boot-111111111111111111 && echo '{"pid":4194311,"start":"1","boot":"x","pidNs":"y"}' > ${w.tmpfs}/gpu-boot-111111111111111111/.gpu-boot-run`).status).toBe(0);
+    expect(asAttacker(`ln -s ${victim} ${w.tmpfs}/${oldName} && ln -s ${victim} ${w.tmpfs}/gpu-boot-000000000000 && mkdir ${w.tmpfs}/gpu-boot-111111111111 && echo '{"pid":4194311,"start":"1","boot":"x","pidNs":"y"}' > ${w.tmpfs}/gpu-boot-111111111111/.gpu-boot-run`).status).toBe(0);
     const before = await fingerprint(victim);
     const planted = (await readdir(w.tmpfs)).sort();
     const boot = startBoot(['start'], env);
     await boot.waitForLog((l) => l.phase === 'ready', 'ready', 60_000);
     const content = await readlink(w.envFile('hf_node'));
     const folder = path.dirname(content);
-    expect(path.basename(folder)).toMatch(/^gpu-boot-[0-9a-f]{18}$/);
+    expect(path.basename(folder)).toMatch(/^gpu-boot-[A-Za-z0-9_-]{12}$/);
     expect(planted).not.toContain(path.basename(folder));
     const info = await stat(folder);
     expect([info.uid, info.gid, info.mode & 0o7777]).toEqual([0, attacker.gid, 0o710]);
@@ -448,7 +448,7 @@ describe('writes are whole or fail', () => {
       // The marker takes one page; the file needs four of the three left: write(2) takes part of it.
       const result = await runBoot(['start'], { ...ws.env, BIG: 'b'.repeat(13 * 1024), SECRETS_TMPFS: small });
       expect(result.exitCode).toBe(73);
-      expect(result.stderr).toMatch(/cannot write .*small\/gpu-boot-[0-9a-f]{18}\/hf_node\.env: no space left on the device/);
+      expect(result.stderr).toMatch(/cannot write .*small\/gpu-boot-[A-Za-z0-9_-]{12}\/hf_node\.env: no space left on the device/);
       expect(existsSync(ws.envFile('hf_node'))).toBe(false);
       expect(await readdir(small)).toEqual([]);
       expect(existsSync(path.join(ws.stateDir, 'written-files.json'))).toBe(false);

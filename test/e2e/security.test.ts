@@ -66,7 +66,7 @@ describe('canaries go only where they belong', () => {
     // Each .env is a link into a 0700 folder on tmpfs; the content there is 0600.
     const link = await readlink(ws.envFile('hf_node'));
     const storage = path.dirname(link);
-    expect(storage).toMatch(new RegExp(`^${ws.tmpfs}/gpu-boot-[0-9a-f]{18}$`));
+    expect(storage).toMatch(new RegExp(`^${ws.tmpfs}/gpu-boot-[A-Za-z0-9_-]{12}$`));
     expect((await stat(storage)).mode & 0o777).toBe(0o700);
     // Marked with the run that made it, so a later run can tell when it is dead.
     expect(JSON.parse(await readFile(path.join(storage, '.gpu-boot-run'), 'utf8'))).toMatchObject({ pid: boot.child.pid });
@@ -240,7 +240,7 @@ describe('a full or read-only disk', () => {
     try {
       const result = await runBoot(['start'], { ...ws.env, HF_TOKEN: PLAIN, BIG: 'y'.repeat(64 * 1024), SECRETS_TMPFS: small });
       expect(result.exitCode).toBe(73);
-      expect(result.stderr).toMatch(/cannot write .*small\/gpu-boot-[0-9a-f]{18}\/[ab]_node\.env: no space left on the device/);
+      expect(result.stderr).toMatch(/cannot write .*small\/gpu-boot-[A-Za-z0-9_-]{12}\/[ab]_node\.env: no space left on the device/);
       expect(existsSync(ws.envFile('a_node'))).toBe(false);
       expect(await readdir(path.dirname(ws.envFile('b_node')))).toEqual(['.env', '__init__.py']);
       expect(await readFile(ws.envFile('b_node'), 'utf8')).toBe('MINE=1\n');
