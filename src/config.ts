@@ -75,6 +75,21 @@ const EnvSchema = z
       z.enum(['restart', 'files', 'off'], { error: 'must be "restart", "files" or "off"' }).default('restart'),
     ),
     ROTATION_DEBOUNCE_MS: int(0, 60_000, 500),
+    CRASH_LOOP_LIMIT: int(0, 10_000, 5),
+    READY_REQUIRES_NODES: z.preprocess(
+      blankToUndefined,
+      z
+        .string()
+        .regex(/^(env|all|none|[^,\s/]+(,[^,\s/]+)*)$/, { error: 'must be "env", "all", "none" or a comma-separated list of node names' })
+        .default('env'),
+    ),
+    COMFYUI_SHARED_FOLDERS: z.preprocess(
+      (v) => (typeof v === 'string' ? v.trim().toLowerCase() : v),
+      z
+        .string()
+        .regex(/^((output|input|user)(,(output|input|user))*|none)?$/, { error: 'must be a comma-separated list of output, input, user, or "none"' })
+        .default('output,input,user'),
+    ),
   })
   .superRefine((env, ctx) => {
     // PM2 must be able to stop an instance gracefully inside the shutdown budget,
@@ -151,6 +166,12 @@ export interface Config {
   /** restart: rewrite changed files and roll the instances; files: rewrite only; off: ignore changes. */
   rotation: 'restart' | 'files' | 'off';
   rotationDebounceMs: number;
+  /** Identical failures at start of every instance after which the boot gives up with 78 (0: never). */
+  crashLoopLimit: number;
+  /** Whose failed import keeps /ready at 503: nodes that declare env, all installed manifest nodes, none, or these names. */
+  readyRequiresNodes: { kind: 'env' | 'all' | 'none' } | { kind: 'list'; nodes: string[] };
+  /** ComfyUI folders every instance shares in COMFYUI_PATH; the others are per instance. temp is always per instance. */
+  sharedFolders: ReadonlySet<'output' | 'input' | 'user'>;
   /** Problems that do not stop the boot (a malformed platform hint in actual mode). */
   warnings: string[];
   /** Variables whose values may be shorter than 4 characters ('*' for all). */
@@ -186,6 +207,9 @@ export const SETTINGS_DOC: ReadonlyArray<{ name: string; default: string; doc: s
   { name: 'HEALTH_BIND', default: '0.0.0.0', doc: 'address the health server listens on' },
   { name: 'ROTATION', default: 'restart', doc: 'on a changed secret source or SIGHUP: `restart` rewrites changed files and restarts instances one at a time; `files` only rewrites; `off` ignores changes and SIGHUP' },
   { name: 'ROTATION_DEBOUNCE_MS', default: '500', doc: 'quiet time after the last change event before re-reading the sources' },
+  { name: 'CRASH_LOOP_LIMIT', default: '5', doc: 'after this many identical failures at start of every instance (the same exit code and message), the boot stops with exit 78 instead of restarting forever; 0 never gives up' },
+  { name: 'READY_REQUIRES_NODES', default: 'env', doc: 'which custom nodes must have loaded for /ready to say 200: `env` (those that declare env), `all` (every installed manifest node), `none`, or a comma-separated list of node names' },
+  { name: 'COMFYUI_SHARED_FOLDERS', default: 'output,input,user', doc: 'the ComfyUI folders all instances share in COMFYUI_PATH (output, input, user; `none` for none); each other one is per instance under $WORKSPACE_PATH/instances/<instance>/; temp is always per instance' },
   { name: 'ALLOW_SHORT_SECRETS', default: '(none)', doc: 'variables (comma-separated, or `*`) whose values may be shorter than 4 characters, which cannot be masked in logs' },
 ];
 
@@ -273,6 +297,11 @@ function toConfig(s: RawSettings, warnings: string[], cwd: string): Config {
     healthBind: s.HEALTH_BIND,
     rotation: s.ROTATION,
     rotationDebounceMs: s.ROTATION_DEBOUNCE_MS,
+    crashLoopLimit: s.CRASH_LOOP_LIMIT,
+    readyRequiresNodes: ['env', 'all', 'none'].includes(s.READY_REQUIRES_NODES)
+      ? { kind: s.READY_REQUIRES_NODES as 'env' | 'all' | 'none' }
+      : { kind: 'list', nodes: s.READY_REQUIRES_NODES.split(',') },
+    sharedFolders: new Set(s.COMFYUI_SHARED_FOLDERS === 'none' || s.COMFYUI_SHARED_FOLDERS === '' ? [] : (s.COMFYUI_SHARED_FOLDERS.split(',') as Array<'output' | 'input' | 'user'>)),
     warnings,
     allowShortSecrets: new Set((s.ALLOW_SHORT_SECRETS ?? '').split(/[\s,]+/).filter(Boolean)),
   };
