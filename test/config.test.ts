@@ -49,6 +49,9 @@ const DEFAULTS: Config = {
   healthBind: '0.0.0.0',
   rotation: 'restart',
   rotationDebounceMs: 500,
+  crashLoopLimit: 5,
+  readyRequiresNodes: { kind: 'env' },
+  sharedFolders: new Set(['output', 'input', 'user']),
   warnings: [],
 };
 
@@ -286,5 +289,24 @@ describe('isNeverSecret', () => {
     for (const name of ['HF_TOKEN', 'STAGE', 'HOME_FILE', 'PATH_ENCODED', 'LC_ALL_FILE', 'home', 'LC_']) {
       expect({ name, neverSecret: isNeverSecret(name) }).toEqual({ name, neverSecret: false });
     }
+  });
+});
+
+describe('issue 11 settings', () => {
+  it('READY_REQUIRES_NODES: env, all, none or names; COMFYUI_SHARED_FOLDERS: a subset or none; CRASH_LOOP_LIMIT: a count', () => {
+    expect(loadConfig({ READY_REQUIRES_NODES: 'a_node,b-node' }).readyRequiresNodes).toEqual({ kind: 'list', nodes: ['a_node', 'b-node'] });
+    expect(loadConfig({ READY_REQUIRES_NODES: 'none' }).readyRequiresNodes).toEqual({ kind: 'none' });
+    expect([...loadConfig({ COMFYUI_SHARED_FOLDERS: 'output' }).sharedFolders]).toEqual(['output']);
+    expect([...loadConfig({ COMFYUI_SHARED_FOLDERS: 'none' }).sharedFolders]).toEqual([]);
+    expect(loadConfig({ CRASH_LOOP_LIMIT: '0' }).crashLoopLimit).toBe(0);
+    expect(() => loadConfig({ COMFYUI_SHARED_FOLDERS: 'output,temp', READY_REQUIRES_NODES: 'a, b', CRASH_LOOP_LIMIT: '-1' })).toThrow(
+      expect.objectContaining({
+        problems: expect.arrayContaining([
+          'COMFYUI_SHARED_FOLDERS: must be a comma-separated list of output, input, user, or "none"',
+          'READY_REQUIRES_NODES: must be "env", "all", "none" or a comma-separated list of node names',
+          expect.stringMatching(/^CRASH_LOOP_LIMIT: /),
+        ]),
+      }),
+    );
   });
 });
