@@ -10,10 +10,12 @@ export interface CheckReport {
   skipped: string[];
   variables: Array<{ variable: string; source: string }>;
   problems: string[];
+  /** What does not fail the check but was not checked (COMFY_ARGS not validated: why). */
+  warnings: string[];
   config: Record<string, string | number | undefined>;
 }
 
-export function buildCheckReport(config: Config, gpus: GpuDetection | undefined, prepared: PreparedNodes | undefined, problems: string[]): CheckReport {
+export function buildCheckReport(config: Config, gpus: GpuDetection | undefined, prepared: PreparedNodes | undefined, problems: string[], warnings: string[] = []): CheckReport {
   const nodes = (prepared?.files ?? []).map((file) => {
     const values = prepared?.resolution.nodes.find((n) => n.name === file.node)?.values ?? [];
     return {
@@ -29,6 +31,7 @@ export function buildCheckReport(config: Config, gpus: GpuDetection | undefined,
     skipped: prepared?.skipped ?? [],
     variables: [...(prepared?.resolution.variables.values() ?? [])].map((v) => ({ variable: v.variable, source: v.source })),
     problems,
+    warnings,
     config: {
       GPU_MODE: config.gpuMode,
       WORKSPACE_PATH: config.workspacePath,
@@ -36,6 +39,7 @@ export function buildCheckReport(config: Config, gpus: GpuDetection | undefined,
       CUSTOM_NODES_CONFIG: config.manifestPath,
       SECRETS_ENV_FILE: config.secretsEnvFile,
       GPU_BOOT_STATE_DIR: config.stateDir,
+      COMFYUI_LISTEN: config.comfyuiListen,
       COMFYUI_PORT_START: config.portStart,
     },
   };
@@ -59,6 +63,10 @@ export function formatCheckReport(report: CheckReport): string {
   if (report.variables.length) {
     lines.push('secret sources:');
     for (const v of report.variables) lines.push(`  ${v.variable} <- ${v.source}`);
+  }
+  if (report.warnings.length) {
+    lines.push('warnings:');
+    for (const w of report.warnings) lines.push(`  - ${w}`);
   }
   if (report.problems.length) {
     lines.push('problems:');

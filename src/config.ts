@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { z } from 'zod';
 import { ConfigError } from './errors.js';
+import { parseListen } from './services/comfy-args.js';
 
 /**
  * The one schema for every setting. Each entry: the variable, its default, what
@@ -42,12 +43,17 @@ const EnvSchema = z
     SECRETS_ENV_FILE: optionalString,
     GPU_BOOT_STATE_DIR: optionalString,
     COMFYUI_PYTHON: z.preprocess(blankToUndefined, z.string().default('python3')),
+    // A comma-separated list, as ComfyUI's --listen takes; stored trimmed, IPv6 brackets dropped.
     COMFYUI_LISTEN: z.preprocess(
       blankToUndefined,
       z
         .string()
-        .regex(/^[A-Za-z0-9.:[\]-]+$/, { error: 'must be an IP address or host name' })
-        .default('0.0.0.0'),
+        .default('0.0.0.0')
+        .transform((text, ctx) => {
+          const { addresses, problem } = parseListen(text);
+          if (problem) ctx.addIssue({ code: 'custom', message: problem });
+          return addresses.join(',');
+        }),
     ),
     COMFYUI_PORT_START: int(1, 65535, 8188),
     COMFY_ARGS: z.preprocess(blankToUndefined, z.string().default('')),
@@ -146,6 +152,7 @@ export interface Config {
   secretsEnvFile: string | undefined;
   stateDir: string;
   comfyuiPython: string;
+  /** The listen addresses, comma-separated (trimmed, IPv6 brackets dropped): what --listen gets. */
   comfyuiListen: string;
   portStart: number;
   comfyArgs: string;
@@ -190,9 +197,9 @@ export const SETTINGS_DOC: ReadonlyArray<{ name: string; default: string; doc: s
   { name: 'SECRETS_ENV_FILE', default: '(none)', doc: 'a dotenv file rendered by an agent (Vault Agent), one more secret source' },
   { name: 'GPU_BOOT_STATE_DIR', default: '$WORKSPACE_PATH/.gpu-boot', doc: 'the plan and the record of written files (no secrets)' },
   { name: 'COMFYUI_PYTHON', default: 'python3', doc: 'interpreter that runs ComfyUI\'s main.py' },
-  { name: 'COMFYUI_LISTEN', default: '0.0.0.0', doc: 'address each instance listens on (--listen)' },
+  { name: 'COMFYUI_LISTEN', default: '0.0.0.0', doc: 'address each instance listens on (--listen): IPv4, IPv6 or a host name, or a comma-separated list of them as ComfyUI takes it (`0.0.0.0,::` for all); readiness probes 127.0.0.1 for 0.0.0.0, ::1 for ::, else the first address' },
   { name: 'COMFYUI_PORT_START', default: '8188', doc: 'port of instance 0; instance i gets COMFYUI_PORT_START+i' },
-  { name: 'COMFY_ARGS', default: '(empty)', doc: 'extra ComfyUI arguments, shell-quoted, appended to every instance' },
+  { name: 'COMFY_ARGS', default: '(empty)', doc: 'extra ComfyUI arguments, shell-quoted, appended to every instance. Refused (78): a flag gpu-boot sets (--port, --listen, --cuda-device, --cpu, --temp-directory, --output-directory, --input-directory, --user-directory, --base-directory, also as --flag=value or abbreviated; the message names the setting to use), and a flag that comfy/cli_args.py in COMFYUI_PATH does not define (parsed by COMFYUI_PYTHON, never imported; unreadable: a warning)' },
   { name: 'COMFYUI_KILL_TIMEOUT_MS', default: '5000', doc: 'PM2 kill_timeout: SIGINT, then SIGKILL after this long' },
   { name: 'COMFYUI_RESTART_DELAY_MS', default: '1000', doc: 'first PM2 restart delay after a crash; grows x1.5 up to 15 s' },
   { name: 'SHUTDOWN_TIMEOUT_MS', default: '8000', doc: 'budget from SIGTERM to exit (Docker kills at 10 s)' },

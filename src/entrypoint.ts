@@ -178,18 +178,30 @@ async function runCommand(command: Command, json: boolean, ctx: { config: Config
       };
       const gpus = await runner.detectPhase(ctx).catch(collect);
       const prepared = await runner.secretsPhase(ctx).catch(collect);
-      // What `start` checks next: the instances' user, COMFY_ARGS and the port range.
+      // What `start` checks next: the instances' user, COMFY_ARGS (against the flags of the ComfyUI
+      // in COMFYUI_PATH too) and the port range.
       const { chooseOwner } = await import('./services/storage.js');
       const { buildPlan } = await import('./services/plan.js');
+      const { validateComfyArgs } = await import('./services/comfy-args.js');
       const owner = await chooseOwner(ctx.config).catch(collect);
+      const warnings: string[] = [];
+      try {
+        warnings.push(...(await validateComfyArgs(ctx.config, owner ? { asUser: owner } : {})).warnings);
+      } catch (error) {
+        collect(error);
+      }
       if (gpus) {
         try {
-          buildPlan(ctx.config, gpus, [], owner ? { owner } : {});
+          const plan = buildPlan(ctx.config, gpus, [], owner ? { owner } : {});
+          // The instances' ports, as start tests them: a port someone holds is a problem here too.
+          const { instancePortProblems, listenAddresses } = await import('./services/ports.js');
+          problems.push(...(await instancePortProblems(listenAddresses(ctx.config.comfyuiListen), plan.instances)));
         } catch (error) {
           collect(error);
         }
       }
-      const report = buildCheckReport(ctx.config, gpus, prepared, problems.map((p) => ctx.masker.mask(p)));
+      // validateComfyArgs and buildPlan both refuse the flags gpu-boot sets: each problem once.
+      const report = buildCheckReport(ctx.config, gpus, prepared, [...new Set(problems)].map((p) => ctx.masker.mask(p)), warnings.map((w) => ctx.masker.mask(w)));
       process.stdout.write(ctx.masker.mask(json ? `${JSON.stringify(report, null, 2)}\n` : formatCheckReport(report)));
       return report.ok ? ExitCode.ok : ExitCode.config;
     }

@@ -21,6 +21,9 @@ import { Rotator } from './services/rotation.js';
 import { BootState } from './services/state.js';
 import type { Manifest } from './services/manifest.js';
 import { reportReadiness } from './services/readiness.js';
+import { checkComfyArgsAtStart } from './services/comfy-args.js';
+import { prepareInstanceFolders, removeInstanceTemp } from './services/instance-folders.js';
+import { instancePortProblems, listenAddresses } from './services/ports.js';
 
 /**
  * The lifecycle, and the only place that knows the order of the phases:
@@ -200,6 +203,20 @@ export interface StartOptions {
   hangupStops?: boolean;
 }
 
+/** READY_REQUIRES_NODES against this manifest: the nodes whose failed import keeps /ready at 503. */
+function requiredNodes(setting: Config['readyRequiresNodes'], prepared: PreparedNodes): string[] {
+  if (setting.kind === 'none') return [];
+  if (setting.kind === 'env') return prepared.files.map((f) => f.node);
+  if (setting.kind === 'all') return prepared.manifest.nodes.map((n) => n.name).filter((n) => !prepared.skipped.includes(n));
+  return setting.kind === 'list' ? setting.nodes : [];
+}
+
+/** The pid PM2 has for an instance now (0 or undefined while it is not running). */
+export async function instancePid(processes: Pick<ProcessManager, 'list'>, name: string): Promise<number | undefined> {
+  const pid = (await processes.list().catch(() => [])).find((i) => i.name === name)?.pid;
+  return pid && pid > 0 ? pid : undefined;
+}
+
 export async function runStart(runCtx: RunContext, options: StartOptions = {}): Promise<BootResult> {
   const state = new BootState();
   const ctx: RunContext = { ...runCtx, state };
@@ -208,10 +225,13 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
   const startupMs = Math.round(performance.now() * 10) / 10;
   logger.info({ phase: 'config', ms: startupMs }, `config: valid ${startupMs} ms after the process started`);
   state.recordPhase('config', startupMs);
-  const processes = new ProcessManager(logger, ECOSYSTEM_FILE);
+  const processes = new ProcessManager(logger, ECOSYSTEM_FILE, ctx.masker, state);
+  let crashLoopMessage: string | undefined;
+  let stopCrashWatch: () => void = () => undefined;
   let rotator: Rotator | undefined;
   let health: HealthServer | undefined;
   let files: FileSession | undefined;
+  let instanceFolders: Plan | undefined;
   let knownPids: KnownPid[] = [];
   let daemonDied = false;
   let stopDaemonWatch: () => void = () => undefined;
@@ -256,16 +276,28 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     stops.check();
 
     const [storage, owner] = await Promise.all([chooseStorage(config, logger), chooseOwner(config)]);
+    // COMFY_ARGS against the flags of the ComfyUI in COMFYUI_PATH (read as the instances' user when root).
+    await checkComfyArgsAtStart(config, logger, owner ? { asUser: owner } : {});
     const plan = buildPlan(config, gpus, withheld, {
       ...(owner ? { owner } : {}),
       processEnv: processEnvSources(prepared.manifest, new Map(prepared.files.map((f) => [f.node, f.path]))),
     });
+    // Before anything is written: a port another process holds would make the real ComfyUI
+    // crash-loop on "address already in use" while something else answers HTTP there.
+    const portProblems = await instancePortProblems(listenAddresses(config.comfyuiListen), plan.instances);
+    if (portProblems.length) throw new ConfigError(`instance port${portProblems.length === 1 ? '' : 's'} in use`, portProblems);
     state.gpus = gpus;
     state.nodes = nodeSummaries(prepared);
+    // Which nodes must have loaded for /ready: by default those that declare env (their secrets were written for them).
+    state.envNodes = prepared.files.map((f) => f.node);
+    state.requiredNodes = requiredNodes(config.readyRequiresNodes, prepared);
     await timed(ctx, 'write', async () => {
       files = new FileSession(StateDir.create(config.stateDir), storage, owner);
       files.writePlan(`${JSON.stringify(plan, null, 2)}\n`);
       await files.write(prepared.files);
+      // Each instance's own temp (and unshared) folders, handed to the instances' user.
+      prepareInstanceFolders(plan, owner);
+      instanceFolders = plan;
       return prepared.files;
     }, (written) => ({
       files: capList(written.map((f) => f.path)),
@@ -299,6 +331,11 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     rotator = new Rotator(rotationDeps, prepared);
 
     // Without PM2 nothing restarts the instances: `pm2 kill` (or a foreign daemon's death) ends the boot.
+    stopCrashWatch = processes.onCrashLoop(config.crashLoopLimit, (message) => {
+      crashLoopMessage = message;
+      logger.error({ crashLoopLimit: config.crashLoopLimit }, `${message}: stopping (exit 78)`);
+      stops.request('crash loop');
+    });
     stopDaemonWatch = await processes.onPm2Exit((reason) => {
       daemonDied = true;
       logger.error({ reason }, `PM2 is gone (${reason}); no instance will be restarted: shutting down`);
@@ -307,7 +344,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
 
     // Readiness runs beside the wait for a signal: a SIGTERM during a slow start is honoured at once.
     // The boot's duration counts from the process's start (performance.now()'s origin), Node's own start included.
-    const ready = reportReadiness(logger, config, plan.instances, 0, abort.signal, (ms) => state.recordPhase('ready', ms));
+    const ready = reportReadiness(logger, config, plan.instances, 0, abort.signal, (ms) => state.recordPhase('ready', ms), (name) => instancePid(processes, name));
 
     const signal = await stops.requested;
     abort.abort();
@@ -323,8 +360,16 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     // A rotation in progress finishes its write first: a file is never cut in half.
     await rotator?.close();
     exitCode = await shutdown(ctx, processes, knownPids, files);
+    // The instances are stopped: what they left in their own temp folders goes (ComfyUI empties it itself on a clean exit).
+    if (instanceFolders) {
+      const removal = removeInstanceTemp(instanceFolders);
+      for (const problem of removal.problems) logger.warn(problem);
+    }
     await health?.close();
     if (daemonDied && exitCode === ExitCode.ok) exitCode = ExitCode.ioError;
+    // Restarting an instance that refuses its configuration would loop forever: a finding, exit 78.
+    if (crashLoopMessage && exitCode === ExitCode.ok) exitCode = ExitCode.config;
+    stopCrashWatch();
     stops.dispose();
   }
   return { exitCode: stops.fatal && exitCode === ExitCode.ok ? ExitCode.software : exitCode };

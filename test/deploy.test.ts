@@ -9,7 +9,10 @@ import { execa, execaSync } from 'execa';
 import { describe, expect, it } from 'vitest';
 import { parse as parseYaml, parseAllDocuments } from 'yaml';
 import { parse as parseShell } from 'shell-quote';
-import { SETTING_NAMES, SETTINGS_DOC } from '../src/config.js';
+import { loadConfig, SETTING_NAMES, SETTINGS_DOC } from '../src/config.js';
+import { extractFlagNames } from '../src/services/comfy-args.js';
+import type { GpuDetection } from '../src/services/hardware.js';
+import { buildPlan, LAUNCHER } from '../src/services/plan.js';
 import { parseManifest, referencedVariables, type Manifest } from '../src/services/manifest.js';
 import { dockerfileProblems, SECRET_NAME } from './helpers/dockerfile-policy.js';
 
@@ -103,12 +106,42 @@ describe('docker/Dockerfile', () => {
     const froms = dockerfile.getFROMs();
     expect(froms.map((f) => f.getImage())).toEqual(['node:22-bookworm-slim', 'nvidia/cuda:12.4.1-runtime-ubuntu22.04']);
     const args = Object.fromEntries(dockerfile.getARGs().map((a) => [a.getProperty()?.getName(), a.getProperty()?.getValue()]));
-    expect(args.COMFYUI_VERSION).toMatch(/^v0\.3\.\d+$/);
+    // A release tag (vMAJOR.MINOR.PATCH), at least the v0.8 line of the flags recorded in 2026-01.
+    expect(args.COMFYUI_VERSION).toMatch(/^v\d+\.\d+\.\d+$/);
+    const [major, minor] = args.COMFYUI_VERSION!.slice(1).split('.').map(Number);
+    expect(major! > 0 || minor! >= 8).toBe(true);
     expect(args.NODES_MANIFEST).toBe('docker/config_nodes.json');
     expect(text).toContain('git clone --depth 1 --branch "${COMFYUI_VERSION}" https://github.com/comfyanonymous/ComfyUI.git');
     expect(text).toMatch(/npm ci\b/);
     expect(text).toContain('npm prune --omit=dev');
     expect(text).toContain('COPY --from=build /usr/local/bin/node /usr/local/bin/node');
+  });
+
+  it('pins a ComfyUI whose flags include every flag gpu-boot passes (test/fixtures/comfyui/cli-flags-2026-01.txt)', () => {
+    const recorded = new Set(read('test', 'fixtures', 'comfyui', 'cli-flags-2026-01.txt').split('\n').filter(Boolean));
+    const gpus = (count: number): GpuDetection => ({
+      count,
+      model: 'GPU',
+      memoryGb: 80,
+      driver: '580.0',
+      source: 'nvidia-smi',
+      gpus: Array.from({ length: count }, (_, index) => ({ index, name: 'GPU', memoryMiB: 81920, uuid: `GPU-${index}` })),
+    });
+    const passed = new Set<string>();
+    // Every folder per instance (COMFYUI_SHARED_FOLDERS=none), in both modes, a listen list, keys through the launcher.
+    for (const env of [
+      { GPU_MODE: 'mock', NUM_GPUS: '2', COMFYUI_SHARED_FOLDERS: 'none' },
+      { GPU_MODE: 'actual', COMFYUI_SHARED_FOLDERS: 'none', COMFYUI_LISTEN: '0.0.0.0,::' },
+    ]) {
+      const plan = buildPlan(loadConfig({ WORKSPACE_PATH: '/workspace', ...env }), gpus(2), [], { processEnv: [{ file: '/workspace/ComfyUI/custom_nodes/n/.env', keys: ['K'] }] });
+      for (const instance of plan.instances) {
+        // With the launcher, ComfyUI's own arguments follow main.py.
+        const argv = instance.script === LAUNCHER ? instance.args.slice(instance.args.indexOf('--') + 2) : instance.args;
+        for (const flag of extractFlagNames(argv)) passed.add(flag);
+      }
+    }
+    expect([...passed].sort()).toEqual(['--cpu', '--cuda-device', '--input-directory', '--listen', '--output-directory', '--port', '--temp-directory', '--user-directory']);
+    for (const flag of passed) expect(recorded.has(flag), flag).toBe(true);
   });
 
   it('gives node the same flags as `npm start` does (the bench reads them from here)', () => {

@@ -67,13 +67,13 @@ const detection = (count: number): GpuDetection => ({
 
 describe('buildPlan', () => {
   it('one app per GPU, each on its own device and port, COMFY_ARGS appended', () => {
-    const config = loadConfig({ WORKSPACE_PATH: '/w', COMFYUI_PORT_START: '9000', COMFY_ARGS: "--preview-method auto --output-directory '/data/out put'" });
+    const config = loadConfig({ WORKSPACE_PATH: '/w', COMFYUI_PORT_START: '9000', COMFY_ARGS: "--preview-method auto --extra-model-paths-config '/data/extra paths.yaml'" });
     const plan = buildPlan(config, detection(2), ['HF_TOKEN']);
     expect(plan.instances.map((i) => [i.name, i.port, i.script, i.cwd])).toEqual([
       ['comfyui-gpu0', 9000, '/w/ComfyUI/main.py', '/w/ComfyUI'],
       ['comfyui-gpu1', 9001, '/w/ComfyUI/main.py', '/w/ComfyUI'],
     ]);
-    expect(plan.instances[1]!.args).toEqual(['--listen', '0.0.0.0', '--port', '9001', '--cuda-device', '1', '--preview-method', 'auto', '--output-directory', '/data/out put']);
+    expect(plan.instances[1]!.args).toEqual(['--listen', '0.0.0.0', '--port', '9001', '--cuda-device', '1', '--temp-directory', '/w/instances/comfyui-gpu1', '--preview-method', 'auto', '--extra-model-paths-config', '/data/extra paths.yaml']);
     expect(plan.instances[1]!.env).toEqual({ CUDA_DEVICE_ORDER: 'PCI_BUS_ID', CUDA_VISIBLE_DEVICES: '1', GPU_INDEX: '1', GPU_MODEL: 'NVIDIA H100 80GB HBM3', GPU_MEMORY_GB: '79.6', COMFYUI_PORT: '9001' });
     expect(plan.pm2).toEqual({ killTimeoutMs: 5000, restartDelayMs: 1000, minUptimeMs: 10_000, maxRestarts: 1_000_000 });
     expect(plan.withheldVariables).toEqual(['HF_TOKEN']);
@@ -84,7 +84,7 @@ describe('buildPlan', () => {
     const plan = buildPlan(config, detection(1), [], { processEnv: [{ file: '/w/ComfyUI/custom_nodes/hf/.env', keys: ['HF_TOKEN', 'B'] }], owner: { uid: 1000, gid: 1001 } });
     const app = plan.instances[0]!;
     expect(app.script).toBe(LAUNCHER);
-    expect(app.args).toEqual(['--from', '/w/ComfyUI/custom_nodes/hf/.env:HF_TOKEN,B', '--', '/w/ComfyUI/main.py', '--listen', '0.0.0.0', '--port', '8188', '--cpu']);
+    expect(app.args).toEqual(['--from', '/w/ComfyUI/custom_nodes/hf/.env:HF_TOKEN,B', '--', '/w/ComfyUI/main.py', '--listen', '0.0.0.0', '--port', '8188', '--cpu', '--temp-directory', '/w/instances/comfyui-gpu0']);
     expect(app.env.CUDA_VISIBLE_DEVICES).toBe('');
     expect([app.uid, app.gid]).toEqual([1000, 1001]);
   });

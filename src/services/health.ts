@@ -7,8 +7,9 @@ import { BootError, describeError, ExitCode } from '../errors.js';
 import { withTimeout } from '../timeout.js';
 import type { InstanceState } from './processes.js';
 import { probeHost } from './plan.js';
-import { probeHttp } from './readiness.js';
-import type { BootState } from './state.js';
+import { probeHttp, servesInstance } from './readiness.js';
+import { describeHolders, portOwner } from './ports.js';
+import { requiredNodesFailed, type BootState, type FailedNode } from './state.js';
 
 /**
  * The probes platforms call: /health (liveness), /ready (every instance answers),
@@ -26,16 +27,67 @@ export interface HealthDeps {
 
 const PROBE_TIMEOUT_MS = 1000;
 
-export async function readiness(deps: HealthDeps): Promise<{ ready: boolean; reason: string; instances: Record<string, boolean> }> {
+export interface Readiness {
+  ready: boolean;
+  reason: string;
+  instances: Record<string, boolean>;
+  /** Required custom nodes that failed to import (only when some did). */
+  failedNodes?: FailedNode[];
+}
+
+const MAX_REASONS = 5;
+
+/** "custom node X failed to import in comfyui-gpu0, comfyui-gpu1: <ComfyUI's reason>", one per node and reason. */
+export function describeFailedNodes(failed: FailedNode[]): string {
+  const groups = new Map<string, { node: string; error: string; instances: string[] }>();
+  for (const f of failed) {
+    const key = `${f.node}\0${f.error}`;
+    const group = groups.get(key) ?? { node: f.node, error: f.error, instances: [] };
+    group.instances.push(f.instance);
+    groups.set(key, group);
+  }
+  const all = [...groups.values()].map((g) => `custom node ${g.node} failed to import in ${g.instances.join(', ')}: ${g.error}`);
+  const more = all.length > MAX_REASONS ? `; and ${all.length - MAX_REASONS} more` : '';
+  return all.slice(0, MAX_REASONS).join('; ') + more;
+}
+
+export async function readiness(deps: HealthDeps): Promise<Readiness> {
   const { state } = deps;
   if (state.phase === 'stopping') return { ready: false, reason: 'shutting down', instances: {} };
   if (state.instances.length === 0) return { ready: false, reason: 'starting: no instance started yet', instances: {} };
-  const answers = await Promise.all(state.instances.map((i) => probeHttp(deps.probeHost, i.port, PROBE_TIMEOUT_MS)));
+  const answered = await Promise.all(state.instances.map((i) => probeHttp(deps.probeHost, i.port, PROBE_TIMEOUT_MS)));
+  // An answer counts only from this instance: a port someone else took answers HTTP too.
+  const pm2 = answered.some(Boolean) ? ((await withTimeout(deps.listInstances().catch(() => undefined), 2000)) ?? []) : [];
+  const foreign: string[] = [];
+  const answers = await Promise.all(
+    state.instances.map(async (i, n) => {
+      if (!answered[n]) return false;
+      // Not known to PM2 (yet): the answer is all there is. Known but not running: whoever answers is someone else.
+      const live = pm2.find((p) => p.name === i.name);
+      if (!live) return true;
+      const identity = await servesInstance(deps.probeHost, i.port, live.pid > 0 ? live.pid : undefined);
+      if (identity.owner === 'other') foreign.push(`port ${i.port} of ${i.name} is held by ${describeHolders(identity.holders)}`);
+      return identity.owner === 'instance';
+    }),
+  );
   const instances = Object.fromEntries(state.instances.map((i, n) => [i.name, answers[n] ?? false]));
   const down = state.instances.filter((_, n) => !answers[n]).map((i) => i.name);
-  if (down.length === 0) return { ready: true, reason: 'all instances answer', instances };
-  const why = state.rotating && down.includes(state.rotating) ? `, ${state.rotating} restarting for a rotation` : '';
-  return { ready: false, reason: `not answering: ${down.join(', ')}${why}`, instances };
+  const failedNodes = requiredNodesFailed(state);
+  const reasons: string[] = [];
+  if (foreign.length > 0) reasons.push(foreign.join('; '));
+  if (failedNodes.length > 0) reasons.push(describeFailedNodes(failedNodes));
+  if (down.length > 0) {
+    const why = state.rotating && down.includes(state.rotating) ? `, ${state.rotating} restarting for a rotation` : '';
+    reasons.push(`not answering: ${down.join(', ')}${why}`);
+    if (state.crashLoop) reasons.push(state.crashLoop.message);
+  }
+  if (reasons.length === 0) return { ready: true, reason: 'all instances answer', instances };
+  return { ready: false, reason: reasons.join('; '), instances, ...(failedNodes.length > 0 ? { failedNodes } : {}) };
+}
+
+function portIdentity(port: number, pid: number | undefined): { owner: string; heldBy?: string } {
+  const identity = portOwner(port, pid && pid > 0 ? pid : undefined);
+  return identity.owner === 'other' ? { owner: 'other', heldBy: describeHolders(identity.holders) } : { owner: identity.owner };
 }
 
 export async function statusReport(deps: HealthDeps): Promise<object> {
@@ -50,19 +102,35 @@ export async function statusReport(deps: HealthDeps): Promise<object> {
       : null,
     instances: state.instances.map((plan) => {
       const live = pm2?.find((p) => p.name === plan.name);
+      const record = state.instanceRecords.get(plan.name);
       return {
         name: plan.name,
         gpu: plan.gpuIndex,
         port: plan.port,
+        // Its own temp folder, and output/input/user shared or its own (COMFYUI_SHARED_FOLDERS).
+        folders: plan.folders,
         pid: live?.pid ?? null,
         state: live?.status ?? 'unknown',
         restarts: live?.restarts ?? null,
         uptimeSeconds: live?.startedAt ? Math.round((Date.now() - live.startedAt) / 1000) : null,
+        // Who listens on its port: itself, nobody, or someone else (a port taken while it was down).
+        portOwner: portIdentity(plan.port, live?.pid),
+        // What its output said (masked): each custom node's import, its last exit and error, its last lines.
+        nodes: [...(record?.nodes ?? [])]
+          .sort(([a], [b]) => a.localeCompare(b))
+          .map(([name, s]) => ({ name, loaded: s.loaded, ...(s.error !== undefined ? { error: s.error } : {}) })),
+        lastExit: record?.lastExit ?? null,
+        lastError: record?.lastError ?? null,
+        lastOutput: record?.lastOutput ?? [],
       };
     }),
     nodes: state.nodes.map((n) => ({ name: n.name, file: n.file, keys: n.keys })),
+    requiredNodes: state.requiredNodes,
     rotation: { ...state.rotations, rotating: state.rotating ?? null, last: state.lastRotation ?? null },
-    lastError: state.lastError ?? null,
+    crashLoop: state.crashLoop
+      ? { message: state.crashLoop.message, exitCode: state.crashLoop.code, signal: state.crashLoop.signal, failures: state.crashLoop.failures, instances: state.crashLoop.instances, at: state.crashLoop.at }
+      : null,
+    lastError: state.lastError ?? state.crashLoop?.message ?? null,
   };
 }
 
@@ -108,6 +176,16 @@ async function buildRegistry(deps: HealthDeps): Promise<Registry> {
         const live = list.find((p) => p.name === plan.name);
         this.set({ instance: plan.name, gpu: String(plan.gpuIndex), port: String(plan.port) }, live?.restarts ?? 0);
       }
+    },
+  });
+  new Gauge({
+    name: 'gpu_boot_instance_node_loaded',
+    help: '1 when the custom node loaded in the instance, 0 when its import failed (from the instance\'s output)',
+    labelNames: ['instance', 'node'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [instance, record] of state.instanceRecords) for (const [node, s] of record.nodes) this.set({ instance, node }, s.loaded ? 1 : 0);
     },
   });
   new Gauge({

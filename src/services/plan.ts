@@ -1,9 +1,11 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parse as parseShellWords } from 'shell-quote';
 import type { Config } from '../config.js';
 import { ConfigError } from '../errors.js';
+import { parseComfyArgs, reservedFlagProblems } from './comfy-args.js';
 import type { GpuDetection } from './hardware.js';
+
+export { parseComfyArgs, probeHost } from './comfy-args.js';
 
 /**
  * The plan: which instances run, on which GPU and port, with which arguments.
@@ -29,6 +31,46 @@ export interface PlanOptions {
   processEnv?: ProcessEnvSource[];
 }
 
+/** A ComfyUI folder of one instance: shared by all instances (in COMFYUI_PATH) or its own. */
+export interface InstanceFolder {
+  path: string;
+  shared: boolean;
+}
+
+export const INSTANCE_FOLDERS = ['output', 'input', 'user'] as const;
+export type SharedFolderName = (typeof INSTANCE_FOLDERS)[number];
+
+/** The folders an instance uses; `root` ($WORKSPACE_PATH/instances/<name>) is what --temp-directory names. */
+export interface InstanceFolders {
+  root: string;
+  /** Always the instance's own: `<root>/temp` (ComfyUI empties it at start and exit). */
+  temp: InstanceFolder;
+  output: InstanceFolder;
+  input: InstanceFolder;
+  user: InstanceFolder;
+}
+
+export const INSTANCES_FOLDER = 'instances';
+
+/** $WORKSPACE_PATH/instances/<name>: the folder of one instance's own ComfyUI folders. */
+export function instanceRoot(workspacePath: string, name: string): string {
+  return path.join(workspacePath, INSTANCES_FOLDER, name);
+}
+
+export function instanceFolders(config: Pick<Config, 'workspacePath' | 'comfyuiPath' | 'sharedFolders'>, name: string): InstanceFolders {
+  const root = instanceRoot(config.workspacePath, name);
+  const folder = (which: SharedFolderName): InstanceFolder =>
+    config.sharedFolders.has(which) ? { path: path.join(config.comfyuiPath, which), shared: true } : { path: path.join(root, which), shared: false };
+  return { root, temp: { path: path.join(root, 'temp'), shared: false }, output: folder('output'), input: folder('input'), user: folder('user') };
+}
+
+/** The folder flags gpu-boot passes: --temp-directory always, one per folder that is not shared. */
+export function folderArgs(folders: InstanceFolders): string[] {
+  const args = ['--temp-directory', folders.root];
+  for (const which of INSTANCE_FOLDERS) if (!folders[which].shared) args.push(`--${which}-directory`, folders[which].path);
+  return args;
+}
+
 export interface InstancePlan {
   name: string;
   gpuIndex: number;
@@ -37,6 +79,8 @@ export interface InstancePlan {
   script: string;
   interpreter: string;
   args: string[];
+  /** Its temp folder (its own), and its output, input and user folders (shared or its own). */
+  folders: InstanceFolders;
   /** Added to the instance's environment; nothing else from the plan reaches it. */
   env: Record<string, string>;
   uid?: number;
@@ -58,27 +102,6 @@ export interface Plan {
   instances: InstancePlan[];
 }
 
-export function parseComfyArgs(text: string): string[] {
-  const words = parseShellWords(text);
-  const args: string[] = [];
-  for (const word of words) {
-    if (typeof word !== 'string') {
-      throw new ConfigError('invalid configuration', [
-        'COMFY_ARGS: contains shell operators or comments; give plain arguments (quote them as in a shell)',
-      ]);
-    }
-    args.push(word);
-  }
-  return args;
-}
-
-/** Probe address for a listen address: a wildcard listener is reached on loopback. */
-export function probeHost(listen: string): string {
-  if (listen === '0.0.0.0') return '127.0.0.1';
-  if (listen === '::' || listen === '[::]') return '::1';
-  return listen.replace(/^\[(.*)\]$/, '$1');
-}
-
 export function buildPlan(config: Config, gpus: GpuDetection, withheldVariables: string[], options: PlanOptions = {}): Plan {
   const main = path.join(config.comfyuiPath, 'main.py');
   const sources = (options.processEnv ?? []).filter((s) => s.keys.length > 0);
@@ -86,24 +109,33 @@ export function buildPlan(config: Config, gpus: GpuDetection, withheldVariables:
   const launch = sources.length
     ? { script: LAUNCHER, prefix: [...sources.flatMap((s) => ['--from', `${s.file}:${s.keys.join(',')}`]), '--', main] }
     : { script: main, prefix: [] as string[] };
-  const extra = parseComfyArgs(config.comfyArgs);
-  const lastPort = config.portStart + gpus.count - 1;
-  if (lastPort > 65535) {
-    throw new ConfigError('invalid configuration', [
-      `COMFYUI_PORT_START: ${gpus.count} instances need ports up to ${lastPort}, above 65535`,
-    ]);
+  const problems: string[] = [];
+  let extra: string[] = [];
+  try {
+    extra = parseComfyArgs(config.comfyArgs);
+    // The flags gpu-boot sets itself: argparse keeps the last of a flag given twice, so COMFY_ARGS would win.
+    problems.push(...reservedFlagProblems(extra));
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    problems.push(...error.problems);
   }
+  const lastPort = config.portStart + gpus.count - 1;
+  if (lastPort > 65535) problems.push(`COMFYUI_PORT_START: ${gpus.count} instances need ports up to ${lastPort}, above 65535`);
+  if (problems.length) throw new ConfigError('invalid configuration', problems);
   const instances = gpus.gpus.map((gpu, i): InstancePlan => {
     const port = config.portStart + i;
     const device = config.gpuMode === 'mock' ? ['--cpu'] : ['--cuda-device', String(gpu.index)];
+    const name = `${APP_PREFIX}${i}`;
+    const folders = instanceFolders(config, name);
     return {
-      name: `${APP_PREFIX}${i}`,
+      name,
       gpuIndex: gpu.index,
       port,
       cwd: config.comfyuiPath,
       script: launch.script,
       interpreter: config.comfyuiPython,
-      args: [...launch.prefix, '--listen', config.comfyuiListen, '--port', String(port), ...device, ...extra],
+      args: [...launch.prefix, '--listen', config.comfyuiListen, '--port', String(port), ...device, ...folderArgs(folders), ...extra],
+      folders,
       ...(options.owner ? { uid: options.owner.uid, gid: options.owner.gid } : {}),
       env: {
         // nvidia-smi numbers GPUs in PCI bus order; CUDA's default order is fastest first.

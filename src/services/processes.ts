@@ -1,10 +1,13 @@
 import { readFileSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import path from 'node:path';
 import type { Logger } from 'pino';
+import { InstanceMonitor, type LogEntry } from './instance-output.js';
 import { readRegularFile } from './owned.js';
 import { APP_PREFIX } from './plan.js';
 import { daemonAnswers, Pm2Host, pm2HomeOf } from './pm2-host.js';
+import { BootState } from './state.js';
 
 /**
  * The one place processes are started, watched and stopped, through PM2's API.
@@ -19,7 +22,7 @@ export interface Pm2ProcessDescription {
 }
 
 interface BusPacket {
-  process?: { name?: string; restart_time?: number; exit_code?: number; pm_id?: number };
+  process?: { name?: string; restart_time?: number; exit_code?: number; pm_id?: number; pm_uptime?: number };
   event?: string;
   data?: string;
 }
@@ -43,6 +46,17 @@ interface Pm2Api {
 
 /** The longest line relayed from an instance: a longer one is dropped (64 KiB). */
 export const MAX_LINE = 64 * 1024;
+
+/**
+ * How long after PM2 reports an exit its last output may still arrive (a child's pipes can be read
+ * after its exit is seen): the exit is judged then, or at the instance's next start if sooner.
+ */
+export const EXIT_SETTLE_MS = 250;
+
+/** Masks secret values in a text (SecretMasker). */
+export interface Masker {
+  mask(text: string): string;
+}
 
 /** State and parent pid from /proc/<pid>/stat: the fields after the command name, which may hold spaces and parentheses. */
 export function procStat(pid: number): { state: string; ppid: number } | undefined {
@@ -126,11 +140,30 @@ export class ProcessManager {
   private readonly droppedChars = new Map<string, number>();
   /** Instances being restarted on purpose: their exit is not a crash. */
   private readonly restarting = new Set<string>();
+  /** Reads the instances' output and exits into state.instanceRecords. */
+  private readonly monitor: InstanceMonitor;
+  /** The instances this run started (from startFromEcosystem). */
+  private started: string[] = [];
+  private readonly settleTimers = new Map<string, NodeJS.Timeout>();
+  private crashLoopWatch: { limit: number; callback: (message: string) => void; fired: boolean } | undefined;
 
+  /**
+   * `masker` masks what is kept for /status (the log is masked by the logger itself): without one,
+   * no output text is kept, only node names, flags and exit codes. `state` is where the records
+   * go (BootState.instanceRecords, crashLoop) and where envNodes is read.
+   */
   constructor(
     private readonly logger: Logger,
     private readonly ecosystemFile: string,
-  ) {}
+    masker?: Masker,
+    readonly state: BootState = new BootState(),
+  ) {
+    this.monitor = new InstanceMonitor(state.instanceRecords, {
+      ...(masker ? { mask: (text: string) => masker.mask(text) } : {}),
+      envNodes: () => this.state.envNodes,
+      instances: () => this.started,
+    });
+  }
 
   get pm2Home(): string {
     return pm2HomeOf(process.env);
@@ -221,7 +254,22 @@ export class ProcessManager {
     // This process reads it through the state folder's handle: a folder renamed into the path's place changes nothing.
     if (planFile) process.env.GPU_BOOT_PLAN_FILE = planFile;
     await call((cb) => this.pm2.start(this.ecosystemFile, cb));
-    return this.list();
+    const list = await this.list();
+    this.started = list.map((i) => i.name);
+    return list;
+  }
+
+  /**
+   * Call `callback` once, with a message naming the failure (and COMFY_ARGS for argparse's exit 2),
+   * when every instance has failed at start `limit` times in a row in the same way (the same exit
+   * code and last line, numbers aside). 0 never calls it. Returns the function that stops watching.
+   */
+  onCrashLoop(limit: number, callback: (message: string) => void): () => void {
+    const watch = { limit, callback, fired: false };
+    this.crashLoopWatch = watch;
+    return () => {
+      if (this.crashLoopWatch === watch) this.crashLoopWatch = undefined;
+    };
   }
 
   get connected(): boolean {
@@ -282,23 +330,99 @@ export class ProcessManager {
       } else this.partialLines.set(key, rest);
       for (const line of lines) {
         if (line.length > MAX_LINE) this.logger.warn({ instance: name, stream, droppedChars: line.length }, `${name} printed a line of ${line.length} characters; dropped (longer than ${MAX_LINE})`);
-        else if (line.trim()) this.logger.info({ instance: name, stream }, line);
+        else if (line.trim()) this.relayLine(name, stream, line);
       }
     };
     bus.on('log:out', relay('stdout'));
     bus.on('log:err', relay('stderr'));
     bus.on('process:event', (packet) => {
       const name = packet.process?.name;
-      if (!name?.startsWith(APP_PREFIX) || this.stopping || this.restarting.has(name)) return;
+      if (!name?.startsWith(APP_PREFIX) || this.stopping) return;
+      if (packet.event === 'online') {
+        // A new run: the previous one's exit is judged now, before this run's output comes in.
+        if (this.monitor.pending(name)) this.settle(name);
+        const uptime = packet.process?.pm_uptime;
+        this.monitor.started(name, typeof uptime === 'number' && uptime > 0 ? uptime : Date.now());
+        return;
+      }
       if (packet.event === 'exit') {
+        const signal = this.exitSignal(packet.process?.pm_id);
+        // PM2 reports a process ended by a signal as code 0; like Node, say null.
+        const code = !signal && typeof packet.process?.exit_code === 'number' ? packet.process.exit_code : null;
+        const onPurpose = this.restarting.has(name);
+        this.monitor.exited(name, { code, signal, onPurpose });
+        this.scheduleSettle(name);
+        if (onPurpose) return;
         this.logger.warn(
-          { instance: name, exitCode: packet.process?.exit_code, restarts: packet.process?.restart_time },
-          `instance ${name} exited; PM2 restarts it with backoff`,
+          { instance: name, exitCode: code, ...(signal ? { signal } : {}), restarts: packet.process?.restart_time },
+          `instance ${name} exited${signal ? ` (${signal})` : ''}; PM2 restarts it with backoff`,
         );
       } else if (packet.event === 'restart overlimit') {
+        if (this.restarting.has(name)) return;
         this.logger.error({ instance: name }, `instance ${name} crashed too often; PM2 stopped restarting it`);
       }
     });
+  }
+
+  private write(instance: string, stream: 'stdout' | 'stderr' | undefined, entry: LogEntry): void {
+    this.logger[entry.level]({ instance, ...(stream ? { stream } : {}), ...entry.fields }, entry.msg);
+  }
+
+  private relayLine(instance: string, stream: 'stdout' | 'stderr', line: string): void {
+    for (const entry of this.monitor.line(instance, stream, line)) this.write(instance, stream, entry);
+    // An instance came up: whatever loop there was is over.
+    if (this.state.crashLoop && !this.monitor.crashLoop()) this.state.crashLoop = undefined;
+  }
+
+  private scheduleSettle(instance: string): void {
+    clearTimeout(this.settleTimers.get(instance));
+    const timer = setTimeout(() => this.settle(instance), EXIT_SETTLE_MS);
+    timer.unref();
+    this.settleTimers.set(instance, timer);
+  }
+
+  /** The exited run's last words: its unfinished line and traceback, then the judgement of its exit. */
+  private settle(instance: string): void {
+    clearTimeout(this.settleTimers.get(instance));
+    this.settleTimers.delete(instance);
+    for (const stream of ['stdout', 'stderr'] as const) {
+      const key = `${instance}:${stream}`;
+      const rest = this.partialLines.get(key);
+      this.partialLines.delete(key);
+      if (rest?.trim()) this.relayLine(instance, stream, rest);
+    }
+    const result = this.monitor.settle(instance);
+    for (const entry of result.logs) this.write(instance, undefined, entry);
+    if (this.stopping) return;
+    this.state.crashLoop = result.crashLoop;
+    const loop = result.crashLoop;
+    if (!loop) return;
+    if (result.finding) {
+      this.logger.error(
+        { instances: loop.instances, exitCode: loop.code, ...(loop.signal ? { signal: loop.signal } : {}), line: loop.line, failures: loop.failures },
+        loop.message,
+      );
+    }
+    const watch = this.crashLoopWatch;
+    if (watch && !watch.fired && watch.limit > 0 && loop.failures >= watch.limit) {
+      watch.fired = true;
+      watch.callback(`${loop.message} (${loop.failures} identical failures of every instance, CRASH_LOOP_LIMIT=${watch.limit})`);
+    }
+  }
+
+  /**
+   * The signal that ended an instance, when PM2 runs in this process (its exit event carries none):
+   * the exited child is still PM2's record of it until the restart delay has passed.
+   */
+  private exitSignal(pmId: number | undefined): string | null {
+    if (!this.serving || pmId === undefined) return null;
+    try {
+      const God = createRequire(import.meta.url)('pm2/lib/God.js') as { clusters_db?: Record<string, { signalCode?: unknown; exitCode?: unknown } | null> };
+      const child = God.clusters_db?.[String(pmId)];
+      return child && typeof child.signalCode === 'string' ? child.signalCode : null;
+    } catch {
+      return null;
+    }
   }
 
   /** Stop our apps gracefully (SIGINT, then SIGKILL after kill_timeout) and remove them from PM2. */
@@ -364,6 +488,8 @@ export class ProcessManager {
    */
   async close(): Promise<void> {
     this.closing = true;
+    for (const timer of this.settleTimers.values()) clearTimeout(timer);
+    this.settleTimers.clear();
     // A connect under way finishes its step first (a bind gives up within SERVE_TIMEOUT_MS): what it
     // bound is then closed below, and nothing of another PM2's is touched.
     await this.connecting?.catch(() => undefined);

@@ -4,6 +4,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { probeHost, type InstancePlan } from './plan.js';
+import { describeHolders, portOwner, type PortHolder } from './ports.js';
 
 /**
  * An instance is ready when it answers HTTP on its port (ComfyUI cannot send
@@ -47,6 +48,76 @@ export async function waitForHttp(
   return false;
 }
 
+/** What a port's answer is worth: this instance serving it, or someone else who took the port. */
+export type PortIdentity = { owner: 'instance' | 'other' | 'unknown' | 'none'; holders: PortHolder[] };
+
+/**
+ * Does `port` serve this instance? The listening socket's holder must be the process PM2 started
+ * for it (or its child). Where the holder cannot be seen from here, what the endpoint answers
+ * decides: ComfyUI's /system_stats (a `system` object and a `devices` list).
+ */
+export async function servesInstance(host: string, port: number, pid: number | undefined): Promise<PortIdentity> {
+  const identity = portOwner(port, pid);
+  if (identity.owner !== 'unknown') return identity;
+  return (await answersLikeComfyUi(host, port)) ? { owner: 'instance', holders: [] } : identity;
+}
+
+function answersLikeComfyUi(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const request = http.get({ host, port, path: '/system_stats', timeout: 2000, agent: false }, (response) => {
+      let body = '';
+      response.setEncoding('utf8');
+      response.on('data', (chunk: string) => {
+        if (body.length < 65536) body += chunk;
+      });
+      response.on('end', () => {
+        try {
+          const stats = JSON.parse(body) as { system?: unknown; devices?: unknown };
+          resolve(response.statusCode === 200 && typeof stats.system === 'object' && stats.system !== null && Array.isArray(stats.devices));
+        } catch {
+          resolve(false);
+        }
+      });
+    });
+    request.on('timeout', () => request.destroy());
+    request.on('error', () => resolve(false));
+  });
+}
+
+/**
+ * Wait until `port` answers HTTP and is served by this instance (pidOf gives PM2's pid for it).
+ * An answer from a process that is not the instance (a port someone else holds: the real ComfyUI
+ * then crash-loops on "address already in use") is reported once through `onForeign`, not taken
+ * for readiness.
+ */
+export async function waitForInstance(
+  host: string,
+  port: number,
+  deadline: number,
+  signal: AbortSignal | undefined,
+  pidOf: (() => Promise<number | undefined>) | undefined,
+  onForeign: (holders: PortHolder[]) => void = () => undefined,
+): Promise<boolean> {
+  let reported = false;
+  while (!signal?.aborted) {
+    if (!(await waitForHttp(host, port, deadline, signal))) return false;
+    if (!pidOf) return true;
+    const identity = await servesInstance(host, port, await pidOf());
+    if (identity.owner === 'instance') return true;
+    if (identity.owner === 'other' && !reported) {
+      reported = true;
+      onForeign(identity.holders);
+    }
+    try {
+      await delay(Math.min(500, Math.max(0, deadline - Date.now())), undefined, { signal });
+    } catch {
+      return false;
+    }
+    if (Date.now() >= deadline) return false;
+  }
+  return false;
+}
+
 /**
  * Log each instance as it answers, then `ready` once all do (with the boot's duration). Past
  * READY_TIMEOUT_MS it warns and keeps watching, reporting a late instance when it answers.
@@ -58,6 +129,8 @@ export async function reportReadiness(
   bootStarted: number,
   signal: AbortSignal,
   onReady: (ms: number) => void = () => undefined,
+  /** PM2's pid for an instance: with it, only an answer from that process (or its child) counts. */
+  pidOf?: (name: string) => Promise<number | undefined>,
 ): Promise<void> {
   const started = performance.now();
   const deadline = Date.now() + config.readyTimeoutMs;
@@ -66,7 +139,12 @@ export async function reportReadiness(
   setMaxListeners(Math.max(10, instances.length + 2), signal);
   const results = await Promise.all(
     instances.map(async (instance) => {
-      const ok = await waitForHttp(host, instance.port, deadline, signal);
+      const ok = await waitForInstance(host, instance.port, deadline, signal, pidOf && (() => pidOf(instance.name)), (holders) =>
+        logger.error(
+          { instance: instance.name, port: instance.port, holders },
+          `port ${instance.port} answers, but it is held by ${describeHolders(holders)}, not by ${instance.name}: that process is not ready; free the port or choose another COMFYUI_PORT_START`,
+        ),
+      );
       if (ok) logger.info({ instance: instance.name, port: instance.port, gpu: instance.gpuIndex }, `${instance.name} answers on port ${instance.port}`);
       return ok;
     }),
@@ -86,7 +164,7 @@ export async function reportReadiness(
   );
   await Promise.all(
     late.map(async (instance) => {
-      if (await waitForHttp(host, instance.port, Number.POSITIVE_INFINITY, signal)) {
+      if (await waitForInstance(host, instance.port, Number.POSITIVE_INFINITY, signal, pidOf && (() => pidOf(instance.name)))) {
         logger.info({ instance: instance.name, port: instance.port, late: true }, `${instance.name} answers on port ${instance.port}, late`);
       }
     }),

@@ -8,7 +8,7 @@ import { PartialWriteError, type FileSession, type NodeFile } from './env-files.
 import { nodeSummaries, prepareNodeFiles, type PreparedNodes } from './node-files.js';
 import type { InstancePlan } from './plan.js';
 import type { ProcessManager } from './processes.js';
-import { waitForHttp } from './readiness.js';
+import { waitForInstance } from './readiness.js';
 import type { BootState } from './state.js';
 
 /**
@@ -201,7 +201,7 @@ export class Rotator {
     state.rotating = instance.name;
     try {
       await processes.restartFresh(instance.name);
-      return await waitForHttp(this.deps.probeHost, instance.port, Date.now() + config.readyTimeoutMs, this.abort.signal);
+      return await waitForInstance(this.deps.probeHost, instance.port, Date.now() + config.readyTimeoutMs, this.abort.signal, async () => (await processes.list().catch(() => [])).find((i) => i.name === instance.name)?.pid);
     } finally {
       state.rotating = undefined;
     }

@@ -1,4 +1,5 @@
 import type { GpuDetection } from './hardware.js';
+import type { CrashLoopFinding, InstanceRecord } from './instance-output.js';
 import type { InstancePlan } from './plan.js';
 
 /**
@@ -29,8 +30,42 @@ export class BootState {
   lastRotation: RotationReport | undefined;
   rotations = { ok: 0, failed: 0 };
   lastError: string | undefined;
+  /** Custom nodes that must have loaded in every instance for /ready to say 200 (the runner sets it). */
+  requiredNodes: string[] = [];
+  /** Custom nodes whose manifest entry declares env (the runner sets it): a failed import of one is logged at error level. */
+  envNodes: string[] = [];
+  /** Per instance, from its output and exits (ProcessManager writes it; every text in it is masked). */
+  readonly instanceRecords = new Map<string, InstanceRecord>();
+  /** Set while every instance fails at start in the same way; cleared once one comes up. */
+  crashLoop: CrashLoopFinding | undefined;
 
   recordPhase(name: string, ms: number): void {
     this.phases.push({ name, ms });
   }
+}
+
+export interface FailedNode {
+  instance: string;
+  node: string;
+  /** ComfyUI's reason (masked), or "IMPORT FAILED" when it gave none. */
+  error: string;
+}
+
+/**
+ * The required nodes that failed to import, per instance, as the instances' latest output tells.
+ * A node an instance has said nothing about (not installed, or not imported yet) is not counted.
+ * A single-file node (`x.py`) matches the name `x` too.
+ */
+export function requiredNodesFailed(state: BootState, required: readonly string[] = state.requiredNodes): FailedNode[] {
+  const failed: FailedNode[] = [];
+  if (required.length === 0) return failed;
+  const wanted = new Set(required);
+  for (const [instance, record] of state.instanceRecords) {
+    for (const [node, status] of record.nodes) {
+      if (status.loaded) continue;
+      if (!wanted.has(node) && !(node.endsWith('.py') && wanted.has(node.slice(0, -3)))) continue;
+      failed.push({ instance, node, error: status.error || 'IMPORT FAILED' });
+    }
+  }
+  return failed.sort((a, b) => a.instance.localeCompare(b.instance, 'en', { numeric: true }) || a.node.localeCompare(b.node));
 }

@@ -147,7 +147,7 @@ describe('start: the whole boot with real PM2', () => {
 
   it('runs each instance on its own detected GPU with a stand-in nvidia-smi', async () => {
     ws = await makeWorkspace({ nodes: ['hf_node'], manifest: { custom_nodes: [{ name: 'hf_node', env: { HF_TOKEN: '${HF_TOKEN}' } }] }, gpus: 2 });
-    const env = { ...ws.env, GPU_MODE: 'actual', NUM_GPUS: '4', NVIDIA_SMI_PATH: path.resolve('test/fixtures/nvidia-smi'), FAKE_NVIDIA_SMI_MODE: 'h200x2', HF_TOKEN, COMFY_ARGS: '--preview-method auto --extra "two words"' };
+    const env = { ...ws.env, GPU_MODE: 'actual', NUM_GPUS: '4', NVIDIA_SMI_PATH: path.resolve('test/fixtures/nvidia-smi'), FAKE_NVIDIA_SMI_MODE: 'h200x2', HF_TOKEN, COMFY_ARGS: '--preview-method auto --oneapi-device-selector "two words"' };
     const boot = startBoot(['start'], env);
     await boot.waitForLog((l) => l.phase === 'ready', 'ready');
     const warning = boot.logs().find((l) => typeof l.msg === 'string' && l.msg.startsWith('NUM_GPUS=4'));
@@ -157,7 +157,8 @@ describe('start: the whole boot with real PM2', () => {
       expect(report.cudaDevice).toBe(i);
       expect(report.cpu).toBe(false);
       expect(report.env).toEqual({ CUDA_VISIBLE_DEVICES: String(i), GPU_INDEX: String(i), GPU_MODEL: 'NVIDIA H200', GPU_MEMORY_GB: '140.4' });
-      expect(report.extraArgs).toEqual(['--preview-method', 'auto', '--extra', 'two words']);
+      // After gpu-boot's own flags (its temp folder among them), COMFY_ARGS as given, one word with a space kept whole.
+      expect(report.extraArgs).toEqual(['--temp-directory', path.join(ws.workspace, 'instances', `comfyui-gpu${i}`), '--preview-method', 'auto', '--oneapi-device-selector', 'two words']);
     }
     boot.child.kill('SIGINT');
     expect((await boot.child).exitCode).toBe(0);

@@ -1,4 +1,5 @@
 import os from 'node:os';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { FAKE_NVIDIA_SMI, runBoot } from '../helpers/boot.js';
 import { expectNothingWritten, useTwoNodeWorkspace } from '../helpers/two-nodes.js';
@@ -88,7 +89,7 @@ describe('plan', () => {
       ['comfyui-gpu0', w.portStart],
       ['comfyui-gpu1', w.portStart + 1],
     ]);
-    expect(plan.instances[1]!.args).toEqual(['--listen', '127.0.0.1', '--port', String(w.portStart + 1), '--cpu']);
+    expect(plan.instances[1]!.args).toEqual(['--listen', '127.0.0.1', '--port', String(w.portStart + 1), '--cpu', '--temp-directory', path.join(w.workspace, 'instances', 'comfyui-gpu1')]);
     expect(plan.withheldVariables).toEqual(expect.arrayContaining(['HF_TOKEN', 'HF_TOKEN_FILE', 'HF_TOKEN_ENCODED', 'AZURE_STORAGE_KEY', 'CLOUD_PROVIDER']));
     expect(result.stdout).not.toContain(CANARY);
     expectNothingWritten(w);

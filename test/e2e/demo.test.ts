@@ -20,6 +20,11 @@ describe('the built-in demo (npm start)', () => {
       const report = (await (await fetch(`http://127.0.0.1:${port + 1}/gpu-boot/nodes`)).json()) as { nodes: Record<string, { keys?: string[] }> };
       expect(report.nodes.emprops_custom_nodes!.keys).toHaveLength(7);
       expect(report.nodes['ComfyUI-Manager']!.keys).toEqual(['CIVITAI_TOKEN', 'HF_TOKEN']);
+      // The demo ships a node that fails to import: the log and /status say so, /ready stays 200 (it declares no env).
+      expect(boot.logs().some((l) => l.level === 50 && typeof l.msg === 'string' && l.msg.includes('(IMPORT FAILED)') && l.msg.includes('broken_node'))).toBe(true);
+      const status = (await (await fetch(`http://127.0.0.1:${port + 2}/status`)).json()) as { instances: Array<{ nodes: Array<{ name: string; loaded: boolean }> }> };
+      for (const instance of status.instances) expect(instance.nodes.find((n) => n.name === 'broken_node')?.loaded).toBe(false);
+      expect((await fetch(`http://127.0.0.1:${port + 2}/ready`)).status).toBe(200);
       boot.child.kill('SIGINT');
       expect((await boot.child).exitCode).toBe(0);
       expect(existsSync(root)).toBe(false);

@@ -67,7 +67,11 @@ export async function makeWorkspace(options: WorkspaceOptions): Promise<Workspac
   const nodes = path.join(comfyui, 'custom_nodes');
   await mkdir(nodes, { recursive: true });
   if (options.mainPy) await writeFile(path.join(comfyui, 'main.py'), options.mainPy);
-  else await cp(STAND_IN_MAIN, path.join(comfyui, 'main.py'));
+  else {
+    await cp(STAND_IN_MAIN, path.join(comfyui, 'main.py'));
+    // Its flag definitions, as a ComfyUI checkout has them: gpu-boot checks COMFY_ARGS against this file.
+    await cp(path.join(path.dirname(STAND_IN_MAIN), 'comfy'), path.join(comfyui, 'comfy'), { recursive: true, filter: (src) => !src.includes('__pycache__') });
+  }
   for (const node of options.nodes) {
     await mkdir(path.join(nodes, node), { recursive: true });
     await writeFile(path.join(nodes, node, '__init__.py'), NODE_INIT);

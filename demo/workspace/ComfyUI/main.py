@@ -1,45 +1,716 @@
-"""A stand-in for ComfyUI's main.py, for the demo and the tests.
+"""A stand-in for ComfyUI's main.py, for the demo and the tests: it starts in well under a second and
+fails the way the real ComfyUI fails (recordings of the real one: test/fixtures/comfyui/).
 
-It does what matters to gpu-boot: takes ComfyUI's flags (--listen, --port,
---cuda-device / --cpu), imports every custom node the way ComfyUI does (each
-node's __init__.py calls python-dotenv's load_dotenv on its own .env), and
-answers HTTP on its port. GET /gpu-boot/nodes reports, per node, whether its
-.env existed at start, its mode, and a SHA-256 of each value: never a value.
+- Flags: ComfyUI's own (comfy/cli_args.py), through parser.parse_args(): an unknown flag prints
+  argparse's usage and `main.py: error: unrecognized arguments: ...` and exits 2; a flag given
+  twice keeps the last value. --cuda-device N overwrites CUDA_VISIBLE_DEVICES (and
+  HIP_VISIBLE_DEVICES, ASCEND_RT_VISIBLE_DEVICES) with N; CUDA_VISIBLE_DEVICES set but empty
+  without --cpu fails like torch does: `RuntimeError: No CUDA GPUs are available`, exit 1.
+- Output, all of it on stderr (stdout with --log-stdout): the device lines, a traceback and
+  `Cannot import <path> module for custom nodes: <error>` for each custom node that fails to
+  import, the `Import times for custom nodes:` block, `Starting server`, `To see the GUI go to:
+  http://<address>:<port>` for each --listen address, and `Stopped server` on SIGINT (or SIGTERM,
+  unlike the real one, which has no SIGTERM handler): exit 0.
+- A port another process holds: after the full start, asyncio's bind error, exit 1:
+  `OSError: [Errno 98] error while attempting to bind on address ('HOST', PORT): address already in use`.
+- temp: emptied at start and removed at exit (ComfyUI's cleanup_temp): <ComfyUI>/temp, or
+  <--temp-directory>/temp. --output-directory and --input-directory are created if missing;
+  --user-directory must exist (argparse error otherwise, as in ComfyUI); --base-directory moves
+  custom_nodes, input, output, temp and user.
+- HTTP (one asyncio server per --listen address): GET / (the page), /system_stats, /queue,
+  /prompt, /object_info[/<class>], /history, /embeddings, /extensions, shaped like ComfyUI's
+  answers; any other path 404 as aiohttp answers. And GET /gpu-boot/nodes, the test report: per
+  custom node whether its .env existed at start, its mode, a SHA-256 of each value (never a value),
+  whether it loaded, and the error when it did not.
+- STANDIN_START_DELAY_MS: sleep that long where the real one imports torch (seconds), before the
+  device lines, so a test can make the start slow.
+
+gpu-boot's tests copy this file alone into their workspaces (test/helpers/boot.ts): without
+comfy/cli_args.py next to it, it runs the copy of that file kept below (test/standin.test.ts
+checks that the copy is exact).
 """
 import argparse
+import asyncio
 import hashlib
 import importlib.util
+import itertools
 import json
+import logging
 import os
+import shutil
 import signal
+import ssl
 import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+import traceback
+import types
+import uuid
 
 from dotenv import dotenv_values
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+TORCH_VERSION = "2.5.1+cu124"
+
+# A verbatim copy of comfy/cli_args.py, used only where that file is missing.
+CLI_ARGS_COPY = r'''"""ComfyUI's command-line flags, for the stand-in (see ../main.py).
+
+The flag set is ComfyUI's comfy/cli_args.py at its master of 2026-01-07 (618b803d), as listed in
+test/fixtures/comfyui/cli-flags-2026-01.txt; types, nargs, defaults and mutually exclusive groups
+follow the real definitions where they are known. Each flag is the first, literal string argument of
+a `parser.add_argument(...)` or `<group>.add_argument(...)` call, so a launcher can list them with
+Python's ast module without running this file. The stand-in's main.py calls parser.parse_args():
+an unknown flag exits 2 with argparse's usage, a flag given twice keeps the last value, and argparse
+accepts an unambiguous prefix (--lowv for --lowvram), as in the real ComfyUI.
+
+main.py holds a verbatim copy of this file (for a main.py copied alone); test/standin.test.ts checks
+that the two are the same.
+"""
+import argparse
+import enum
+import os
+
+
+def is_valid_directory(path):
+    """--user-directory must name a readable directory that exists (ComfyUI does not create it)."""
+    if not os.path.exists(path):
+        raise argparse.ArgumentTypeError(f"The path '{path}' does not exist.")
+    if not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"'{path}' is not a directory.")
+    if not os.access(path, os.R_OK):
+        raise argparse.ArgumentTypeError(f"You do not have read permissions for '{path}'.")
+    return path
+
+
+class PerformanceFeature(enum.Enum):
+    Fp16Accumulation = "fp16_accumulation"
+    Fp8MatrixMultiplication = "fp8_matrix_mult"
+    CublasOps = "cublas_ops"
+    AutoTune = "autotune"
+
+
+PREVIEW_METHODS = ["none", "auto", "latent2rgb", "taesd"]
+
 parser = argparse.ArgumentParser()
-parser.add_argument("--listen", default="127.0.0.1")
-parser.add_argument("--port", type=int, default=8188)
-parser.add_argument("--cuda-device", type=int)
-parser.add_argument("--cpu", action="store_true")
-args, extra = parser.parse_known_args()
 
-here = os.path.dirname(os.path.abspath(__file__))
-nodes_dir = os.path.join(here, "custom_nodes")
-report = {
-    "pid": os.getpid(),
-    "port": args.port,
-    "cudaDevice": args.cuda_device,
-    "cpu": args.cpu,
-    "extraArgs": extra,
-    "env": {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "GPU_INDEX", "GPU_MODEL", "GPU_MEMORY_GB")},
-    "nodes": {},
+# The server.
+parser.add_argument("--listen", type=str, default="127.0.0.1", metavar="IP", nargs="?", const="0.0.0.0,::", help="The address(es) to listen on, comma-separated (default: 127.0.0.1); without a value: 0.0.0.0,:: (all IPv4 and IPv6).")
+parser.add_argument("--port", type=int, default=8188, help="The port to listen on.")
+parser.add_argument("--tls-keyfile", type=str, help="TLS key file (with --tls-certfile: serve https).")
+parser.add_argument("--tls-certfile", type=str, help="TLS certificate file (with --tls-keyfile: serve https).")
+parser.add_argument("--enable-cors-header", type=str, default=None, metavar="ORIGIN", nargs="?", const="*", help="Send CORS headers for ORIGIN (default '*').")
+parser.add_argument("--max-upload-size", type=float, default=100, help="The largest upload, in MB.")
+
+# Folders.
+parser.add_argument("--base-directory", type=str, default=None, help="The base folder for models, custom_nodes, input, output, temp and user.")
+parser.add_argument("--extra-model-paths-config", type=str, default=None, metavar="PATH", nargs="+", action="append", help="Load one or more extra_model_paths.yaml files.")
+parser.add_argument("--output-directory", type=str, default=None, help="The output folder (overrides --base-directory).")
+parser.add_argument("--temp-directory", type=str, default=None, help="The folder in which the temp folder lives (overrides --base-directory).")
+parser.add_argument("--input-directory", type=str, default=None, help="The input folder (overrides --base-directory).")
+parser.add_argument("--auto-launch", action="store_true", help="Open ComfyUI in the default browser.")
+parser.add_argument("--disable-auto-launch", action="store_true", help="Do not open the browser.")
+
+# Devices.
+parser.add_argument("--cuda-device", type=int, default=None, metavar="DEVICE_ID", help="The CUDA device this instance uses (sets CUDA_VISIBLE_DEVICES): all others are hidden.")
+parser.add_argument("--default-device", type=int, default=None, metavar="DEFAULT_DEVICE_ID", help="The default device; the others stay visible.")
+cm_group = parser.add_mutually_exclusive_group()
+cm_group.add_argument("--cuda-malloc", action="store_true", help="Use cudaMallocAsync.")
+cm_group.add_argument("--disable-cuda-malloc", action="store_true", help="Do not use cudaMallocAsync.")
+
+# Precision.
+fp_group = parser.add_mutually_exclusive_group()
+fp_group.add_argument("--force-fp32", action="store_true", help="Force fp32.")
+fp_group.add_argument("--force-fp16", action="store_true", help="Force fp16.")
+
+fpunet_group = parser.add_mutually_exclusive_group()
+fpunet_group.add_argument("--fp32-unet", action="store_true", help="Run the diffusion model in fp32.")
+fpunet_group.add_argument("--fp64-unet", action="store_true", help="Run the diffusion model in fp64.")
+fpunet_group.add_argument("--bf16-unet", action="store_true", help="Run the diffusion model in bf16.")
+fpunet_group.add_argument("--fp16-unet", action="store_true", help="Run the diffusion model in fp16.")
+
+fpvae_group = parser.add_mutually_exclusive_group()
+fpvae_group.add_argument("--fp16-vae", action="store_true", help="Run the VAE in fp16.")
+fpvae_group.add_argument("--fp32-vae", action="store_true", help="Run the VAE in fp32.")
+fpvae_group.add_argument("--bf16-vae", action="store_true", help="Run the VAE in bf16.")
+
+parser.add_argument("--cpu-vae", action="store_true", help="Run the VAE on the CPU.")
+
+fpte_group = parser.add_mutually_exclusive_group()
+fpte_group.add_argument("--fp16-text-enc", action="store_true", help="Store text encoder weights in fp16.")
+fpte_group.add_argument("--fp32-text-enc", action="store_true", help="Store text encoder weights in fp32.")
+fpte_group.add_argument("--bf16-text-enc", action="store_true", help="Store text encoder weights in bf16.")
+
+parser.add_argument("--force-channels-last", action="store_true", help="Use the channels-last format.")
+parser.add_argument("--directml", type=int, nargs="?", metavar="DIRECTML_DEVICE", const=-1, help="Use torch-directml.")
+parser.add_argument("--oneapi-device-selector", type=str, default=None, metavar="SELECTOR_STRING", help="The oneAPI device(s) this instance uses.")
+parser.add_argument("--disable-ipex-optimize", action="store_true", help="Do not run ipex.optimize on models.")
+parser.add_argument("--supports-fp8-compute", action="store_true", help="Act as if the device computes in fp8.")
+
+# Previews and caches.
+parser.add_argument("--preview-method", type=str, choices=PREVIEW_METHODS, default="none", metavar="[none,auto,latent2rgb,taesd]", help="The default preview method of sampler nodes.")
+parser.add_argument("--preview-size", type=int, default=512, help="The largest preview size of sampler nodes.")
+
+cache_group = parser.add_mutually_exclusive_group()
+cache_group.add_argument("--cache-classic", action="store_true", help="Aggressive caching (the old style).")
+cache_group.add_argument("--cache-lru", type=int, default=0, help="LRU caching of up to N node results.")
+cache_group.add_argument("--cache-none", action="store_true", help="No caching: every node runs each time.")
+cache_group.add_argument("--cache-ram", nargs="?", const=4.0, type=float, default=0, help="Cache while N GB of RAM stay free.")
+
+# Attention.
+attn_group = parser.add_mutually_exclusive_group()
+attn_group.add_argument("--use-split-cross-attention", action="store_true", help="Split cross attention.")
+attn_group.add_argument("--use-quad-cross-attention", action="store_true", help="Sub-quadratic cross attention.")
+attn_group.add_argument("--use-pytorch-cross-attention", action="store_true", help="PyTorch 2.0 cross attention.")
+attn_group.add_argument("--use-sage-attention", action="store_true", help="Sage attention.")
+attn_group.add_argument("--use-flash-attention", action="store_true", help="FlashAttention.")
+
+parser.add_argument("--disable-xformers", action="store_true", help="Do not use xformers.")
+
+upcast = parser.add_mutually_exclusive_group()
+upcast.add_argument("--force-upcast-attention", action="store_true", help="Always upcast attention.")
+upcast.add_argument("--dont-upcast-attention", action="store_true", help="Never upcast attention.")
+
+# ComfyUI-Manager.
+parser.add_argument("--enable-manager", action="store_true", help="Enable the built-in ComfyUI-Manager.")
+manager_group = parser.add_mutually_exclusive_group()
+manager_group.add_argument("--disable-manager-ui", action="store_true", help="The manager without its UI.")
+manager_group.add_argument("--enable-manager-legacy-ui", action="store_true", help="The manager's legacy UI.")
+
+# Memory.
+vram_group = parser.add_mutually_exclusive_group()
+vram_group.add_argument("--gpu-only", action="store_true", help="Keep and run everything on the GPU.")
+vram_group.add_argument("--highvram", action="store_true", help="Keep models in GPU memory after use.")
+vram_group.add_argument("--normalvram", action="store_true", help="Normal VRAM use even if lowvram would be chosen.")
+vram_group.add_argument("--lowvram", action="store_true", help="Split the unet to use less VRAM.")
+vram_group.add_argument("--novram", action="store_true", help="When lowvram is not enough.")
+vram_group.add_argument("--cpu", action="store_true", help="Use the CPU for everything (slow).")
+
+parser.add_argument("--reserve-vram", type=float, default=None, help="GB of VRAM to leave to other software.")
+parser.add_argument("--async-offload", nargs="?", const=2, type=int, default=None, metavar="NUM_STREAMS", help="Asynchronous weight offloading with NUM_STREAMS streams.")
+parser.add_argument("--disable-async-offload", action="store_true", help="No asynchronous weight offloading.")
+parser.add_argument("--force-non-blocking", action="store_true", help="Non-blocking tensor copies.")
+parser.add_argument("--default-hashing-function", type=str, choices=["md5", "sha1", "sha256", "sha512"], default="sha256", help="The hash for duplicate file comparison.")
+parser.add_argument("--disable-smart-memory", action="store_true", help="Offload to RAM instead of keeping models in VRAM.")
+parser.add_argument("--deterministic", action="store_true", help="Deterministic (slower) PyTorch algorithms.")
+parser.add_argument("--fast", nargs="*", type=PerformanceFeature, help="Untested optimizations: all without a value, or some of: fp16_accumulation fp8_matrix_mult cublas_ops autotune.")
+parser.add_argument("--disable-pinned-memory", action="store_true", help="No pinned memory.")
+parser.add_argument("--mmap-torch-files", action="store_true", help="mmap ckpt/pt files.")
+parser.add_argument("--disable-mmap", action="store_true", help="Do not mmap safetensors.")
+
+# Behaviour.
+parser.add_argument("--dont-print-server", action="store_true", help="Do not print the server's address.")
+parser.add_argument("--quick-test-for-ci", action="store_true", help="Exit once started (CI).")
+parser.add_argument("--windows-standalone-build", action="store_true", help="The Windows standalone build's conveniences.")
+parser.add_argument("--disable-metadata", action="store_true", help="Do not save prompt metadata in files.")
+parser.add_argument("--disable-all-custom-nodes", action="store_true", help="Load no custom node.")
+parser.add_argument("--whitelist-custom-nodes", type=str, nargs="+", default=[], help="Custom node folders to load despite --disable-all-custom-nodes.")
+parser.add_argument("--disable-api-nodes", action="store_true", help="Load no API node.")
+parser.add_argument("--multi-user", action="store_true", help="Per-user storage.")
+parser.add_argument("--verbose", default="INFO", const="DEBUG", nargs="?", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], help="The logging level.")
+parser.add_argument("--log-stdout", action="store_true", help="Log to stdout instead of stderr (the default).")
+parser.add_argument("--user-directory", type=is_valid_directory, default=None, help="The user folder, an existing directory (overrides --base-directory).")
+parser.add_argument("--enable-compress-response-body", action="store_true", help="Compress response bodies.")
+parser.add_argument("--database-url", type=str, default=None, help="The database URL (default: sqlite in the user folder).")
+
+
+def finish(args):
+    """What ComfyUI's cli_args does after parsing."""
+    if args.windows_standalone_build:
+        args.auto_launch = True
+    if args.disable_auto_launch:
+        args.auto_launch = False
+    if args.force_fp16:
+        args.fp16_unet = True
+    if args.fast is None:
+        args.fast = set()
+    elif args.fast == []:
+        args.fast = set(PerformanceFeature)
+    else:
+        args.fast = set(args.fast)
+    return args
+'''
+
+
+def load_cli_args():
+    if os.path.isfile(os.path.join(HERE, "comfy", "cli_args.py")):
+        if HERE not in sys.path:
+            sys.path.insert(0, HERE)
+        import comfy.cli_args
+
+        return comfy.cli_args
+    module = types.ModuleType("comfy.cli_args")
+    module.__file__ = os.path.join(HERE, "comfy", "cli_args.py")
+    exec(compile(CLI_ARGS_COPY, "<comfy/cli_args.py, as copied in main.py>", "exec"), module.__dict__)
+    return module
+
+
+cli_args = load_cli_args()
+args = cli_args.finish(cli_args.parser.parse_args())
+
+logging.basicConfig(format="%(message)s", level=getattr(logging, args.verbose), stream=sys.stdout if args.log_stdout else sys.stderr)
+
+# What the launcher gave this process, before ComfyUI's own changes.
+received_env = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "GPU_INDEX", "GPU_MODEL", "GPU_MEMORY_GB")}
+# The arguments the stand-in's first version did not know: all but --listen, --port, --cuda-device, --cpu.
+_known = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+_known.add_argument("--listen", nargs="?")
+_known.add_argument("--port")
+_known.add_argument("--cuda-device")
+_known.add_argument("--cpu", action="store_true")
+extra_args = _known.parse_known_args()[1]
+
+if args.cuda_device is not None:
+    for variable in ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ASCEND_RT_VISIBLE_DEVICES"):
+        os.environ[variable] = str(args.cuda_device)
+    logging.info("Set cuda device to: {}".format(args.cuda_device))
+
+# Where the real one spends seconds: importing torch and starting model management.
+if os.environ.get("STANDIN_START_DELAY_MS"):
+    time.sleep(float(os.environ["STANDIN_START_DELAY_MS"]) / 1000)
+
+
+# --- model management: the device lines -------------------------------------------------------
+
+def memory():
+    """(total, available) RAM in bytes."""
+    info = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                info[name] = int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    total = info.get("MemTotal", 16 * 1024 ** 3)
+    return total, info.get("MemAvailable", total // 2)
+
+
+def get_torch_device():
+    if args.cpu:
+        return "cpu"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    # torch sees no device when CUDA_VISIBLE_DEVICES is empty or starts with an invalid index.
+    if visible is not None and (visible.strip() == "" or visible.split(",")[0].strip().startswith("-")):
+        raise RuntimeError("No CUDA GPUs are available")
+    # Only the visible devices exist for torch, numbered from 0: ComfyUI runs on the first.
+    return "cuda:0"
+
+
+DEVICE = get_torch_device()
+RAM_TOTAL, _ = memory()
+if DEVICE == "cpu":
+    VRAM_TOTAL = RAM_TOTAL
+    DEVICE_NAME = "cpu"
+    VRAM_STATE = "DISABLED"
+    VAE_DTYPE = "torch.float32"
+    ATTENTION = "Using split optimization for cross attention" if args.use_split_cross_attention else "Using sub quadratic optimization for cross attention, if you have memory or speed issues try using: --use-split-cross-attention"
+else:
+    try:
+        VRAM_TOTAL = int(float(os.environ.get("GPU_MEMORY_GB") or 24) * 1024 ** 3)
+    except ValueError:
+        VRAM_TOTAL = 24 * 1024 ** 3
+    allocator = "native" if args.disable_cuda_malloc else "cudaMallocAsync"
+    DEVICE_NAME = f"{DEVICE} {os.environ.get('GPU_MODEL') or 'NVIDIA Stand-in GPU'} : {allocator}"
+    VRAM_STATE = "LOW_VRAM" if args.lowvram else "NO_VRAM" if args.novram else "HIGH_VRAM" if args.highvram or args.gpu_only else "NORMAL_VRAM"
+    VAE_DTYPE = "torch.float32" if args.fp32_vae or args.cpu_vae else "torch.float16" if args.fp16_vae else "torch.bfloat16"
+    ATTENTION = "Using pytorch attention"
+
+logging.info("Total VRAM {:0.0f} MB, total RAM {:0.0f} MB".format(VRAM_TOTAL / (1024 * 1024), RAM_TOTAL / (1024 * 1024)))
+logging.info("pytorch version: {}".format(TORCH_VERSION))
+logging.info(f"Set vram state to: {VRAM_STATE}")
+logging.info("Device: {}".format(DEVICE_NAME))
+logging.info("VAE dtype: {}".format(VAE_DTYPE))
+logging.info(ATTENTION)
+
+
+# --- folders ------------------------------------------------------------------------------------
+
+BASE = os.path.abspath(args.base_directory) if args.base_directory else HERE
+folders = {
+    "temp": os.path.join(BASE, "temp"),
+    "output": os.path.join(BASE, "output"),
+    "input": os.path.join(BASE, "input"),
+    "user": os.path.join(BASE, "user"),
 }
+CUSTOM_NODES = os.path.join(BASE, "custom_nodes")
 
-for name in sorted(os.listdir(nodes_dir)):
-    folder = os.path.join(nodes_dir, name)
-    if not os.path.isdir(folder):
-        continue
+
+def cleanup_temp():
+    if os.path.exists(folders["temp"]):
+        shutil.rmtree(folders["temp"], ignore_errors=True)
+
+
+if args.temp_directory:
+    folders["temp"] = os.path.join(os.path.abspath(args.temp_directory), "temp")
+    logging.info(f"Setting temp directory to: {folders['temp']}")
+cleanup_temp()
+try:
+    os.makedirs(folders["temp"], exist_ok=True)
+except OSError:
+    pass
+
+# extra_model_paths.yaml (next to main.py) and --extra-model-paths-config: a missing file is fatal.
+extra_model_paths = os.path.join(HERE, "extra_model_paths.yaml")
+for config_path in ([extra_model_paths] if os.path.isfile(extra_model_paths) else []) + list(itertools.chain(*(args.extra_model_paths_config or []))):
+    with open(config_path, "r", encoding="utf-8") as stream:
+        stream.read()
+    logging.info(f"Loading extra model paths from {config_path}")
+
+
+# --- custom nodes -------------------------------------------------------------------------------
+
+BUILTIN_NODES = json.loads(r'''{
+ "CheckpointLoaderSimple": {
+  "input": {
+   "required": {
+    "ckpt_name": [
+     []
+    ]
+   }
+  },
+  "output": [
+   "MODEL",
+   "CLIP",
+   "VAE"
+  ],
+  "output_is_list": [
+   false,
+   false,
+   false
+  ],
+  "output_name": [
+   "MODEL",
+   "CLIP",
+   "VAE"
+  ],
+  "name": "CheckpointLoaderSimple",
+  "display_name": "Load Checkpoint",
+  "description": "",
+  "category": "loaders",
+  "output_node": false
+ },
+ "CLIPTextEncode": {
+  "input": {
+   "required": {
+    "text": [
+     "STRING",
+     {
+      "multiline": true,
+      "dynamicPrompts": true
+     }
+    ],
+    "clip": [
+     "CLIP"
+    ]
+   }
+  },
+  "output": [
+   "CONDITIONING"
+  ],
+  "output_is_list": [
+   false
+  ],
+  "output_name": [
+   "CONDITIONING"
+  ],
+  "name": "CLIPTextEncode",
+  "display_name": "CLIP Text Encode (Prompt)",
+  "description": "",
+  "category": "conditioning",
+  "output_node": false
+ },
+ "KSampler": {
+  "input": {
+   "required": {
+    "model": [
+     "MODEL"
+    ],
+    "seed": [
+     "INT",
+     {
+      "default": 0,
+      "min": 0,
+      "max": 18446744073709551615
+     }
+    ],
+    "steps": [
+     "INT",
+     {
+      "default": 20,
+      "min": 1,
+      "max": 10000
+     }
+    ],
+    "cfg": [
+     "FLOAT",
+     {
+      "default": 8.0,
+      "min": 0.0,
+      "max": 100.0,
+      "step": 0.1,
+      "round": 0.01
+     }
+    ],
+    "sampler_name": [
+     [
+      "euler",
+      "euler_ancestral",
+      "heun",
+      "heunpp2",
+      "dpm_2",
+      "dpm_2_ancestral",
+      "lms",
+      "dpm_fast",
+      "dpm_adaptive",
+      "dpmpp_2s_ancestral",
+      "dpmpp_sde",
+      "dpmpp_sde_gpu",
+      "dpmpp_2m",
+      "dpmpp_2m_sde",
+      "dpmpp_2m_sde_gpu",
+      "dpmpp_3m_sde",
+      "dpmpp_3m_sde_gpu",
+      "ddpm",
+      "lcm",
+      "ddim",
+      "uni_pc",
+      "uni_pc_bh2"
+     ]
+    ],
+    "scheduler": [
+     [
+      "normal",
+      "karras",
+      "exponential",
+      "sgm_uniform",
+      "simple",
+      "ddim_uniform"
+     ]
+    ],
+    "positive": [
+     "CONDITIONING"
+    ],
+    "negative": [
+     "CONDITIONING"
+    ],
+    "latent_image": [
+     "LATENT"
+    ],
+    "denoise": [
+     "FLOAT",
+     {
+      "default": 1.0,
+      "min": 0.0,
+      "max": 1.0,
+      "step": 0.01
+     }
+    ]
+   }
+  },
+  "output": [
+   "LATENT"
+  ],
+  "output_is_list": [
+   false
+  ],
+  "output_name": [
+   "LATENT"
+  ],
+  "name": "KSampler",
+  "display_name": "KSampler",
+  "description": "",
+  "category": "sampling",
+  "output_node": false
+ },
+ "EmptyLatentImage": {
+  "input": {
+   "required": {
+    "width": [
+     "INT",
+     {
+      "default": 512,
+      "min": 16,
+      "max": 16384,
+      "step": 8
+     }
+    ],
+    "height": [
+     "INT",
+     {
+      "default": 512,
+      "min": 16,
+      "max": 16384,
+      "step": 8
+     }
+    ],
+    "batch_size": [
+     "INT",
+     {
+      "default": 1,
+      "min": 1,
+      "max": 4096
+     }
+    ]
+   }
+  },
+  "output": [
+   "LATENT"
+  ],
+  "output_is_list": [
+   false
+  ],
+  "output_name": [
+   "LATENT"
+  ],
+  "name": "EmptyLatentImage",
+  "display_name": "Empty Latent Image",
+  "description": "",
+  "category": "latent",
+  "output_node": false
+ },
+ "VAEDecode": {
+  "input": {
+   "required": {
+    "samples": [
+     "LATENT"
+    ],
+    "vae": [
+     "VAE"
+    ]
+   }
+  },
+  "output": [
+   "IMAGE"
+  ],
+  "output_is_list": [
+   false
+  ],
+  "output_name": [
+   "IMAGE"
+  ],
+  "name": "VAEDecode",
+  "display_name": "VAE Decode",
+  "description": "",
+  "category": "latent",
+  "output_node": false
+ },
+ "SaveImage": {
+  "input": {
+   "required": {
+    "images": [
+     "IMAGE"
+    ],
+    "filename_prefix": [
+     "STRING",
+     {
+      "default": "ComfyUI"
+     }
+    ]
+   },
+   "hidden": {
+    "prompt": "PROMPT",
+    "extra_pnginfo": "EXTRA_PNGINFO"
+   }
+  },
+  "output": [],
+  "output_is_list": [],
+  "output_name": [],
+  "name": "SaveImage",
+  "display_name": "Save Image",
+  "description": "",
+  "category": "image",
+  "output_node": true
+ },
+ "LoadImage": {
+  "input": {
+   "required": {
+    "image": [
+     [
+      "example.png"
+     ],
+     {
+      "image_upload": true
+     }
+    ]
+   }
+  },
+  "output": [
+   "IMAGE",
+   "MASK"
+  ],
+  "output_is_list": [
+   false,
+   false
+  ],
+  "output_name": [
+   "IMAGE",
+   "MASK"
+  ],
+  "name": "LoadImage",
+  "display_name": "Load Image",
+  "description": "",
+  "category": "image",
+  "output_node": false
+ },
+ "PreviewImage": {
+  "input": {
+   "required": {
+    "images": [
+     "IMAGE"
+    ]
+   },
+   "hidden": {
+    "prompt": "PROMPT",
+    "extra_pnginfo": "EXTRA_PNGINFO"
+   }
+  },
+  "output": [],
+  "output_is_list": [],
+  "output_name": [],
+  "name": "PreviewImage",
+  "display_name": "Preview Image",
+  "description": "",
+  "category": "image",
+  "output_node": true
+ }
+}''')
+for _info in BUILTIN_NODES.values():
+    _info["python_module"] = "nodes"
+
+CUSTOM_CLASSES = {}  # class name -> (class, python_module)
+CUSTOM_DISPLAY_NAMES = {}
+
+
+def load_custom_node(module_path):
+    """ComfyUI's nodes.load_custom_node: (loaded, error)."""
+    module_name = os.path.basename(module_path)
+    if os.path.isfile(module_path):
+        module_name = os.path.splitext(module_name)[0]
+    try:
+        logging.debug("Trying to load custom node {}".format(module_path))
+        if os.path.isfile(module_path):
+            module_spec = importlib.util.spec_from_file_location(module_name, module_path)
+        else:
+            module_spec = importlib.util.spec_from_file_location(module_name, os.path.join(module_path, "__init__.py"))
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module
+        module_spec.loader.exec_module(module)
+        mappings = getattr(module, "NODE_CLASS_MAPPINGS", None)
+        if mappings is None:
+            logging.warning(f"Skip {module_path} module for custom nodes due to the lack of NODE_CLASS_MAPPINGS.")
+            return False, "no NODE_CLASS_MAPPINGS"
+        for name, node_cls in mappings.items():
+            if name not in BUILTIN_NODES:
+                CUSTOM_CLASSES[name] = (node_cls, f"custom_nodes.{module_name}")
+        CUSTOM_DISPLAY_NAMES.update(getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None) or {})
+        return True, None
+    except Exception as e:
+        logging.warning(traceback.format_exc())
+        logging.warning(f"Cannot import {module_path} module for custom nodes: {e}")
+        return False, str(e)
+
+
+def env_report(folder):
+    """What the tests read: whether the node's .env existed at start, its mode, a hash per value."""
     env_path = os.path.join(folder, ".env")
     entry = {"envFile": os.path.exists(env_path)}
     if entry["envFile"]:
@@ -47,36 +718,245 @@ for name in sorted(os.listdir(nodes_dir)):
         values = dotenv_values(env_path)
         entry["keys"] = sorted(values)
         entry["sha256"] = {k: hashlib.sha256((v or "").encode()).hexdigest() for k, v in values.items()}
-    init = os.path.join(folder, "__init__.py")
-    if os.path.exists(init):
-        spec = importlib.util.spec_from_file_location(f"custom_nodes.{name}", init)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    report["nodes"][name] = entry
-    print(f"[stand-in] node {name}: {len(entry.get('keys', []))} key(s) from .env", flush=True)
+    return entry
 
 
-class Handler(BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = json.dumps(report if self.path.startswith("/gpu-boot/") else {"system": "comfyui-stand-in", "port": args.port}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+nodes_report = {}
+node_import_times = []
+for possible_module in sorted(os.listdir(CUSTOM_NODES)) if os.path.isdir(CUSTOM_NODES) else []:
+    module_path = os.path.join(CUSTOM_NODES, possible_module)
+    if possible_module == "__pycache__":
+        continue
+    if os.path.isfile(module_path) and os.path.splitext(module_path)[1] != ".py":
+        continue
+    if module_path.endswith(".disabled"):
+        continue
+    entry = env_report(module_path) if os.path.isdir(module_path) else {"envFile": False}
+    entry["path"] = module_path
+    nodes_report[possible_module] = entry
+    if args.disable_all_custom_nodes and possible_module not in args.whitelist_custom_nodes:
+        logging.info(f"Skipping {possible_module} due to disable_all_custom_nodes and whitelist_custom_nodes")
+        entry.update(loaded=False, skipped=True)
+        continue
+    time_before = time.perf_counter()
+    loaded, error = load_custom_node(module_path)
+    node_import_times.append((time.perf_counter() - time_before, module_path, loaded))
+    entry["loaded"] = loaded
+    if error is not None:
+        entry["error"] = error
 
-    def log_message(self, *_):
+if len(node_import_times) > 0:
+    logging.info("\nImport times for custom nodes:")
+    for n in sorted(node_import_times):
+        import_message = "" if n[2] else " (IMPORT FAILED)"
+        logging.info("{:6.1f} seconds{}: {}".format(n[0], import_message, n[1]))
+    logging.info("")
+
+for name, flag in (("output", args.output_directory), ("input", args.input_directory), ("user", args.user_directory)):
+    if flag:
+        folders[name] = os.path.abspath(flag)
+        logging.info(f"Setting {name} directory to: {folders[name]}")
+    try:
+        os.makedirs(folders[name], exist_ok=True)
+    except OSError:
         pass
 
-
-def stop(signum, _frame):
-    print(f"[stand-in] signal {signum}: exiting", flush=True)
+if args.quick_test_for_ci:
     sys.exit(0)
 
 
-signal.signal(signal.SIGINT, stop)
-signal.signal(signal.SIGTERM, stop)
-server = ThreadingHTTPServer((args.listen, args.port), Handler)
-device = "cpu" if args.cpu else f"cuda:{args.cuda_device}"
-print(f"[stand-in] listening on {args.listen}:{args.port} ({device})", flush=True)
-server.serve_forever()
+# --- the server ---------------------------------------------------------------------------------
+
+def node_info(name):
+    if name in BUILTIN_NODES:
+        return BUILTIN_NODES[name]
+    node_cls, python_module = CUSTOM_CLASSES[name]
+    output = list(node_cls.RETURN_TYPES)
+    return {
+        "input": node_cls.INPUT_TYPES(),
+        "output": output,
+        "output_is_list": list(getattr(node_cls, "OUTPUT_IS_LIST", [False] * len(output))),
+        "output_name": list(getattr(node_cls, "RETURN_NAMES", output)),
+        "name": name,
+        "display_name": CUSTOM_DISPLAY_NAMES.get(name, name),
+        "description": getattr(node_cls, "DESCRIPTION", ""),
+        "category": getattr(node_cls, "CATEGORY", "sd"),
+        "output_node": getattr(node_cls, "OUTPUT_NODE", False) is True,
+        "python_module": python_module,
+    }
+
+
+def object_info():
+    out = {}
+    for name in itertools.chain(BUILTIN_NODES, CUSTOM_CLASSES):
+        try:
+            out[name] = node_info(name)
+        except Exception:
+            logging.error(f"[ERROR] An error occurred while retrieving information for the '{name}' node.")
+            logging.error(traceback.format_exc())
+    return out
+
+
+def system_stats():
+    if DEVICE == "cpu":
+        total, free = memory()
+        device = {"name": "cpu", "type": "cpu", "index": None, "vram_total": total, "vram_free": free, "torch_vram_total": total, "torch_vram_free": free}
+    else:
+        device = {"name": DEVICE_NAME, "type": "cuda", "index": 0, "vram_total": VRAM_TOTAL, "vram_free": VRAM_TOTAL - 512 * 1024 ** 2, "torch_vram_total": 0, "torch_vram_free": 0}
+    return {
+        "system": {"os": os.name, "python_version": sys.version, "embedded_python": os.path.split(os.path.split(sys.executable)[0])[1] == "python_embeded"},
+        "devices": [device],
+    }
+
+
+def json_safe(value):
+    if isinstance(value, (set, frozenset, list, tuple)):
+        items = [json_safe(v) for v in value]
+        return sorted(items, key=str) if isinstance(value, (set, frozenset)) else items
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if hasattr(value, "value") and not isinstance(value, (str, int, float, bool)):
+        return value.value
+    return value
+
+
+def report():
+    return {
+        "pid": os.getpid(),
+        "port": args.port,
+        "listen": args.listen.split(","),
+        "cudaDevice": args.cuda_device,
+        "cpu": args.cpu,
+        "device": DEVICE,
+        "extraArgs": extra_args,
+        "args": json_safe(vars(args)),
+        "env": received_env,
+        "visibleDevices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "folders": dict(folders),
+        "customNodes": CUSTOM_NODES,
+        "nodes": nodes_report,
+    }
+
+
+INDEX = b"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>ComfyUI</title></head><body><p>ComfyUI stand-in</p></body></html>\n"
+prompt_number = itertools.count()
+
+
+def respond_json(value, status=200):
+    return status, "application/json; charset=utf-8", json.dumps(value).encode()
+
+
+def post_prompt(body):
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("prompt"), dict):
+        return respond_json({"error": {"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided", "extra_info": {}}, "node_errors": {}}, 400)
+    return respond_json({"prompt_id": str(uuid.uuid4()), "number": next(prompt_number), "node_errors": {}})
+
+
+GET_ROUTES = {
+    "/": lambda: (200, "text/html", INDEX),
+    "/system_stats": lambda: respond_json(system_stats()),
+    "/queue": lambda: respond_json({"queue_running": [], "queue_pending": []}),
+    "/prompt": lambda: respond_json({"exec_info": {"queue_remaining": 0}}),
+    "/object_info": lambda: respond_json(object_info()),
+    "/history": lambda: respond_json({}),
+    "/embeddings": lambda: respond_json([]),
+    "/extensions": lambda: respond_json([]),
+    "/gpu-boot/nodes": lambda: respond_json(report()),
+}
+POST_ROUTES = {"/prompt": post_prompt}
+
+
+def route(method, path, body):
+    if method in ("GET", "HEAD"):
+        if path in GET_ROUTES:
+            return GET_ROUTES[path]()
+        if path.startswith("/object_info/"):
+            name = path[len("/object_info/"):]
+            return respond_json({name: node_info(name)} if name in BUILTIN_NODES or name in CUSTOM_CLASSES else {})
+    elif method == "POST" and path in POST_ROUTES:
+        return POST_ROUTES[path](body)
+    if path in GET_ROUTES or path in POST_ROUTES or path.startswith("/object_info/"):
+        return 405, "text/plain; charset=utf-8", b"405: Method Not Allowed"
+    return 404, "text/plain; charset=utf-8", b"404: Not Found"
+
+
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}
+
+
+async def handle(reader, writer):
+    """One HTTP/1.1 request per connection (Connection: close), like a small aiohttp."""
+    try:
+        request_line = await reader.readline()
+        parts = request_line.decode("latin-1").split()
+        if len(parts) != 3:
+            return
+        method, target = parts[0].upper(), parts[1]
+        length = 0
+        while True:
+            line = await reader.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())
+        body = await reader.readexactly(length) if length > 0 else b""
+        try:
+            status, content_type, payload = route(method, target.split("?", 1)[0], body)
+        except Exception:
+            logging.error("Error handling request\n" + traceback.format_exc())
+            status, content_type, payload = 500, "text/plain; charset=utf-8", b"500 Internal Server Error\n\nServer got itself in trouble"
+        headers = [
+            f"HTTP/1.1 {status} {REASONS.get(status, 'OK')}",
+            f"Content-Type: {content_type}",
+            f"Content-Length: {len(payload)}",
+            "Server: Python/{}.{} aiohttp/3.9.5".format(*sys.version_info[:2]),
+            "Connection: close",
+        ]
+        if target.split("?", 1)[0] == "/":
+            headers.append("Cache-Control: no-cache")
+        if args.enable_cors_header:
+            headers += [f"Access-Control-Allow-Origin: {args.enable_cors_header}", "Access-Control-Allow-Methods: POST, GET, DELETE, PUT, OPTIONS", "Access-Control-Allow-Headers: Content-Type, Authorization", "Access-Control-Allow-Credentials: true"]
+        writer.write(("\r\n".join(headers) + "\r\n\r\n").encode("latin-1") + (b"" if method == "HEAD" else payload))
+        await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError, ValueError, ssl.SSLError):
+        pass
+    finally:
+        writer.close()
+
+
+async def run(addresses, port, verbose=True):
+    ssl_ctx = None
+    scheme = "http"
+    if args.tls_keyfile and args.tls_certfile:
+        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_ctx.load_cert_chain(certfile=args.tls_certfile, keyfile=args.tls_keyfile)
+        scheme = "https"
+    servers = []
+    for address in addresses:
+        # asyncio's create_server, as aiohttp's TCPSite uses it: the same bind error, word for word.
+        servers.append(await asyncio.start_server(handle, address, port, ssl=ssl_ctx))
+        address_print = "[{}]".format(address) if ":" in address else address
+        if verbose:
+            logging.info("Starting server\n")
+            logging.info("To see the GUI go to: {}://{}:{}".format(scheme, address_print, port))
+    await asyncio.Event().wait()
+
+
+def sigterm(_signum, _frame):
+    # Stop as on Ctrl-C (the real ComfyUI does not catch SIGTERM: it dies at once, its temp kept).
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    signal.signal(signal.SIGTERM, sigterm)
+    try:
+        loop.run_until_complete(run(args.listen.split(","), args.port, verbose=not args.dont_print_server))
+    except KeyboardInterrupt:
+        logging.info("\nStopped server")
+    cleanup_temp()

@@ -1,0 +1,55 @@
+import net from 'node:net';
+import { execa } from 'execa';
+import { afterEach, describe, expect, it } from 'vitest';
+import { descendsFrom, instancePortProblems, listeningInodes, portHolders, portIsFree, portOwner } from '../src/services/ports.js';
+import { freePorts, waitFor } from './helpers/boot.js';
+import { PYTHON } from './helpers/python.js';
+
+const servers: net.Server[] = [];
+afterEach(async () => {
+  await Promise.all(servers.splice(0).map((s) => new Promise((r) => s.close(r))));
+});
+
+async function hold(port: number, host = '127.0.0.1'): Promise<void> {
+  const server = net.createServer();
+  servers.push(server);
+  await new Promise<void>((resolve) => server.listen({ port, host }, resolve));
+}
+
+describe('who holds a port', () => {
+  it('finds the listening socket and its process; a free port has none', async () => {
+    const port = await freePorts(1);
+    expect(listeningInodes(port).size).toBe(0);
+    expect(portOwner(port, process.pid)).toEqual({ owner: 'none', holders: [] });
+    expect(await portIsFree(['127.0.0.1'], port)).toBe(true);
+    await hold(port);
+    expect(listeningInodes(port).size).toBe(1);
+    expect(portHolders(port).map((h) => h.pid)).toEqual([process.pid]);
+    expect(portHolders(port)[0]!.command).toContain('node');
+    expect(portOwner(port, process.pid).owner).toBe('instance');
+    // Held, but not by the process named: someone else's.
+    expect(portOwner(port, 4194311).owner).toBe('other');
+    expect(await portIsFree(['127.0.0.1'], port)).toBe(false);
+    // A wildcard bind collides with a loopback one, as an instance listening on 0.0.0.0 would.
+    expect(await portIsFree(['0.0.0.0'], port)).toBe(false);
+    expect(await instancePortProblems(['0.0.0.0'], [{ name: 'comfyui-gpu0', port }])).toEqual([
+      `COMFYUI_PORT_START: port ${port} (for comfyui-gpu0) is in use by pid ${process.pid} (${portHolders(port)[0]!.command}); stop it, or choose another COMFYUI_PORT_START`,
+    ]);
+  });
+
+  it('counts a child of the instance\'s process as the instance (a launcher that forks), and nothing else', async () => {
+    const port = await freePorts(1);
+    const child = execa(PYTHON, ['-c', `import socket,time\ns=socket.socket(); s.bind(("127.0.0.1", ${port})); s.listen(); time.sleep(60)`], { reject: false });
+    try {
+      await waitFor('the child listening', () => listeningInodes(port).size > 0);
+      expect(portHolders(port).map((h) => h.pid)).toEqual([child.pid]);
+      expect(descendsFrom(child.pid!, process.pid)).toBe(true);
+      expect(portOwner(port, process.pid).owner).toBe('instance');
+      expect(portOwner(port, child.pid).owner).toBe('instance');
+      expect(descendsFrom(process.pid, child.pid!)).toBe(false);
+    } finally {
+      child.kill('SIGKILL');
+      await child;
+    }
+  });
+});
