@@ -282,10 +282,6 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
       ...(owner ? { owner } : {}),
       processEnv: processEnvSources(prepared.manifest, new Map(prepared.files.map((f) => [f.node, f.path]))),
     });
-    // Before anything is written: a port another process holds would make the real ComfyUI
-    // crash-loop on "address already in use" while something else answers HTTP there.
-    const portProblems = await instancePortProblems(listenAddresses(config.comfyuiListen), plan.instances);
-    if (portProblems.length) throw new ConfigError(`instance port${portProblems.length === 1 ? '' : 's'} in use`, portProblems);
     state.gpus = gpus;
     state.nodes = nodeSummaries(prepared);
     // Which nodes must have loaded for /ready: by default those that declare env (their secrets were written for them).
@@ -313,6 +309,11 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
         // Independent round trips to the daemon: clear what an earlier run left, and subscribe to output.
         const [stale] = await Promise.all([processes.removeStaleApps(), processes.watch()]);
         if (stale.length) logger.warn({ apps: stale }, 'removed instances left in PM2 by an earlier run');
+        // Before the instances start (and after a reused daemon's leftovers are gone): a port another
+        // process holds would make the real ComfyUI crash-loop on "address already in use" while
+        // something else answers HTTP there. 78; the finish stage wipes what was written.
+        const portProblems = await instancePortProblems(listenAddresses(config.comfyuiListen), plan.instances);
+        if (portProblems.length) throw new ConfigError(`instance port${portProblems.length === 1 ? '' : 's'} in use`, portProblems);
         return await processes.startFromEcosystem(config.stateDir, files!.planFile);
       } catch (error) {
         if (error instanceof BootError || error instanceof StopRequested) throw error;
@@ -344,7 +345,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
 
     // Readiness runs beside the wait for a signal: a SIGTERM during a slow start is honoured at once.
     // The boot's duration counts from the process's start (performance.now()'s origin), Node's own start included.
-    const ready = reportReadiness(logger, config, plan.instances, 0, abort.signal, (ms) => state.recordPhase('ready', ms), (name) => instancePid(processes, name));
+    const ready = reportReadiness(logger, config, plan.instances, 0, abort.signal, (ms) => state.recordPhase('ready', ms), (name) => instancePid(processes, name), (name) => processes.markServing(name));
 
     const signal = await stops.requested;
     abort.abort();

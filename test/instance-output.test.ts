@@ -274,7 +274,7 @@ describe('/ready, /status and /metrics report nodes and crash loops', () => {
     const m = monitorFor(['comfyui-gpu0'], { masker });
     m.state.instances = [{ name: 'comfyui-gpu0', gpuIndex: 0, port } as InstancePlan];
     m.state.phase = 'running';
-    const deps = { state: m.state, logger: silentLogger(), probeHost: '127.0.0.1', listInstances: async () => undefined };
+    const deps = { state: m.state, logger: silentLogger(), probeHost: '127.0.0.1', listInstances: async () => [{ name: 'comfyui-gpu0', pid: process.pid, status: 'online', restarts: 0, startedAt: Date.now() }] };
     try {
       m.monitor.started('comfyui-gpu0');
       for (const l of fixture('startup.log')) m.monitor.line('comfyui-gpu0', 'stderr', l);
@@ -324,7 +324,7 @@ describe('/ready, /status and /metrics report nodes and crash loops', () => {
     m.state.phase = 'running';
     const { settled } = run(m, 'comfyui-gpu0', fixture('unknown-flag.log'), 2);
     m.state.crashLoop = settled.crashLoop;
-    const deps = { state: m.state, logger: silentLogger(), probeHost: '127.0.0.1', listInstances: async () => undefined };
+    const deps = { state: m.state, logger: silentLogger(), probeHost: '127.0.0.1', listInstances: async () => [{ name: 'comfyui-gpu0', pid: process.pid, status: 'online', restarts: 0, startedAt: Date.now() }] };
     const status = (await statusReport(deps)) as { crashLoop: { message: string; exitCode: number; failures: number }; lastError: string; instances: Array<{ lastExit: { code: number; signal: null; at: string }; lastError: string }> };
     expect(status.crashLoop).toMatchObject({ exitCode: 2, failures: 1 });
     expect(status.lastError).toBe(status.crashLoop.message);

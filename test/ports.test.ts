@@ -53,3 +53,39 @@ describe('who holds a port', () => {
     }
   });
 });
+
+describe('/ready counts only the instance\'s own answer', () => {
+  it('PM2 silent: 503 saying so; the instance not in PM2: 503 naming the holder; PM2\'s pid holding it: 200', async () => {
+    const { readiness } = await import('../src/services/health.js');
+    const { BootState } = await import('../src/services/state.js');
+    const { captureLogger } = await import('./helpers/logger.js');
+    const port = await freePorts(1);
+    const { createServer } = await import('node:http');
+    const server = createServer((_req, res) => res.end('{}'));
+    servers.push(server as unknown as net.Server);
+    await new Promise<void>((resolve) => server.listen({ port, host: '127.0.0.1' }, resolve));
+    const state = new BootState();
+    state.phase = 'running';
+    state.instances = [{ name: 'comfyui-gpu0', gpuIndex: 0, port } as unknown as (typeof state.instances)[number]];
+    const deps = (list: unknown) => ({ state, logger: captureLogger().logger, probeHost: '127.0.0.1', listInstances: async () => list as never });
+    expect(await readiness(deps(undefined))).toMatchObject({ ready: false, reason: "PM2 does not answer: cannot tell who serves the instances' ports" });
+    const absent = await readiness(deps([]));
+    expect(absent.ready).toBe(false);
+    expect(absent.reason).toContain(`port ${port} of comfyui-gpu0 is held by pid ${process.pid} (`);
+    expect(await readiness(deps([{ name: 'comfyui-gpu0', pid: process.pid, status: 'online', restarts: 0 }]))).toMatchObject({ ready: true });
+    // Another pid in PM2's list: the answer is someone else's.
+    expect((await readiness(deps([{ name: 'comfyui-gpu0', pid: 4194311, status: 'online', restarts: 0 }]))).ready).toBe(false);
+  });
+});
+
+describe('binding as the instance will', () => {
+  it('an IPv6 address is bound IPv6-only, as asyncio does: an IPv4 listener on the port does not make it busy', async () => {
+    const { bindProblem } = await import('../src/services/ports.js');
+    const port = await freePorts(1);
+    await hold(port, '0.0.0.0');
+    expect(await bindProblem(['0.0.0.0'], port)).toBe('in-use');
+    expect(await bindProblem(['::1'], port)).toBeUndefined();
+    // An address this host does not have (TEST-NET-1): no socket can bind it, nothing is sent.
+    expect(await bindProblem(['192.0.2.1'], port)).toBe('no-address');
+  });
+});

@@ -8,7 +8,7 @@ import { withTimeout } from '../timeout.js';
 import type { InstanceState } from './processes.js';
 import { probeHost } from './plan.js';
 import { probeHttp, servesInstance } from './readiness.js';
-import { describeHolders, portOwner } from './ports.js';
+import { describeHolders, portHolders, portOwner } from './ports.js';
 import { requiredNodesFailed, type BootState, type FailedNode } from './state.js';
 
 /**
@@ -57,15 +57,21 @@ export async function readiness(deps: HealthDeps): Promise<Readiness> {
   if (state.instances.length === 0) return { ready: false, reason: 'starting: no instance started yet', instances: {} };
   const answered = await Promise.all(state.instances.map((i) => probeHttp(deps.probeHost, i.port, PROBE_TIMEOUT_MS)));
   // An answer counts only from this instance: a port someone else took answers HTTP too.
-  const pm2 = answered.some(Boolean) ? ((await withTimeout(deps.listInstances().catch(() => undefined), 2000)) ?? []) : [];
+  const pm2 = answered.some(Boolean) ? await withTimeout(deps.listInstances().catch(() => undefined), 2000) : [];
+  // Without PM2's answer no port can be told to be this instance's, or someone else's.
+  if (pm2 === undefined) return { ready: false, reason: 'PM2 does not answer: cannot tell who serves the instances\' ports', instances: {} };
   const foreign: string[] = [];
   const answers = await Promise.all(
     state.instances.map(async (i, n) => {
       if (!answered[n]) return false;
-      // Not known to PM2 (yet): the answer is all there is. Known but not running: whoever answers is someone else.
+      // Not in PM2's list (a rotation re-creating it), or not running: whoever answers is not this instance.
       const live = pm2.find((p) => p.name === i.name);
-      if (!live) return true;
-      const identity = await servesInstance(deps.probeHost, i.port, live.pid > 0 ? live.pid : undefined);
+      if (!live || !(live.pid > 0)) {
+        const held = portHolders(i.port);
+        if (held.length) foreign.push(`port ${i.port} of ${i.name} is held by ${describeHolders(held)}`);
+        return false;
+      }
+      const identity = await servesInstance(deps.probeHost, i.port, live.pid);
       if (identity.owner === 'other') foreign.push(`port ${i.port} of ${i.name} is held by ${describeHolders(identity.holders)}`);
       return identity.owner === 'instance';
     }),

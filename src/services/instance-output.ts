@@ -278,6 +278,13 @@ export class InstanceMonitor {
     run.lastLine = {};
   }
 
+  /** The instance served its port (readiness saw it): it came up, whatever it printed. */
+  serving(instance: string): void {
+    const run = this.run(instance);
+    run.serverUp = true;
+    run.streak = undefined;
+  }
+
   /** One complete, non-blank line of output. Returns what to log. */
   line(instance: string, stream: 'stdout' | 'stderr', text: string): LogEntry[] {
     const run = this.run(instance);

@@ -16,13 +16,21 @@ export interface PortHolder {
 
 const LISTEN = '0A';
 
-/** Inodes of the sockets listening on `port`, IPv4 and IPv6. */
+/** Inodes of the sockets listening on `port`, IPv4 and IPv6; undefined when the kernel's tables cannot be read. */
 export function listeningInodes(port: number): Set<string> {
+  return listeningSockets(port)?.inodes ?? new Set();
+}
+
+/** The sockets listening on `port`: their inodes and owners' uids. Undefined when /proc/net cannot be read. */
+export function listeningSockets(port: number): { inodes: Set<string>; uids: Set<number> } | undefined {
   const inodes = new Set<string>();
+  const uids = new Set<number>();
+  let readable = false;
   for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
     let text: string;
     try {
       text = readFileSync(table, 'utf8');
+      readable = true;
     } catch {
       continue;
     }
@@ -31,16 +39,28 @@ export function listeningInodes(port: number): Set<string> {
       const fields = line.trim().split(/\s+/);
       const local = fields[1];
       if (!local || fields[3] !== LISTEN) continue;
-      if (Number.parseInt(local.slice(local.lastIndexOf(':') + 1), 16) === port && fields[9] && fields[9] !== '0') inodes.add(fields[9]);
+      if (Number.parseInt(local.slice(local.lastIndexOf(':') + 1), 16) === port && fields[9] && fields[9] !== '0') {
+        inodes.add(fields[9]);
+        uids.add(Number(fields[7]));
+      }
     }
   }
-  return inodes;
+  return readable ? { inodes, uids } : undefined;
 }
 
+function uidOf(pid: number): number | undefined {
+  try {
+    const line = readFileSync(`/proc/${pid}/status`, 'utf8').split('\n').find((l) => l.startsWith('Uid:'));
+    return line ? Number(line.split(/\s+/)[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The process's name (/proc/<pid>/comm), never its arguments: they can hold someone's token, and /ready is unauthenticated. */
 function commandOf(pid: number): string {
   try {
-    const command = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean).join(' ');
-    return command.length > 120 ? `${command.slice(0, 117)}...` : command;
+    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
   } catch {
     return '';
   }
@@ -93,16 +113,26 @@ export function descendsFrom(pid: number, ancestor: number): boolean {
  * be seen from here (another user's processes, as non-root) or nothing listens.
  */
 export function portOwner(port: number, pid: number | undefined): { owner: 'instance' | 'other' | 'unknown' | 'none'; holders: PortHolder[] } {
-  if (listeningInodes(port).size === 0) return { owner: 'none', holders: [] };
+  const sockets = listeningSockets(port);
+  if (!sockets) return { owner: 'unknown', holders: [] };
+  if (sockets.inodes.size === 0) return { owner: 'none', holders: [] };
+  // Without the instance's pid nothing can be told apart: not "someone else".
+  if (pid === undefined || pid <= 0) return { owner: 'unknown', holders: [] };
   const holders = portHolders(port);
-  if (holders.length === 0) return { owner: 'unknown', holders };
-  if (pid !== undefined && pid > 0 && holders.some((h) => descendsFrom(h.pid, pid))) return { owner: 'instance', holders };
+  if (holders.length === 0) {
+    // Another user's /proc/<pid>/fd needs CAP_SYS_PTRACE (root in a default Docker container lacks it):
+    // the socket's owner uid, which /proc/net/tcp shows to anyone, must then be the instance's.
+    const uid = uidOf(pid);
+    if (uid === undefined) return { owner: 'unknown', holders };
+    return sockets.uids.has(uid) ? { owner: 'instance', holders } : { owner: 'other', holders: [{ pid: 0, command: `a process of uid ${[...sockets.uids].join(', ')}` }] };
+  }
+  if (holders.some((h) => descendsFrom(h.pid, pid))) return { owner: 'instance', holders };
   return { owner: 'other', holders };
 }
 
 export function describeHolders(holders: PortHolder[]): string {
   if (holders.length === 0) return 'another process (not visible from here)';
-  return holders.map((h) => `pid ${h.pid}${h.command ? ` (${h.command})` : ''}`).join(', ');
+  return holders.map((h) => (h.pid > 0 ? `pid ${h.pid}${h.command ? ` (${h.command})` : ''}` : h.command)).join(', ');
 }
 
 /** COMFYUI_LISTEN's addresses (a comma-separated list, as ComfyUI's --listen takes). */
@@ -110,17 +140,23 @@ export function listenAddresses(listen: string): string[] {
   return listen.split(',').map((a) => a.trim()).filter(Boolean);
 }
 
-/** Can `port` be bound on every address of `listen` now? The way an instance will bind it. */
-export async function portIsFree(listen: string[], port: number): Promise<boolean> {
+/** Can `port` be bound on every address of `listen` now, the way an instance binds it (IPv6 only for an IPv6 address, as asyncio does)? */
+export async function bindProblem(listen: string[], port: number): Promise<'in-use' | 'denied' | 'no-address' | undefined> {
   for (const host of listen) {
-    const free = await new Promise<boolean>((resolve) => {
+    const problem = await new Promise<'in-use' | 'denied' | 'no-address' | undefined>((resolve) => {
       const server = net.createServer();
-      server.once('error', (error: NodeJS.ErrnoException) => resolve(error.code !== 'EADDRINUSE' && error.code !== 'EACCES'));
-      server.listen({ port, host, exclusive: true }, () => server.close(() => resolve(true)));
+      server.once('error', (error: NodeJS.ErrnoException) =>
+        resolve(error.code === 'EADDRINUSE' ? 'in-use' : error.code === 'EACCES' ? 'denied' : error.code === 'EADDRNOTAVAIL' ? 'no-address' : undefined),
+      );
+      server.listen({ port, host, exclusive: true, ipv6Only: net.isIPv6(host) }, () => server.close(() => resolve(undefined)));
     });
-    if (!free) return false;
+    if (problem) return problem;
   }
-  return true;
+  return undefined;
+}
+
+export async function portIsFree(listen: string[], port: number): Promise<boolean> {
+  return (await bindProblem(listen, port)) === undefined;
 }
 
 /**
@@ -130,10 +166,14 @@ export async function portIsFree(listen: string[], port: number): Promise<boolea
 export async function instancePortProblems(listen: string[], instances: ReadonlyArray<{ name: string; port: number }>): Promise<string[]> {
   const problems: string[] = [];
   for (const instance of instances) {
-    if (await portIsFree(listen, instance.port)) continue;
-    problems.push(
-      `COMFYUI_PORT_START: port ${instance.port} (for ${instance.name}) is in use by ${describeHolders(portHolders(instance.port))}; stop it, or choose another COMFYUI_PORT_START`,
-    );
+    const problem = await bindProblem(listen, instance.port);
+    if (problem === 'in-use') {
+      problems.push(`COMFYUI_PORT_START: port ${instance.port} (for ${instance.name}) is in use by ${describeHolders(portHolders(instance.port))}; stop it, or choose another COMFYUI_PORT_START`);
+    } else if (problem === 'denied') {
+      problems.push(`COMFYUI_PORT_START: port ${instance.port} (for ${instance.name}) may not be bound by this user (below 1024 without root?); choose another COMFYUI_PORT_START`);
+    } else if (problem === 'no-address') {
+      problems.push(`COMFYUI_LISTEN: an address in it is not one of this host's, so ${instance.name} could not listen on port ${instance.port}`);
+    }
   }
   return problems;
 }

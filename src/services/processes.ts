@@ -425,6 +425,12 @@ export class ProcessManager {
     }
   }
 
+  /** Readiness saw this instance serve its port: an exit from now on is not a failure at start. */
+  markServing(name: string): void {
+    this.monitor.serving(name);
+    if (this.state.crashLoop && !this.monitor.crashLoop()) this.state.crashLoop = undefined;
+  }
+
   /** Stop our apps gracefully (SIGINT, then SIGKILL after kill_timeout) and remove them from PM2. */
   async stopAll(): Promise<void> {
     this.stopping = true;

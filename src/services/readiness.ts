@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { probeHost, type InstancePlan } from './plan.js';
 import { describeHolders, portOwner, type PortHolder } from './ports.js';
+import { withTimeout } from '../timeout.js';
 
 /**
  * An instance is ready when it answers HTTP on its port (ComfyUI cannot send
@@ -58,7 +59,8 @@ export type PortIdentity = { owner: 'instance' | 'other' | 'unknown' | 'none'; h
  */
 export async function servesInstance(host: string, port: number, pid: number | undefined): Promise<PortIdentity> {
   const identity = portOwner(port, pid);
-  if (identity.owner !== 'unknown') return identity;
+  // 'none' right after an answer: the socket tables are behind or unreadable; the answer itself decides.
+  if (identity.owner === 'instance' || identity.owner === 'other') return identity;
   return (await answersLikeComfyUi(host, port)) ? { owner: 'instance', holders: [] } : identity;
 }
 
@@ -97,13 +99,20 @@ export async function waitForInstance(
   signal: AbortSignal | undefined,
   pidOf: (() => Promise<number | undefined>) | undefined,
   onForeign: (holders: PortHolder[]) => void = () => undefined,
+  onServing: () => void = () => undefined,
 ): Promise<boolean> {
   let reported = false;
   while (!signal?.aborted) {
     if (!(await waitForHttp(host, port, deadline, signal))) return false;
     if (!pidOf) return true;
-    const identity = await servesInstance(host, port, await pidOf());
-    if (identity.owner === 'instance') return true;
+    // PM2 that does not answer must not hold readiness (or the shutdown after it) forever.
+    const pid = await Promise.race([withTimeout(pidOf(), 2000), new Promise<undefined>((resolve) => signal?.addEventListener('abort', () => resolve(undefined), { once: true }))]);
+    if (signal?.aborted) return false;
+    const identity = await servesInstance(host, port, pid);
+    if (identity.owner === 'instance') {
+      onServing();
+      return true;
+    }
     if (identity.owner === 'other' && !reported) {
       reported = true;
       onForeign(identity.holders);
@@ -131,20 +140,22 @@ export async function reportReadiness(
   onReady: (ms: number) => void = () => undefined,
   /** PM2's pid for an instance: with it, only an answer from that process (or its child) counts. */
   pidOf?: (name: string) => Promise<number | undefined>,
+  /** An instance served its port (it came up, whatever it printed). */
+  onServing: (name: string) => void = () => undefined,
 ): Promise<void> {
   const started = performance.now();
   const deadline = Date.now() + config.readyTimeoutMs;
+  const foreign = (instance: InstancePlan) => (holders: PortHolder[]) =>
+    logger.error(
+      { instance: instance.name, port: instance.port, holders },
+      `port ${instance.port} answers, but it is held by ${describeHolders(holders)}, not by ${instance.name}: that process is not ready; free the port or choose another COMFYUI_PORT_START`,
+    );
   const host = probeHost(config.comfyuiListen);
   // Each instance's wait listens on the one signal: 16 GPUs are 16 listeners, not a leak.
   setMaxListeners(Math.max(10, instances.length + 2), signal);
   const results = await Promise.all(
     instances.map(async (instance) => {
-      const ok = await waitForInstance(host, instance.port, deadline, signal, pidOf && (() => pidOf(instance.name)), (holders) =>
-        logger.error(
-          { instance: instance.name, port: instance.port, holders },
-          `port ${instance.port} answers, but it is held by ${describeHolders(holders)}, not by ${instance.name}: that process is not ready; free the port or choose another COMFYUI_PORT_START`,
-        ),
-      );
+      const ok = await waitForInstance(host, instance.port, deadline, signal, pidOf && (() => pidOf(instance.name)), foreign(instance), () => onServing(instance.name));
       if (ok) logger.info({ instance: instance.name, port: instance.port, gpu: instance.gpuIndex }, `${instance.name} answers on port ${instance.port}`);
       return ok;
     }),
@@ -164,7 +175,7 @@ export async function reportReadiness(
   );
   await Promise.all(
     late.map(async (instance) => {
-      if (await waitForInstance(host, instance.port, Number.POSITIVE_INFINITY, signal, pidOf && (() => pidOf(instance.name)))) {
+      if (await waitForInstance(host, instance.port, Number.POSITIVE_INFINITY, signal, pidOf && (() => pidOf(instance.name)), foreign(instance), () => onServing(instance.name))) {
         logger.info({ instance: instance.name, port: instance.port, late: true }, `${instance.name} answers on port ${instance.port}, late`);
       }
     }),
