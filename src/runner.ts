@@ -20,7 +20,7 @@ import { startConfiguredHealthServer, type HealthServer } from './services/healt
 import { Rotator } from './services/rotation.js';
 import { BootState } from './services/state.js';
 import type { Manifest } from './services/manifest.js';
-import { reportReadiness } from './services/readiness.js';
+import { objectInfoClasses, reportReadiness } from './services/readiness.js';
 import { checkComfyArgsAtStart } from './services/comfy-args.js';
 import { prepareInstanceFolders, removeInstanceTemp } from './services/instance-folders.js';
 import { instancePortProblems, listenAddresses } from './services/ports.js';
@@ -345,7 +345,17 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
 
     // Readiness runs beside the wait for a signal: a SIGTERM during a slow start is honoured at once.
     // The boot's duration counts from the process's start (performance.now()'s origin), Node's own start included.
-    const ready = reportReadiness(logger, config, plan.instances, 0, abort.signal, (ms) => state.recordPhase('ready', ms), (name) => instancePid(processes, name), (name) => processes.markServing(name));
+    const ready = reportReadiness(logger, config, plan.instances, 0, abort.signal, (ms) => state.recordPhase('ready', ms), (name) => instancePid(processes, name), (name) => {
+      processes.markServing(name);
+      // Which custom nodes it actually serves classes of: /object_info, once it answers.
+      const port = plan.instances.find((i) => i.name === name)?.port;
+      if (port !== undefined) {
+        void objectInfoClasses(probeHost(config.comfyuiListen), port).then((classes) => {
+          const record = state.instanceRecords.get(name);
+          if (classes && record) record.classes = classes;
+        });
+      }
+    });
 
     const signal = await stops.requested;
     abort.abort();

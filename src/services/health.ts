@@ -124,7 +124,13 @@ export async function statusReport(deps: HealthDeps): Promise<object> {
         // What its output said (masked): each custom node's import, its last exit and error, its last lines.
         nodes: [...(record?.nodes ?? [])]
           .sort(([a], [b]) => a.localeCompare(b))
-          .map(([name, s]) => ({ name, loaded: s.loaded, ...(s.error !== undefined ? { error: s.error } : {}) })),
+          .map(([name, s]) => ({
+            name,
+            loaded: s.loaded,
+            ...(s.error !== undefined ? { error: s.error } : {}),
+            // Once it serves: how many node classes /object_info lists for it.
+            ...(record?.classes ? { classes: record.classes[name.replace(/\.py$/, '')] ?? 0 } : {}),
+          })),
         lastExit: record?.lastExit ?? null,
         lastError: record?.lastError ?? null,
         lastOutput: record?.lastOutput ?? [],

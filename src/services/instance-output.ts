@@ -38,6 +38,11 @@ export interface InstanceRecord {
   lastExit: ExitRecord | undefined;
   /** Exits seen (each a PM2 restart, or a restart on purpose). */
   exits: number;
+  /**
+   * What the serving instance's /object_info says: node classes per custom node (`python_module`
+   * `custom_nodes.<name>`, which current ComfyUI sends); undefined until read, or where it sends none.
+   */
+  classes?: Record<string, number>;
 }
 
 export interface CrashLoopFinding {

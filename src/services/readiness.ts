@@ -181,3 +181,39 @@ export async function reportReadiness(
     }),
   );
 }
+
+/**
+ * Node classes per custom node from a serving instance's /object_info: current ComfyUI gives each
+ * class its `python_module` (`custom_nodes.<name>`). Undefined when it cannot be read or names none.
+ */
+export function objectInfoClasses(host: string, port: number, timeoutMs = 5000): Promise<Record<string, number> | undefined> {
+  return new Promise((resolve) => {
+    const request = http.get({ host, port, path: '/object_info', timeout: timeoutMs, agent: false }, (response) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      response.on('data', (chunk: Buffer) => {
+        size += chunk.length;
+        if (size <= 64 * 1024 * 1024) chunks.push(chunk);
+      });
+      response.on('end', () => {
+        try {
+          const info = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, { python_module?: unknown }>;
+          const classes: Record<string, number> = {};
+          let any = false;
+          for (const entry of Object.values(info)) {
+            if (typeof entry?.python_module !== 'string') continue;
+            any = true;
+            const match = /^custom_nodes\.([^.]+)/.exec(entry.python_module);
+            if (match) classes[match[1]!] = (classes[match[1]!] ?? 0) + 1;
+          }
+          resolve(response.statusCode === 200 && any ? classes : undefined);
+        } catch {
+          resolve(undefined);
+        }
+      });
+    });
+    request.on('timeout', () => request.destroy());
+    request.on('error', () => resolve(undefined));
+  });
+}
+

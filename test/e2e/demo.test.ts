@@ -24,6 +24,15 @@ describe('the built-in demo (npm start)', () => {
       expect(boot.logs().some((l) => l.level === 50 && typeof l.msg === 'string' && l.msg.includes('(IMPORT FAILED)') && l.msg.includes('broken_node'))).toBe(true);
       const status = (await (await fetch(`http://127.0.0.1:${port + 2}/status`)).json()) as { instances: Array<{ nodes: Array<{ name: string; loaded: boolean }> }> };
       for (const instance of status.instances) expect(instance.nodes.find((n) => n.name === 'broken_node')?.loaded).toBe(false);
+      // Once serving, /object_info tells which nodes' classes the instance actually has.
+      const { waitFor } = await import('../helpers/boot.js');
+      const classes = await waitFor('classes from /object_info', async () => {
+        const s = (await (await fetch(`http://127.0.0.1:${port + 2}/status`)).json()) as { instances: Array<{ nodes: Array<{ name: string; classes?: number }> }> };
+        const nodes = s.instances[0]!.nodes;
+        return nodes.every((n) => n.classes !== undefined) ? nodes : undefined;
+      });
+      expect(classes.find((n) => n.name === 'websocket_image_save.py')?.classes).toBe(1);
+      expect(classes.find((n) => n.name === 'broken_node')?.classes).toBe(0);
       expect((await fetch(`http://127.0.0.1:${port + 2}/ready`)).status).toBe(200);
       boot.child.kill('SIGINT');
       expect((await boot.child).exitCode).toBe(0);
