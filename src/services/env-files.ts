@@ -98,10 +98,6 @@ export function errnoText(error: unknown): string {
   return e.code ?? e.message;
 }
 
-export function recordPath(stateDir: string): string {
-  return path.join(stateDir, RECORD_FILE_NAME);
-}
-
 /**
  * The state folder, held open. Made by gpu-boot (mode 0700) or, when it exists, proven to be
  * its own: a folder (not a link) of this uid that no one else can write. As root the instances'
@@ -268,17 +264,6 @@ export async function nodeEnvPath(customNodesPath: string, node: string): Promis
     return { error: `node "${node}": ${dir} is not a folder` };
   }
   return { path: path.join(dir, ENV_FILE_NAME) };
-}
-
-/** What is at `target` now: nothing, a file or a link that is not ours (kept aside, never followed), or something else. */
-export async function existing(target: string): Promise<'none' | 'file' | 'link' | 'other'> {
-  try {
-    const stat = await lstat(target);
-    return stat.isFile() ? 'file' : stat.isSymbolicLink() ? 'link' : 'other';
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return 'none';
-    throw error;
-  }
 }
 
 function kindOf(stat: { isFIFO(): boolean; isSocket(): boolean; isDirectory(): boolean }): string {
