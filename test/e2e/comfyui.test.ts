@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { getJson, makeWorkspace, startBoot, waitFor, type Workspace } from '../helpers/boot.js';
@@ -94,8 +94,9 @@ describe('the real ComfyUI, as its stand-in behaves', () => {
 
   it('where COMFY_ARGS cannot be checked beforehand, ComfyUI\'s own refusal (exit 2) in every instance is one error quoting it and naming COMFY_ARGS, and the boot stops with 78', async () => {
     ws = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 2 });
-    // No comfy/cli_args.py to read: the stand-in still parses with ComfyUI's real flags (its own copy).
-    await rm(path.join(ws.comfyui, 'comfy'), { recursive: true, force: true });
+    // A cli_args.py gpu-boot cannot read flags from (they are defined indirectly), which ComfyUI still runs.
+    await rename(path.join(ws.comfyui, 'comfy', 'cli_args.py'), path.join(ws.comfyui, 'comfy', 'real_cli_args.py'));
+    await writeFile(path.join(ws.comfyui, 'comfy', 'cli_args.py'), 'import os\nexec(open(os.path.join(os.path.dirname(__file__), "real_cli_args.py")).read())\n');
     const boot = startBoot(['start'], { ...ws.env, HF_TOKEN: TOKEN, COMFY_ARGS: '--no-such-flag', COMFYUI_RESTART_DELAY_MS: '100', CRASH_LOOP_LIMIT: '2' });
     const exit = await boot.child;
     expect(exit.exitCode).toBe(78);
