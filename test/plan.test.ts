@@ -4,18 +4,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
-import type { GpuDetection } from '../src/services/hardware.js';
+import { detection } from './helpers/gpus.js';
 import { prepareInstanceFolders, removeInstanceTemp } from '../src/services/instance-folders.js';
 import { buildPlan, type Plan } from '../src/services/plan.js';
 
-const detection = (count: number): GpuDetection => ({
-  count,
-  model: 'NVIDIA H100 80GB HBM3',
-  memoryGb: 79.6,
-  driver: '580.159.04',
-  source: 'nvidia-smi',
-  gpus: Array.from({ length: count }, (_, index) => ({ index, name: 'NVIDIA H100 80GB HBM3', memoryMiB: 81559, uuid: `GPU-${index}` })),
-});
 
 describe('buildPlan: folders per instance', () => {
   it('shared output, input and user (the default): only --temp-directory, the instance folder', () => {

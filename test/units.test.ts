@@ -7,7 +7,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { SecretMasker } from '../src/log.js';
-import type { GpuDetection } from '../src/services/hardware.js';
+import { detection } from './helpers/gpus.js';
 import { buildPlan, LAUNCHER, parseComfyArgs, probeHost } from '../src/services/plan.js';
 import { probeHttp, reportReadiness, waitForHttp } from '../src/services/readiness.js';
 import type { InstancePlan } from '../src/services/plan.js';
@@ -56,14 +56,6 @@ describe('SecretMasker property', () => {
   });
 });
 
-const detection = (count: number): GpuDetection => ({
-  count,
-  model: 'NVIDIA H100 80GB HBM3',
-  memoryGb: 79.6,
-  driver: '580.159.04',
-  source: 'nvidia-smi',
-  gpus: Array.from({ length: count }, (_, index) => ({ index, name: 'NVIDIA H100 80GB HBM3', memoryMiB: 81559, uuid: `GPU-${index}` })),
-});
 
 describe('buildPlan', () => {
   it('one app per GPU, each on its own device and port, COMFY_ARGS appended', () => {

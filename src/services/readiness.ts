@@ -64,25 +64,32 @@ export async function servesInstance(host: string, port: number, pid: number | u
   return (await answersLikeComfyUi(host, port)) ? { owner: 'instance', holders: [] } : identity;
 }
 
-function answersLikeComfyUi(host: string, port: number): Promise<boolean> {
+async function answersLikeComfyUi(host: string, port: number): Promise<boolean> {
+  const stats = (await getJson(host, port, '/system_stats', 2000, 64 * 1024)) as { system?: unknown; devices?: unknown } | undefined;
+  return typeof stats?.system === 'object' && stats.system !== null && Array.isArray(stats.devices);
+}
+
+/** GET `path` as JSON: the parsed body of a 200 answer of at most `maxBytes`, else undefined. */
+function getJson(host: string, port: number, path: string, timeoutMs: number, maxBytes: number): Promise<unknown> {
   return new Promise((resolve) => {
-    const request = http.get({ host, port, path: '/system_stats', timeout: 2000, agent: false }, (response) => {
-      let body = '';
-      response.setEncoding('utf8');
-      response.on('data', (chunk: string) => {
-        if (body.length < 65536) body += chunk;
+    const request = http.get({ host, port, path, timeout: timeoutMs, agent: false }, (response) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      response.on('data', (chunk: Buffer) => {
+        size += chunk.length;
+        if (size <= maxBytes) chunks.push(chunk);
       });
       response.on('end', () => {
+        if (response.statusCode !== 200 || size > maxBytes) return resolve(undefined);
         try {
-          const stats = JSON.parse(body) as { system?: unknown; devices?: unknown };
-          resolve(response.statusCode === 200 && typeof stats.system === 'object' && stats.system !== null && Array.isArray(stats.devices));
+          resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')));
         } catch {
-          resolve(false);
+          resolve(undefined);
         }
       });
     });
     request.on('timeout', () => request.destroy());
-    request.on('error', () => resolve(false));
+    request.on('error', () => resolve(undefined));
   });
 }
 
@@ -186,34 +193,16 @@ export async function reportReadiness(
  * Node classes per custom node from a serving instance's /object_info: current ComfyUI gives each
  * class its `python_module` (`custom_nodes.<name>`). Undefined when it cannot be read or names none.
  */
-export function objectInfoClasses(host: string, port: number, timeoutMs = 5000): Promise<Record<string, number> | undefined> {
-  return new Promise((resolve) => {
-    const request = http.get({ host, port, path: '/object_info', timeout: timeoutMs, agent: false }, (response) => {
-      const chunks: Buffer[] = [];
-      let size = 0;
-      response.on('data', (chunk: Buffer) => {
-        size += chunk.length;
-        if (size <= 64 * 1024 * 1024) chunks.push(chunk);
-      });
-      response.on('end', () => {
-        try {
-          const info = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, { python_module?: unknown }>;
-          const classes: Record<string, number> = {};
-          let any = false;
-          for (const entry of Object.values(info)) {
-            if (typeof entry?.python_module !== 'string') continue;
-            any = true;
-            const match = /^custom_nodes\.([^.]+)/.exec(entry.python_module);
-            if (match) classes[match[1]!] = (classes[match[1]!] ?? 0) + 1;
-          }
-          resolve(response.statusCode === 200 && any ? classes : undefined);
-        } catch {
-          resolve(undefined);
-        }
-      });
-    });
-    request.on('timeout', () => request.destroy());
-    request.on('error', () => resolve(undefined));
-  });
+export async function objectInfoClasses(host: string, port: number, timeoutMs = 5000): Promise<Record<string, number> | undefined> {
+  const info = (await getJson(host, port, '/object_info', timeoutMs, 64 * 1024 * 1024)) as Record<string, { python_module?: unknown } | null> | undefined;
+  if (!info || typeof info !== 'object') return undefined;
+  const classes: Record<string, number> = {};
+  let any = false;
+  for (const entry of Object.values(info)) {
+    if (typeof entry?.python_module !== 'string') continue;
+    any = true;
+    const match = /^custom_nodes\.([^.]+)/.exec(entry.python_module);
+    if (match) classes[match[1]!] = (classes[match[1]!] ?? 0) + 1;
+  }
+  return any ? classes : undefined;
 }
-
