@@ -15,17 +15,17 @@ export class SecretMasker {
 
   add(variable: string, value: string): void {
     if (value.length < SecretMasker.minLength) return;
-    // The first name a value was known by stays its marker.
-    if (this.patterns.has(value)) return;
     const marker = `[masked:${variable}]`;
-    this.patterns.set(value, marker);
-    const escaped = JSON.stringify(value).slice(1, -1);
-    if (escaped !== value && !this.patterns.has(escaped)) this.patterns.set(escaped, marker);
+    // The first name a form was known by stays its marker. Every form is registered even when the value itself
+    // is already known (as a line of a longer value, say): its JSON-escaped form may not be.
+    const forms = [value, JSON.stringify(value).slice(1, -1)];
     // Output is relayed line by line, so each line of a multi-line value (a PEM key) is masked on its own too.
-    for (const line of value.split(/\r?\n/)) {
-      if (line !== value && line.trim().length >= SecretMasker.minLength && !this.patterns.has(line)) this.patterns.set(line, marker);
+    for (const line of value.split(/\r?\n/)) if (line.trim().length >= SecretMasker.minLength) forms.push(line);
+    for (const form of forms) {
+      if (form.length < SecretMasker.minLength || this.patterns.has(form)) continue;
+      this.patterns.set(form, marker);
+      this.dirty = true;
     }
-    this.dirty = true;
   }
 
   /** Patterns by their first 4 characters, each list longest first: one pass over a line finds every candidate. */

@@ -51,7 +51,8 @@ describe('SecretMasker property', () => {
           expect(jsonMasked.includes(JSON.stringify(v).slice(1, -1))).toBe(false);
         }
       }),
-      { numRuns: 500 },
+      // The first is what CI found: a value already known as a line of a longer one kept its JSON-escaped form unmasked.
+      { numRuns: 500, examples: [[['\n""b\\', '""b\\', 'aaaa'], []]] },
     );
   });
 });
