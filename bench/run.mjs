@@ -223,9 +223,9 @@ async function boot(gpus, nodes) {
 
 /** The cost of writing and wiping N nodes' files alone (no boot around it), on tmpfs and in place. */
 async function fileCost(nodes, storageKind) {
-  const { FileSession, StateDir } = await import(path.join(ROOT, 'dist', 'services', 'env-files.js'));
-  const { wipeRecord } = await import(path.join(ROOT, 'dist', 'services', 'wipe.js'));
-  const { renderEnvFile } = await import(path.join(ROOT, 'dist', 'services', 'dotenv-format.js'));
+  const { FileSession, StateDir } = await import(path.join(ROOT, 'dist', 'files', 'env-files.js'));
+  const { wipeRecord } = await import(path.join(ROOT, 'dist', 'files', 'wipe.js'));
+  const { renderEnvFile } = await import(path.join(ROOT, 'dist', 'secrets', 'dotenv-format.js'));
   const root = mkdtempSync(path.join(os.tmpdir(), 'gpu-boot-bench-files-'));
   const shm = path.join('/dev/shm', path.basename(root));
   mkdirSync(shm);

@@ -1,6 +1,6 @@
 import type { Config } from './config.js';
-import type { GpuDetection } from './services/hardware.js';
-import type { PreparedNodes } from './services/node-files.js';
+import type { GpuDetection } from './gpus/detect.js';
+import type { PreparedNodes } from './secrets/node-files.js';
 
 /** The `check` report: what would be written and started, with every value masked. */
 export interface CheckReport {

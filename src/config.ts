@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { z } from 'zod';
 import { ConfigError } from './errors.js';
-import { parseListen } from './services/comfy-args.js';
+import { parseListen } from './instances/comfy-args.js';
 
 /**
  * The one schema for every setting. Each entry: the variable, its default, what

@@ -81,7 +81,7 @@ function reportError(error: unknown, logger: Logger | undefined, masker: SecretM
  * Nothing is written: prepareNodeFiles only reads.
  */
 async function withLaterProblems(error: ConfigError, env: NodeJS.ProcessEnv, masker: SecretMasker, logger: Logger): Promise<ConfigError> {
-  const { prepareNodeFiles } = await import('./services/node-files.js');
+  const { prepareNodeFiles } = await import('./secrets/node-files.js');
   const later: string[] = [];
   try {
     await prepareNodeFiles(loadConfigBestEffort(env), env, masker, logger);
@@ -164,7 +164,7 @@ async function runCommand(command: Command, json: boolean, ctx: { config: Config
     case 'wipe':
       return runner.runWipe(ctx);
     case 'install': {
-      const { runInstall } = await import('./services/installer.js');
+      const { runInstall } = await import('./instances/installer.js');
       await runInstall(ctx.config, ctx.env, ctx.logger);
       return ExitCode.ok;
     }
@@ -180,9 +180,9 @@ async function runCommand(command: Command, json: boolean, ctx: { config: Config
       const prepared = await runner.secretsPhase(ctx).catch(collect);
       // What `start` checks next: the instances' user, COMFY_ARGS (against the flags of the ComfyUI
       // in COMFYUI_PATH too) and the port range.
-      const { chooseOwner } = await import('./services/storage.js');
-      const { buildPlan } = await import('./services/plan.js');
-      const { validateComfyArgs } = await import('./services/comfy-args.js');
+      const { chooseOwner } = await import('./files/storage.js');
+      const { buildPlan } = await import('./instances/plan.js');
+      const { validateComfyArgs } = await import('./instances/comfy-args.js');
       const owner = await chooseOwner(ctx.config).catch(collect);
       const warnings: string[] = [];
       try {
@@ -194,7 +194,7 @@ async function runCommand(command: Command, json: boolean, ctx: { config: Config
         try {
           const plan = buildPlan(ctx.config, gpus, [], owner ? { owner } : {});
           // The instances' ports, as start tests them: a port someone holds is a problem here too.
-          const { instancePortProblems, listenAddresses } = await import('./services/ports.js');
+          const { instancePortProblems, listenAddresses } = await import('./instances/ports.js');
           problems.push(...(await instancePortProblems(listenAddresses(ctx.config.comfyuiListen), plan.instances)));
         } catch (error) {
           collect(error);

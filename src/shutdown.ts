@@ -1,16 +1,16 @@
 import { ExitCode, describeError } from './errors.js';
 import { withTimeout } from './timeout.js';
 import type { RunContext } from './runner.js';
-import { wipeRecord } from './services/wipe.js';
-import type { FileSession } from './services/env-files.js';
-import { procStartTime } from './services/storage.js';
+import { wipeRecord } from './files/wipe.js';
+import type { FileSession } from './files/env-files.js';
+import { procStartTime } from './files/storage.js';
 
 /** An instance seen at the boot: its pid, and when that process started (a pid PM2 gave up may be someone else's by now). */
 export interface KnownPid {
   pid: number;
   start: string | undefined;
 }
-import { isAlive, type ProcessManager } from './services/processes.js';
+import { isAlive, type ProcessManager } from './instances/processes.js';
 
 /** The finish stage: stop instances within the budget, then wipe no matter what, then stop PM2. */
 export async function shutdown(ctx: RunContext, processes: ProcessManager, knownPids: KnownPid[], files: FileSession | undefined): Promise<number> {

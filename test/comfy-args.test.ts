@@ -15,7 +15,7 @@ import {
   RESERVED_FLAGS,
   unknownFlagProblems,
   validateComfyArgs,
-} from '../src/services/comfy-args.js';
+} from '../src/instances/comfy-args.js';
 import { runBoot } from './helpers/boot.js';
 import { PYTHON } from './helpers/python.js';
 import { expectNothingWritten, useTwoNodeWorkspace } from './helpers/two-nodes.js';

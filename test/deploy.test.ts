@@ -10,10 +10,10 @@ import { describe, expect, it } from 'vitest';
 import { parse as parseYaml, parseAllDocuments } from 'yaml';
 import { parse as parseShell } from 'shell-quote';
 import { loadConfig, SETTING_NAMES, SETTINGS_DOC } from '../src/config.js';
-import { extractFlagNames } from '../src/services/comfy-args.js';
-import type { GpuDetection } from '../src/services/hardware.js';
-import { buildPlan, LAUNCHER } from '../src/services/plan.js';
-import { parseManifest, referencedVariables, type Manifest } from '../src/services/manifest.js';
+import { extractFlagNames } from '../src/instances/comfy-args.js';
+import type { GpuDetection } from '../src/gpus/detect.js';
+import { buildPlan, LAUNCHER } from '../src/instances/plan.js';
+import { parseManifest, referencedVariables, type Manifest } from '../src/secrets/manifest.js';
 import { dockerfileProblems, SECRET_NAME } from './helpers/dockerfile-policy.js';
 
 /**

@@ -5,7 +5,7 @@ import path from 'node:path';
 import dotenv from 'dotenv';
 import fc from 'fast-check';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { HEADER, quoteValue, renderEnvFile, UnrepresentableValueError } from '../src/services/dotenv-format.js';
+import { HEADER, quoteValue, renderEnvFile, UnrepresentableValueError } from '../src/secrets/dotenv-format.js';
 import { PYTHON } from './helpers/python.js';
 
 let dir: string;

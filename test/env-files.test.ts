@@ -5,11 +5,11 @@ import path from 'node:path';
 import dotenv from 'dotenv';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
-import { HEADER } from '../src/services/dotenv-format.js';
-import { FileSession, NotOursError, StateDir, type NodeFile } from '../src/services/env-files.js';
-import { wipeRecord } from '../src/services/wipe.js';
-import { ownerMayWrite } from '../src/services/owned.js';
-import { chooseStorage, createSecretsFolder, emptySecretsFolder, RUN_MARKER, sweepDeadRuns, type Storage } from '../src/services/storage.js';
+import { HEADER } from '../src/secrets/dotenv-format.js';
+import { FileSession, NotOursError, StateDir, type NodeFile } from '../src/files/env-files.js';
+import { wipeRecord } from '../src/files/wipe.js';
+import { ownerMayWrite } from '../src/files/owned.js';
+import { chooseStorage, createSecretsFolder, emptySecretsFolder, RUN_MARKER, sweepDeadRuns, type Storage } from '../src/files/storage.js';
 import { captureLogger } from './helpers/logger.js';
 
 let root: string;

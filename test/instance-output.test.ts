@@ -3,7 +3,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { SecretMasker, silentLogger } from '../src/log.js';
-import { readiness, statusReport, startHealthServer } from '../src/services/health.js';
+import { readiness, statusReport, startHealthServer } from '../src/health/health.js';
 import {
   classifyLine,
   describeCrashLoop,
@@ -13,9 +13,9 @@ import {
   TRACEBACK_MAX_LINES,
   TracebackGrouper,
   type LogEntry,
-} from '../src/services/instance-output.js';
-import type { InstancePlan } from '../src/services/plan.js';
-import { BootState, requiredNodesFailed } from '../src/services/state.js';
+} from '../src/instances/instance-output.js';
+import type { InstancePlan } from '../src/instances/plan.js';
+import { BootState, requiredNodesFailed } from '../src/health/state.js';
 
 /** A fixture's lines as ComfyUI printed them (the recorder's `rc=N` annotation is not output). */
 function fixture(name: string): string[] {

@@ -2,7 +2,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { loadManifest, ManifestError, parseManifest, parseTemplate, readManifestText, referencedVariables } from '../src/services/manifest.js';
+import { loadManifest, ManifestError, parseManifest, parseTemplate, readManifestText, referencedVariables } from '../src/secrets/manifest.js';
 
 let dir: string;
 beforeEach(() => {

@@ -7,8 +7,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { ConfigError } from '../src/errors.js';
 import { SecretMasker } from '../src/log.js';
-import { parseManifest } from '../src/services/manifest.js';
-import { prepareNodeFiles, withheldVariableNames } from '../src/services/node-files.js';
+import { parseManifest } from '../src/secrets/manifest.js';
+import { prepareNodeFiles, withheldVariableNames } from '../src/secrets/node-files.js';
 import { captureLogger } from './helpers/logger.js';
 
 let dir: string;

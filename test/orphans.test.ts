@@ -4,8 +4,8 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { stopOrphanedInstances } from '../src/services/orphans.js';
-import { isAlive } from '../src/services/processes.js';
+import { stopOrphanedInstances } from '../src/instances/orphans.js';
+import { isAlive } from '../src/instances/processes.js';
 import { alive, waitFor } from './helpers/boot.js';
 
 let home: string;

@@ -5,8 +5,8 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { detection } from './helpers/gpus.js';
-import { prepareInstanceFolders, removeInstanceTemp } from '../src/services/instance-folders.js';
-import { buildPlan, type Plan } from '../src/services/plan.js';
+import { prepareInstanceFolders, removeInstanceTemp } from '../src/files/instance-folders.js';
+import { buildPlan, type Plan } from '../src/instances/plan.js';
 
 
 describe('buildPlan: folders per instance', () => {

@@ -4,7 +4,7 @@ import { createRequire } from 'node:module';
 import net from 'node:net';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { Pm2Host, SERVE_TIMEOUT_MS } from '../src/services/pm2-host.js';
+import { Pm2Host, SERVE_TIMEOUT_MS } from '../src/instances/pm2-host.js';
 import { pm2HomeForThisFile } from './helpers/boot.js';
 import { captureLogger } from './helpers/logger.js';
 

@@ -1,7 +1,7 @@
 import net from 'node:net';
 import { execa } from 'execa';
 import { afterEach, describe, expect, it } from 'vitest';
-import { descendsFrom, instancePortProblems, listeningInodes, portHolders, portIsFree, portOwner } from '../src/services/ports.js';
+import { descendsFrom, instancePortProblems, listeningInodes, portHolders, portIsFree, portOwner } from '../src/instances/ports.js';
 import { freePorts, waitFor } from './helpers/boot.js';
 import { PYTHON } from './helpers/python.js';
 
@@ -56,8 +56,8 @@ describe('who holds a port', () => {
 
 describe('/ready counts only the instance\'s own answer', () => {
   it('PM2 silent: 503 saying so; the instance not in PM2: 503 naming the holder; PM2\'s pid holding it: 200', async () => {
-    const { readiness } = await import('../src/services/health.js');
-    const { BootState } = await import('../src/services/state.js');
+    const { readiness } = await import('../src/health/health.js');
+    const { BootState } = await import('../src/health/state.js');
     const { captureLogger } = await import('./helpers/logger.js');
     const port = await freePorts(1);
     const { createServer } = await import('node:http');
@@ -80,7 +80,7 @@ describe('/ready counts only the instance\'s own answer', () => {
 
 describe('binding as the instance will', () => {
   it('an IPv6 address is bound IPv6-only, as asyncio does: an IPv4 listener on the port does not make it busy', async () => {
-    const { bindProblem } = await import('../src/services/ports.js');
+    const { bindProblem } = await import('../src/instances/ports.js');
     const port = await freePorts(1);
     await hold(port, '0.0.0.0');
     expect(await bindProblem(['0.0.0.0'], port)).toBe('in-use');

@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ProcessManager } from '../src/services/processes.js';
+import { ProcessManager } from '../src/instances/processes.js';
 import { ECOSYSTEM_FILE } from '../src/runner.js';
 import { pm2HomeForThisFile } from './helpers/boot.js';
 import { captureLogger } from './helpers/logger.js';

@@ -3,7 +3,7 @@ import { chmodSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync }
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { parseManifest } from '../src/services/manifest.js';
+import { parseManifest } from '../src/secrets/manifest.js';
 import {
   decodeBase64Strict,
   loadEnvFile,
@@ -11,7 +11,7 @@ import {
   readSecretFile,
   resolveSecrets,
   resolveVariable,
-} from '../src/services/secrets.js';
+} from '../src/secrets/secrets.js';
 
 let dir: string;
 beforeEach(() => {

@@ -1,16 +1,16 @@
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import { pm2HomeOf } from '../src/services/pm2-host.js';
+import { pm2HomeOf } from '../src/instances/pm2-host.js';
 import type { AddressInfo } from 'node:net';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { SecretMasker } from '../src/log.js';
 import { detection } from './helpers/gpus.js';
-import { buildPlan, LAUNCHER, parseComfyArgs, probeHost } from '../src/services/plan.js';
-import { probeHttp, reportReadiness, waitForHttp } from '../src/services/readiness.js';
-import type { InstancePlan } from '../src/services/plan.js';
+import { buildPlan, LAUNCHER, parseComfyArgs, probeHost } from '../src/instances/plan.js';
+import { probeHttp, reportReadiness, waitForHttp } from '../src/instances/readiness.js';
+import type { InstancePlan } from '../src/instances/plan.js';
 import { captureLogger } from './helpers/logger.js';
 import { freePorts } from './helpers/boot.js';
 

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import type net from 'node:net';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { portHolders } from '../../src/services/ports.js';
+import { portHolders } from '../../src/instances/ports.js';
 import { getJson, makeWorkspace, runBoot, startBoot, waitFor, type Workspace } from '../helpers/boot.js';
 
 const MANIFEST = { custom_nodes: [{ name: 'hf_node', env: { HF_TOKEN: '${HF_TOKEN}' } }] };

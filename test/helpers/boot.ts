@@ -6,7 +6,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa, type ResultPromise } from 'execa';
 import { afterAll, beforeAll } from 'vitest';
-import { isAlive } from '../../src/services/processes.js';
+import { isAlive } from '../../src/instances/processes.js';
 import { PYTHON } from './python.js';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));

@@ -1,4 +1,4 @@
-import type { GpuDetection } from '../../src/services/hardware.js';
+import type { GpuDetection } from '../../src/gpus/detect.js';
 
 /** `count` H100s as nvidia-smi reports them: what buildPlan gets from detection. */
 export const detection = (count: number): GpuDetection => ({

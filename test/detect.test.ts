@@ -13,7 +13,7 @@ import {
   NvidiaSmiError,
   parseNvidiaSmiCsv,
   type GpuDetection,
-} from '../src/services/hardware.js';
+} from '../src/gpus/detect.js';
 import { captureLogger } from './helpers/logger.js';
 
 const FIXTURES = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures');

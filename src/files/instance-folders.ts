@@ -3,7 +3,7 @@ import path from 'node:path';
 import { ConfigError } from '../errors.js';
 import { FileWriteError } from './env-files.js';
 import { DirHandle, fileId, setDirAccess, type Owner } from './owned.js';
-import { INSTANCE_FOLDERS, type InstancePlan, type Plan } from './plan.js';
+import { INSTANCE_FOLDERS, type InstancePlan, type Plan } from '../instances/plan.js';
 
 /**
  * The instances' own folders under $WORKSPACE_PATH/instances/<instance>/: created (and handed to

@@ -1,4 +1,4 @@
-import { readRegularFile, rootAlone } from './owned.js';
+import { readRegularFile, rootAlone } from '../files/owned.js';
 import { parse as parseJson, type DocumentNode, type ValueNode } from '@humanwhocodes/momoa';
 import { z } from 'zod';
 

@@ -1,6 +1,6 @@
-import type { GpuDetection } from './hardware.js';
-import type { CrashLoopFinding, InstanceRecord } from './instance-output.js';
-import type { InstancePlan } from './plan.js';
+import type { GpuDetection } from '../gpus/detect.js';
+import type { CrashLoopFinding, InstanceRecord } from '../instances/instance-output.js';
+import type { InstancePlan } from '../instances/plan.js';
 
 /**
  * What the boot knows about itself, for /status and /metrics: names, figures and

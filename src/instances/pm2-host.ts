@@ -1,6 +1,6 @@
 import { readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { lstat, unlink } from 'node:fs/promises';
-import { readRegularFile } from './owned.js';
+import { readRegularFile } from '../files/owned.js';
 import type { Stats } from 'node:fs';
 import { createRequire } from 'node:module';
 import net from 'node:net';

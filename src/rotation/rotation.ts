@@ -4,12 +4,12 @@ import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { BootError, describeError } from '../errors.js';
 import type { SecretMasker } from '../log.js';
-import { PartialWriteError, type FileSession, type NodeFile } from './env-files.js';
-import { nodeSummaries, prepareNodeFiles, type PreparedNodes } from './node-files.js';
-import type { InstancePlan } from './plan.js';
-import type { ProcessManager } from './processes.js';
-import { waitForInstance } from './readiness.js';
-import type { BootState } from './state.js';
+import { PartialWriteError, type FileSession, type NodeFile } from '../files/env-files.js';
+import { nodeSummaries, prepareNodeFiles, type PreparedNodes } from '../secrets/node-files.js';
+import type { InstancePlan } from '../instances/plan.js';
+import type { ProcessManager } from '../instances/processes.js';
+import { waitForInstance } from '../instances/readiness.js';
+import type { BootState } from '../health/state.js';
 
 /**
  * Secret rotation: watch the folders around every source a secret came from

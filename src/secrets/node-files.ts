@@ -6,7 +6,7 @@ import { isNeverSecret, type Config } from '../config.js';
 import { ConfigError } from '../errors.js';
 import { SecretMasker } from '../log.js';
 import { renderEnvFile, UnrepresentableValueError, quoteValue } from './dotenv-format.js';
-import { errnoText, nodeEnvPath, type NodeFile } from './env-files.js';
+import { errnoText, nodeEnvPath, type NodeFile } from '../files/env-files.js';
 import { loadManifestReading, ManifestError, referencedVariables, type Manifest, type ManifestReading } from './manifest.js';
 import { resolveSecrets, type SecretResolution } from './secrets.js';
 

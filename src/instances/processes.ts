@@ -4,10 +4,10 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { InstanceMonitor, type LogEntry } from './instance-output.js';
-import { readRegularFile } from './owned.js';
+import { readRegularFile } from '../files/owned.js';
 import { APP_PREFIX } from './plan.js';
 import { daemonAnswers, Pm2Host, pm2HomeOf } from './pm2-host.js';
-import { BootState } from './state.js';
+import { BootState } from '../health/state.js';
 
 /**
  * The one place processes are started, watched and stopped, through PM2's API.

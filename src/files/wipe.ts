@@ -1,6 +1,6 @@
 import { readlinkSync } from 'node:fs';
 import path from 'node:path';
-import { HEADER } from './dotenv-format.js';
+import { HEADER } from '../secrets/dotenv-format.js';
 import { ENV_FILE_NAME, errnoText, PLAN_FILE_NAME, RECORD_FILE_NAME, type RecordEntry, type StateDir, type WriteRecord } from './env-files.js';
 import { DirHandle, euid, fileId, SHRED_LIMIT } from './owned.js';
 import { emptySecretsFolder, openOwnSecretsFolder } from './storage.js';

@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import type { Config } from '../config.js';
 import { ConfigError } from '../errors.js';
 import { parseComfyArgs, reservedFlagProblems } from './comfy-args.js';
-import type { GpuDetection } from './hardware.js';
+import type { GpuDetection } from '../gpus/detect.js';
 
 export { parseComfyArgs, probeHost } from './comfy-args.js';
 

@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import { z } from 'zod';
 import type { Config } from '../config.js';
 import { BootError, ConfigError, ExitCode } from '../errors.js';
-import { loadManifest, readManifestFile, referencedVariables } from './manifest.js';
+import { loadManifest, readManifestFile, referencedVariables } from '../secrets/manifest.js';
 
 /**
  * `install`, for build time: clone each manifest entry that has a `url` into

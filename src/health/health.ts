@@ -5,10 +5,10 @@ import type { Registry } from 'prom-client';
 import type { Config } from '../config.js';
 import { BootError, describeError, ExitCode } from '../errors.js';
 import { withTimeout } from '../timeout.js';
-import type { InstanceState } from './processes.js';
-import { probeHost } from './plan.js';
-import { probeHttp, servesInstance } from './readiness.js';
-import { describeHolders, portHolders, portOwner } from './ports.js';
+import type { InstanceState } from '../instances/processes.js';
+import { probeHost } from '../instances/plan.js';
+import { probeHttp, servesInstance } from '../instances/readiness.js';
+import { describeHolders, portHolders, portOwner } from '../instances/ports.js';
 import { requiredNodesFailed, type BootState, type FailedNode } from './state.js';
 
 /**

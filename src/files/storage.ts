@@ -7,7 +7,7 @@ import { z } from 'zod';
 import type { Config } from '../config.js';
 import { ConfigError } from '../errors.js';
 import { DirHandle, euid, fileId, setDirAccess, type Owner } from './owned.js';
-import { procStat } from './processes.js';
+import { procStat } from '../instances/processes.js';
 
 /** Where the secrets' contents live, and whom they belong to. */
 
