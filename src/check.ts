@@ -34,6 +34,9 @@ export function buildCheckReport(config: Config, gpus: GpuDetection | undefined,
     warnings,
     config: {
       GPU_MODE: config.gpuMode,
+      CUDA_VISIBLE_DEVICES: config.cudaVisibleDevices,
+      NVIDIA_VISIBLE_DEVICES: config.nvidiaVisibleDevices,
+      INSTANCES_PER_GPU: config.instancesPerGpu,
       WORKSPACE_PATH: config.workspacePath,
       COMFYUI_PATH: config.comfyuiPath,
       CUSTOM_NODES_CONFIG: config.manifestPath,
@@ -53,6 +56,8 @@ export function formatCheckReport(report: CheckReport): string {
   if (report.gpus) {
     const g = report.gpus;
     lines.push(`GPUs (${g.source}): ${g.count} x ${g.model}, ${g.memoryGb} GiB each${g.driver ? `, driver ${g.driver}` : ''}`);
+    lines.push(`devices used: ${g.used.length} of ${g.selection.devices.length}: ${g.used.map((d) => `${d.id} (${d.uuid})`).join(', ')}`);
+    lines.push(`NVIDIA_VISIBLE_DEVICES: ${g.selection.nvidiaCheck}`);
   }
   lines.push(`custom nodes with a .env: ${report.nodes.length}`);
   for (const node of report.nodes) {

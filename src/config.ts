@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { z } from 'zod';
 import { ConfigError } from './errors.js';
+import { CUDA_ENTRY, visibleEntries } from './gpus/placement.js';
 import { parseListen } from './instances/comfy-args.js';
 
 /**
@@ -37,6 +38,16 @@ const EnvSchema = z
       z.coerce.number({ error: 'expected a number' }).positive({ error: 'must be a positive number' }).optional(),
     ),
     GPU_MODEL: optionalString,
+    // The platform's device restriction. Not blank-to-unset: CUDA reads an empty value as "no device".
+    // Its entries are checked below, in actual mode only: mock mode applies neither variable.
+    CUDA_VISIBLE_DEVICES: z.string().optional(),
+    CUDA_DEVICE_ORDER: optionalString,
+    NVIDIA_VISIBLE_DEVICES: z.string().optional(),
+    INSTANCES_PER_GPU: int(1, 16, 1),
+    MIN_INSTANCE_MEMORY_GB: z.preprocess(
+      blankToUndefined,
+      z.coerce.number({ error: 'expected a number' }).min(0, { error: 'must be at least 0' }).default(8),
+    ),
     WORKSPACE_PATH: z.preprocess(blankToUndefined, z.string().default('/workspace')),
     COMFYUI_PATH: optionalString,
     CUSTOM_NODES_CONFIG: optionalString,
@@ -98,6 +109,19 @@ const EnvSchema = z
     ),
   })
   .superRefine((env, ctx) => {
+    const visible = env.CUDA_VISIBLE_DEVICES;
+    if (env.GPU_MODE === 'actual' && visible !== undefined && visible.trim() !== '') {
+      const bad = visibleEntries(visible).filter((entry) => !CUDA_ENTRY.test(entry));
+      if (bad.length) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['CUDA_VISIBLE_DEVICES'],
+          message: `${bad.map((e) => `"${e}"`).join(', ')} ${bad.length === 1 ? 'is' : 'are'} neither a GPU index nor a GPU-/MIG- UUID (CUDA would ignore it and every entry after it)`,
+        });
+      }
+    }
+  })
+  .superRefine((env, ctx) => {
     // PM2 must be able to stop an instance gracefully inside the shutdown budget,
     // with time left to wipe the files and stop PM2 itself.
     // The runner keeps max(1000 ms, a quarter of the budget) for the wipe and PM2's own exit.
@@ -143,6 +167,16 @@ export interface Config {
   numGpusHint: number | undefined;
   gpuMemoryGbHint: number | undefined;
   gpuModelHint: string | undefined;
+  /** The incoming CUDA_VISIBLE_DEVICES (undefined: not set): the devices to use. */
+  cudaVisibleDevices: string | undefined;
+  /** The incoming CUDA_DEVICE_ORDER: how CUDA_VISIBLE_DEVICES' indices were meant (the instances always get PCI_BUS_ID). */
+  cudaDeviceOrder: string | undefined;
+  /** The incoming NVIDIA_VISIBLE_DEVICES: a cross-check of what nvidia-smi lists, never a filter. */
+  nvidiaVisibleDevices: string | undefined;
+  /** Instances on each device (whole GPU or MIG device). */
+  instancesPerGpu: number;
+  /** GiB of device memory an instance needs: below it, more than one instance per device is refused (one is a warning). */
+  minInstanceMemoryGb: number;
   workspacePath: string;
   comfyuiPath: string;
   customNodesPath: string;
@@ -191,6 +225,11 @@ export const SETTINGS_DOC: ReadonlyArray<{ name: string; default: string; doc: s
   { name: 'NUM_GPUS', default: '1 in mock mode', doc: 'mock: how many instances; actual: the platform\'s hint, checked against detection' },
   { name: 'GPU_MEMORY_GB', default: '(none)', doc: 'platform hint, per GPU or in total; a mismatch with detection is a warning' },
   { name: 'GPU_MODEL', default: '(none)', doc: 'platform hint; a mismatch with detection is a warning' },
+  { name: 'CUDA_VISIBLE_DEVICES', default: '(not set: every device)', doc: 'the platform\'s choice of devices: GPU indices (nvidia-smi\'s, PCI bus order) or `GPU-`/`MIG-` UUIDs, comma-separated; a GPU in MIG mode means its MIG devices. A device nvidia-smi does not list, or an empty value, is refused (78). Each instance gets its own device\'s UUID instead. Not applied in mock mode' },
+  { name: 'CUDA_DEVICE_ORDER', default: '(not set)', doc: 'read only to warn: indices in CUDA_VISIBLE_DEVICES are taken in nvidia-smi\'s (PCI bus) order, and without `PCI_BUS_ID` here CUDA\'s own order differs on a machine of several models. The instances always get `PCI_BUS_ID`' },
+  { name: 'NVIDIA_VISIBLE_DEVICES', default: '(not set)', doc: 'read, never applied: the NVIDIA runtime already applied it. A list of indices or UUIDs must match what nvidia-smi lists, in UUIDs and in count (else 78); `all`, `none`, `void`, empty as the runtime documents them; another form (a device plugin\'s path, a CDI name) is a warning' },
+  { name: 'INSTANCES_PER_GPU', default: '1', doc: 'ComfyUI instances on each device (a whole GPU or a MIG device), 1 to 16: names `comfyui-gpu<N>[-mig<M>]-s<slot>`, consecutive ports; they share the device\'s memory' },
+  { name: 'MIN_INSTANCE_MEMORY_GB', default: '8', doc: 'device memory (GiB) one instance needs: INSTANCES_PER_GPU above 1 that leaves less per instance is refused (78); one instance on a smaller device is a warning; 0 turns the check off; not checked in mock mode' },
   { name: 'WORKSPACE_PATH', default: '/workspace', doc: 'root of the workspace' },
   { name: 'COMFYUI_PATH', default: '$WORKSPACE_PATH/ComfyUI', doc: 'ComfyUI checkout (main.py, custom_nodes/)' },
   { name: 'CUSTOM_NODES_CONFIG', default: '$WORKSPACE_PATH/config_nodes.json', doc: 'the manifest: which node gets which keys' },
@@ -198,7 +237,7 @@ export const SETTINGS_DOC: ReadonlyArray<{ name: string; default: string; doc: s
   { name: 'GPU_BOOT_STATE_DIR', default: '$WORKSPACE_PATH/.gpu-boot', doc: 'the plan and the record of written files (no secrets)' },
   { name: 'COMFYUI_PYTHON', default: 'python3', doc: 'interpreter that runs ComfyUI\'s main.py' },
   { name: 'COMFYUI_LISTEN', default: '0.0.0.0', doc: 'address each instance listens on (--listen): IPv4, IPv6 or a host name, or a comma-separated list of them as ComfyUI takes it (`0.0.0.0,::` for all); readiness probes 127.0.0.1 for 0.0.0.0, ::1 for ::, else the first address' },
-  { name: 'COMFYUI_PORT_START', default: '8188', doc: 'port of instance 0; instance i gets COMFYUI_PORT_START+i' },
+  { name: 'COMFYUI_PORT_START', default: '8188', doc: 'port of the first instance; the others follow one by one, device by device and slot by slot (see GPUs and placement)' },
   { name: 'COMFY_ARGS', default: '(empty)', doc: 'extra ComfyUI arguments, shell-quoted, appended to every instance. Refused (78): a flag gpu-boot sets (--port, --listen, --cuda-device, --cpu, --temp-directory, --output-directory, --input-directory, --user-directory, --base-directory, also as --flag=value or abbreviated; the message names the setting to use), and a flag that comfy/cli_args.py in COMFYUI_PATH does not define (parsed by COMFYUI_PYTHON, never imported; unreadable: a warning)' },
   { name: 'COMFYUI_KILL_TIMEOUT_MS', default: '5000', doc: 'PM2 kill_timeout: SIGINT, then SIGKILL after this long' },
   { name: 'COMFYUI_RESTART_DELAY_MS', default: '1000', doc: 'first PM2 restart delay after a crash; grows x1.5 up to 15 s' },
@@ -279,6 +318,11 @@ function toConfig(s: RawSettings, warnings: string[], cwd: string): Config {
     numGpusHint: s.NUM_GPUS,
     gpuMemoryGbHint: s.GPU_MEMORY_GB,
     gpuModelHint: s.GPU_MODEL?.trim(),
+    cudaVisibleDevices: s.CUDA_VISIBLE_DEVICES,
+    cudaDeviceOrder: s.CUDA_DEVICE_ORDER,
+    nvidiaVisibleDevices: s.NVIDIA_VISIBLE_DEVICES,
+    instancesPerGpu: s.INSTANCES_PER_GPU,
+    minInstanceMemoryGb: s.MIN_INSTANCE_MEMORY_GB,
     workspacePath,
     comfyuiPath,
     customNodesPath: path.join(comfyuiPath, 'custom_nodes'),

@@ -9,8 +9,8 @@ import type { Logger } from 'pino';
 const COMMANDS = {
   start: 'detect GPUs, write each custom node its .env, start one ComfyUI per GPU under PM2, stay up (health server, rotation; SIGHUP re-reads secrets); wipe on SIGTERM/SIGINT (default)',
   check: 'pre-flight: validate configuration, manifest, secrets and GPUs; print a masked report; start and write nothing (exit 0 or 78)',
-  detect: 'print the GPUs found (--json: only the JSON on stdout, logs on stderr)',
-  plan: 'print the PM2 apps that start would run (JSON, no secrets)',
+  detect: 'print the GPUs found, their MIG devices, and which devices are used and why (CUDA_VISIBLE_DEVICES, NVIDIA_VISIBLE_DEVICES); --json: only the JSON on stdout, logs on stderr',
+  plan: 'print the layout and the PM2 apps that start would run: each instance\'s device (UUID, MIG profile), slot, port and arguments (JSON on stdout, no secrets; logs on stderr)',
   wipe: 'remove every .env a previous run left (after a crash), restoring what they replaced; also dead runs\' secrets folders, a dead run\'s plan and PM2\'s stale sockets',
   demo: 'run start on the shipped demo workspace: mock GPUs, a ComfyUI stand-in, fake secrets',
   install: 'build time: clone each manifest node with a url at its branch or commit, pip install its requirements, run its custom_script; refuses to run with secrets set',
@@ -44,7 +44,7 @@ function mainHelp(): string {
 function commandHelp(command: Command): string {
   const flags: Partial<Record<Command, string>> = {
     check: '  --json   print the report as JSON',
-    detect: '  --json   print only {"count","model","memoryGb","source","gpus":[...]} on stdout; logs go to stderr',
+    detect: '  --json   print only {"count","model","source","gpus":[...],"devices":[{"id","uuid","used","why"}...],...} on stdout; logs go to stderr',
   };
   return [`usage: gpu-boot ${command}${flags[command] ? ' [--json]' : ''}`, '', COMMANDS[command], '', ...(flags[command] ? ['flags:', flags[command], ''] : []), 'settings: see `gpu-boot --help`', EXIT_CODES, ''].join('\n');
 }
@@ -115,7 +115,8 @@ export async function main(argv: string[]): Promise<number> {
       cleanupDemo = demo.cleanup;
       Object.assign(process.env, demo.env);
     }
-    const quietStdout = json && (command === 'detect' || command === 'check');
+    // stdout is for the JSON alone: `plan` prints only JSON, `detect` and `check` with --json.
+    const quietStdout = command === 'plan' || (json && (command === 'detect' || command === 'check'));
     // A bad LOG_LEVEL must still be reported: log at info until the configuration is known.
     let config: Config;
     try {
@@ -152,8 +153,8 @@ async function runCommand(command: Command, json: boolean, ctx: { config: Config
     }
     case 'detect': {
       const gpus = await runner.detectPhase(ctx);
-      const out = { count: gpus.count, model: gpus.model, memoryGb: gpus.memoryGb, driver: gpus.driver, source: gpus.source, gpus: gpus.gpus, host: gpus.host ?? null };
-      process.stdout.write(json ? `${JSON.stringify(out)}\n` : `${gpus.count} GPU(s) from ${gpus.source}: ${gpus.gpus.map((g) => `#${g.index} ${g.name} ${g.memoryMiB} MiB`).join('; ')}${gpus.driver ? ` (driver ${gpus.driver})` : ''}\n`);
+      const { detectionReport, formatDetection } = await import('./gpus/report.js');
+      process.stdout.write(json ? `${JSON.stringify({ ...detectionReport(gpus), host: gpus.host ?? null })}\n` : formatDetection(gpus));
       return ExitCode.ok;
     }
     case 'plan': {
@@ -192,7 +193,9 @@ async function runCommand(command: Command, json: boolean, ctx: { config: Config
       }
       if (gpus) {
         try {
+          warnings.push(...gpus.selection.warnings);
           const plan = buildPlan(ctx.config, gpus, [], owner ? { owner } : {});
+          warnings.push(...plan.layout.warnings);
           // The instances' ports, as start tests them: a port someone holds is a problem here too.
           const { instancePortProblems, listenAddresses } = await import('./instances/ports.js');
           problems.push(...(await instancePortProblems(listenAddresses(ctx.config.comfyuiListen), plan.instances)));

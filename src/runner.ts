@@ -65,7 +65,16 @@ export async function detectPhase(ctx: RunContext, withHost = true): Promise<Gpu
     memoryGb: g.memoryGb,
     driver: g.driver,
     host: g.host,
-  }), (g) => `${g.count} x ${g.model}, ${g.memoryGb} GiB each (${g.source})`);
+    devicesBy: g.selection.by,
+    used: g.used.map((d) => `${d.id} ${d.uuid}`),
+    nvidiaVisibleDevices: g.selection.nvidiaCheck,
+  }), (g) => `${g.count} x ${g.model}, ${g.memoryGb} GiB each (${g.source}); ${describeUse(g)}`);
+}
+
+/** `2 of 8 devices used (CUDA_VISIBLE_DEVICES): gpu1, gpu3`: what the detect line and `detect` say. */
+export function describeUse(g: GpuDetection): string {
+  const by = g.selection.by === 'CUDA_VISIBLE_DEVICES' ? ' (CUDA_VISIBLE_DEVICES)' : '';
+  return `${g.used.length} of ${g.selection.devices.length} device(s) used${by}: ${g.used.map((d) => d.id).join(', ')}`;
 }
 
 export async function secretsPhase(ctx: RunContext): Promise<PreparedNodes> {
@@ -282,6 +291,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
       ...(owner ? { owner } : {}),
       processEnv: processEnvSources(prepared.manifest, new Map(prepared.files.map((f) => [f.node, f.path]))),
     });
+    for (const warning of plan.layout.warnings) logger.warn(warning);
     state.gpus = gpus;
     state.nodes = nodeSummaries(prepared);
     // Which nodes must have loaded for /ready: by default those that declare env (their secrets were written for them).

@@ -89,7 +89,7 @@ describe('reservedFlagProblems (pure)', () => {
   it.each([
     ['--port', 'COMFYUI_PORT_START'],
     ['--listen', 'COMFYUI_LISTEN'],
-    ['--cuda-device', 'GPU_MODE'],
+    ['--cuda-device', 'CUDA_VISIBLE_DEVICES'],
     ['--cpu', 'GPU_MODE'],
     ['--temp-directory', 'WORKSPACE_PATH'],
     ['--output-directory', 'COMFYUI_SHARED_FOLDERS'],
@@ -200,7 +200,7 @@ describe('validateComfyArgs: the check of `check` and `start`', () => {
     expect(error).toMatchObject({ exitCode: 78 });
     const problems = (error as { problems: string[] }).problems;
     expect(problems).toEqual([
-      expect.stringMatching(/^COMFY_ARGS: --port is set by gpu-boot: .*COMFYUI_PORT_START$/),
+      expect.stringMatching(/^COMFY_ARGS: --port is set by gpu-boot: .*COMFYUI_PORT_START \(and INSTANCES_PER_GPU\)$/),
       `COMFY_ARGS: --no-such-flag is not a flag of the ComfyUI in ${dir} (comfy/cli_args.py)`,
     ]);
     expect(JSON.stringify(problems)).not.toContain('s3cret');
@@ -286,7 +286,7 @@ describe('gpu-boot check: COMFY_ARGS against the ComfyUI in COMFYUI_PATH', () =>
     expect(result.exitCode).toBe(78);
     const report = JSON.parse(result.stdout) as { ok: boolean; problems: string[]; warnings: string[] };
     expect(report.problems).toEqual([
-      expect.stringMatching(/^COMFY_ARGS: --cuda-device is set by gpu-boot: .*GPU_MODE/),
+      expect.stringMatching(/^COMFY_ARGS: --cuda-device would undo gpu-boot's pinning: .*CUDA_VISIBLE_DEVICES/),
       `COMFY_ARGS: --no-such-flag is not a flag of the ComfyUI in ${w.comfyui} (comfy/cli_args.py)`,
     ]);
     expect(report.warnings).toEqual([]);

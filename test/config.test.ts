@@ -1,18 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { isNeverSecret, loadConfig, loadConfigBestEffort, SETTING_NAMES, type Config } from '../src/config.js';
-import { BootError, ConfigError } from '../src/errors.js';
+import { ConfigError } from '../src/errors.js';
+import { expectConfigError } from './helpers/errors.js';
 
 function configError(env: NodeJS.ProcessEnv): ConfigError {
-  let caught: unknown;
-  try {
-    loadConfig(env);
-  } catch (error) {
-    caught = error;
-  }
-  expect(caught).toBeInstanceOf(ConfigError);
-  expect(caught).toBeInstanceOf(BootError);
-  expect((caught as ConfigError).exitCode).toBe(78);
-  return caught as ConfigError;
+  return expectConfigError(() => loadConfig(env));
 }
 
 const killProblem = (limit: number) =>
@@ -23,6 +15,11 @@ const DEFAULTS: Config = {
   numGpusHint: undefined,
   gpuMemoryGbHint: undefined,
   gpuModelHint: undefined,
+  cudaVisibleDevices: undefined,
+  cudaDeviceOrder: undefined,
+  nvidiaVisibleDevices: undefined,
+  instancesPerGpu: 1,
+  minInstanceMemoryGb: 8,
   workspacePath: '/workspace',
   comfyuiPath: '/workspace/ComfyUI',
   customNodesPath: '/workspace/ComfyUI/custom_nodes',

@@ -15,6 +15,7 @@ import type { GpuDetection } from '../src/gpus/detect.js';
 import { buildPlan, LAUNCHER } from '../src/instances/plan.js';
 import { parseManifest, referencedVariables, type Manifest } from '../src/secrets/manifest.js';
 import { dockerfileProblems, SECRET_NAME } from './helpers/dockerfile-policy.js';
+import { detection, gpuList } from './helpers/gpus.js';
 
 /**
  * What ships the boot: the image, the compose profiles, the Kubernetes manifests and the
@@ -119,19 +120,13 @@ describe('docker/Dockerfile', () => {
 
   it('pins a ComfyUI whose flags include every flag gpu-boot passes (test/fixtures/comfyui/cli-flags-2026-01.txt)', () => {
     const recorded = new Set(read('test', 'fixtures', 'comfyui', 'cli-flags-2026-01.txt').split('\n').filter(Boolean));
-    const gpus = (count: number): GpuDetection => ({
-      count,
-      model: 'GPU',
-      memoryGb: 80,
-      driver: '580.0',
-      source: 'nvidia-smi',
-      gpus: Array.from({ length: count }, (_, index) => ({ index, name: 'GPU', memoryMiB: 81920, uuid: `GPU-${index}` })),
-    });
+    const gpus = (count: number): GpuDetection => detection(count, { gpus: gpuList(count, 'GPU', 81920) });
     const passed = new Set<string>();
     // Every folder per instance (COMFYUI_SHARED_FOLDERS=none), in both modes, a listen list, keys through the launcher.
     for (const env of [
       { GPU_MODE: 'mock', NUM_GPUS: '2', COMFYUI_SHARED_FOLDERS: 'none' },
       { GPU_MODE: 'actual', COMFYUI_SHARED_FOLDERS: 'none', COMFYUI_LISTEN: '0.0.0.0,::' },
+      { GPU_MODE: 'actual', INSTANCES_PER_GPU: '2' },
     ]) {
       const plan = buildPlan(loadConfig({ WORKSPACE_PATH: '/workspace', ...env }), gpus(2), [], { processEnv: [{ file: '/workspace/ComfyUI/custom_nodes/n/.env', keys: ['K'] }] });
       for (const instance of plan.instances) {
@@ -140,7 +135,8 @@ describe('docker/Dockerfile', () => {
         for (const flag of extractFlagNames(argv)) passed.add(flag);
       }
     }
-    expect([...passed].sort()).toEqual(['--cpu', '--cuda-device', '--input-directory', '--listen', '--output-directory', '--port', '--temp-directory', '--user-directory']);
+    // Never --cuda-device: it would overwrite each instance's CUDA_VISIBLE_DEVICES (its device's UUID) with an index.
+    expect([...passed].sort()).toEqual(['--cpu', '--input-directory', '--listen', '--output-directory', '--port', '--temp-directory', '--user-directory']);
     for (const flag of passed) expect(recorded.has(flag), flag).toBe(true);
   });
 

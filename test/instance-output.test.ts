@@ -272,7 +272,7 @@ describe('/ready, /status and /metrics report nodes and crash loops', () => {
     const masker = new SecretMasker();
     masker.add('HF_TOKEN', 'hf_canaryREADY-99');
     const m = monitorFor(['comfyui-gpu0'], { masker });
-    m.state.instances = [{ name: 'comfyui-gpu0', gpuIndex: 0, port } as InstancePlan];
+    m.state.instances = [{ name: 'comfyui-gpu0', gpuIndex: 0, port, slot: 0, device: { id: 'gpu0', uuid: 'GPU-0' } } as InstancePlan];
     m.state.phase = 'running';
     const deps = { state: m.state, logger: silentLogger(), probeHost: '127.0.0.1', listInstances: async () => [{ name: 'comfyui-gpu0', pid: process.pid, status: 'online', restarts: 0, startedAt: Date.now() }] };
     try {
@@ -320,7 +320,7 @@ describe('/ready, /status and /metrics report nodes and crash loops', () => {
 
   it('a crash loop is in /status (crashLoop, lastError, each instance\'s lastExit) and in /ready\'s reason', async () => {
     const m = monitorFor(['comfyui-gpu0']);
-    m.state.instances = [{ name: 'comfyui-gpu0', gpuIndex: 0, port: 1 } as InstancePlan];
+    m.state.instances = [{ name: 'comfyui-gpu0', gpuIndex: 0, port: 1, slot: 0, device: { id: 'gpu0', uuid: 'GPU-0' } } as InstancePlan];
     m.state.phase = 'running';
     const { settled } = run(m, 'comfyui-gpu0', fixture('unknown-flag.log'), 2);
     m.state.crashLoop = settled.crashLoop;

@@ -12,7 +12,7 @@ import { buildPlan, type Plan } from '../src/instances/plan.js';
 describe('buildPlan: folders per instance', () => {
   it('shared output, input and user (the default): only --temp-directory, the instance folder', () => {
     const plan = buildPlan(loadConfig({ WORKSPACE_PATH: '/w' }), detection(2), []);
-    expect(plan.instances[1]!.args).toEqual(['--listen', '0.0.0.0', '--port', '8189', '--cuda-device', '1', '--temp-directory', '/w/instances/comfyui-gpu1']);
+    expect(plan.instances[1]!.args).toEqual(['--listen', '0.0.0.0', '--port', '8189', '--temp-directory', '/w/instances/comfyui-gpu1']);
     expect(plan.instances[1]!.folders).toEqual({
       root: '/w/instances/comfyui-gpu1',
       temp: { path: '/w/instances/comfyui-gpu1/temp', shared: false },
@@ -36,7 +36,7 @@ describe('buildPlan: folders per instance', () => {
 
   it('some shared: only the others get a flag', () => {
     const plan = buildPlan(loadConfig({ WORKSPACE_PATH: '/w', COMFYUI_PATH: '/opt/ComfyUI', COMFYUI_SHARED_FOLDERS: 'input,user' }), detection(1), []);
-    expect(plan.instances[0]!.args.slice(6)).toEqual(['--temp-directory', '/w/instances/comfyui-gpu0', '--output-directory', '/w/instances/comfyui-gpu0/output']);
+    expect(plan.instances[0]!.args.slice(4)).toEqual(['--temp-directory', '/w/instances/comfyui-gpu0', '--output-directory', '/w/instances/comfyui-gpu0/output']);
     expect(plan.instances[0]!.folders.input).toEqual({ path: '/opt/ComfyUI/input', shared: true });
   });
 
@@ -181,5 +181,99 @@ describe('removeInstanceTemp', () => {
     await symlink(elsewhere, path.join(workspace, 'instances'));
     expect(removeInstanceTemp(plan).problems).toEqual([`${path.join(workspace, 'instances')}: a link, never followed; left in place`]);
     expect(existsSync(path.join(elsewhere, 'comfyui-gpu0', 'temp'))).toBe(true);
+  });
+});
+
+describe('buildPlan: placement on devices and slots', () => {
+  const H200 = 'NVIDIA H200';
+  const mig = (profiles: string[]) => profiles.map((profile, index) => ({ index, profile, uuid: `MIG-${index}`, memoryMiB: Number(/\.(\d+)gb/.exec(profile)![1]) * 1024 }));
+
+  it('an H200 in 7 MIG slices: one instance per MIG device, pinned by its UUID, with the slice memory', () => {
+    const gpus = [{ index: 0, name: H200, memoryMiB: 143771, uuid: 'GPU-a', migMode: 'enabled' as const, migDevices: mig(Array(7).fill('1g.18gb')) }];
+    const plan = buildPlan(loadConfig({ WORKSPACE_PATH: '/w' }), detection(1, { gpus }), []);
+    expect(plan.instances.map((i) => [i.name, i.port, i.env.CUDA_VISIBLE_DEVICES, i.env.GPU_MODEL, i.env.GPU_MEMORY_GB, i.slot])).toEqual(
+      Array.from({ length: 7 }, (_, k) => [`comfyui-gpu0-mig${k}`, 8188 + k, `MIG-${k}`, 'NVIDIA H200 MIG 1g.18gb', '18', 0]),
+    );
+    expect(plan.instances[3]!.device).toEqual({ id: 'gpu0-mig3', kind: 'mig', gpuIndex: 0, migIndex: 3, profile: '1g.18gb', uuid: 'MIG-3', name: 'NVIDIA H200 MIG 1g.18gb', memoryMiB: 18432 });
+    expect(plan.instances.every((i) => !i.args.includes('--cuda-device') && !i.args.includes('--reserve-vram'))).toBe(true);
+    expect(plan.layout).toEqual({ instancesPerGpu: 1, devices: 7, minInstanceMemoryGb: 8, warnings: [] });
+  });
+
+  it('a mixed machine: MIG devices of GPU 0, then GPU 1 whole, ports in that order', () => {
+    const gpus = [
+      { index: 0, name: 'NVIDIA H100 80GB HBM3', memoryMiB: 81559, uuid: 'GPU-a', migMode: 'enabled' as const, migDevices: mig(['3g.40gb', '2g.20gb']) },
+      { index: 1, name: 'NVIDIA H100 80GB HBM3', memoryMiB: 81559, uuid: 'GPU-b', migMode: 'disabled' as const, migDevices: [] },
+    ];
+    const plan = buildPlan(loadConfig({ WORKSPACE_PATH: '/w' }), detection(2, { gpus }), []);
+    expect(plan.instances.map((i) => [i.name, i.port, i.gpuIndex, i.env.CUDA_VISIBLE_DEVICES, i.env.GPU_MEMORY_GB])).toEqual([
+      ['comfyui-gpu0-mig0', 8188, 0, 'MIG-0', '40'],
+      ['comfyui-gpu0-mig1', 8189, 0, 'MIG-1', '20'],
+      ['comfyui-gpu1', 8190, 1, 'GPU-b', '79.6'],
+    ]);
+  });
+
+  it('INSTANCES_PER_GPU=2 on two H200s: names and ports by device and slot, sharing the device (no --reserve-vram, no --cuda-device)', () => {
+    const gpus = detection(2, { gpus: [0, 1].map((index) => ({ index, name: H200, memoryMiB: 143771, uuid: `GPU-${index}`, migMode: 'disabled' as const, migDevices: [] })) });
+    const plan = buildPlan(loadConfig({ WORKSPACE_PATH: '/w', INSTANCES_PER_GPU: '2', COMFY_ARGS: '--lowvram' }), gpus, []);
+    expect(plan.instances.map((i) => [i.name, i.port, i.slot, i.env.CUDA_VISIBLE_DEVICES, i.env.GPU_SLOT])).toEqual([
+      ['comfyui-gpu0-s0', 8188, 0, 'GPU-0', '0'],
+      ['comfyui-gpu0-s1', 8189, 1, 'GPU-0', '1'],
+      ['comfyui-gpu1-s0', 8190, 0, 'GPU-1', '0'],
+      ['comfyui-gpu1-s1', 8191, 1, 'GPU-1', '1'],
+    ]);
+    expect(plan.instances[1]!.args).toEqual(['--listen', '0.0.0.0', '--port', '8189', '--temp-directory', '/w/instances/comfyui-gpu0-s1', '--lowvram']);
+    expect(plan.layout).toEqual({ instancesPerGpu: 2, devices: 2, minInstanceMemoryGb: 8, warnings: [] });
+    const three = buildPlan(loadConfig({ WORKSPACE_PATH: '/w', INSTANCES_PER_GPU: '3' }), gpus, []);
+    expect(three.instances.map((i) => i.name).slice(0, 4)).toEqual(['comfyui-gpu0-s0', 'comfyui-gpu0-s1', 'comfyui-gpu0-s2', 'comfyui-gpu1-s0']);
+    expect(three.instances.map((i) => i.port)).toEqual([8188, 8189, 8190, 8191, 8192, 8193]);
+  });
+
+  it('the floor compares the unrounded share, and is not checked in mock mode', () => {
+    // An RTX 4090: 24564 MiB is 23.99 GiB, 7.996 GiB a third: below 8.
+    const rtx = detection(1, { gpus: [{ index: 0, name: 'NVIDIA GeForce RTX 4090', memoryMiB: 24564, uuid: 'GPU-r', migMode: 'unsupported' as const, migDevices: [] }] });
+    expect(() => buildPlan(loadConfig({ WORKSPACE_PATH: '/w', INSTANCES_PER_GPU: '3' }), rtx, [])).toThrow(
+      expect.objectContaining({ problems: ['INSTANCES_PER_GPU=3: gpu0 (NVIDIA GeForce RTX 4090, 24 GiB) leaves 7.9 GiB per instance, below MIN_INSTANCE_MEMORY_GB=8; run fewer instances per device, or lower the floor'] }),
+    );
+    const mock = detection(1, { gpus: [{ index: 0, name: 'Mock GPU', memoryMiB: 24576, uuid: 'MOCK-0000', migMode: 'unsupported' as const, migDevices: [] }], source: 'mock' });
+    const plan = buildPlan(loadConfig({ WORKSPACE_PATH: '/w', GPU_MODE: 'mock', INSTANCES_PER_GPU: '4' }), mock, []);
+    expect(plan.instances.map((i) => [i.name, i.args.includes('--cpu'), i.env.CUDA_VISIBLE_DEVICES])).toEqual([0, 1, 2, 3].map((s) => [`comfyui-gpu0-s${s}`, true, '']));
+    expect(plan.layout.warnings).toEqual([]);
+  });
+
+  it('GPUs found by systeminformation (no UUID) are pinned by index, in PCI bus order', () => {
+    const found = detection(2, { gpus: [0, 1].map((index) => ({ index, name: 'NVIDIA L4', memoryMiB: 23034, uuid: '', migMode: 'unsupported' as const, migDevices: [] })), source: 'systeminformation' });
+    const plan = buildPlan(loadConfig({ WORKSPACE_PATH: '/w' }), found, []);
+    expect(plan.instances.map((i) => [i.name, i.env.CUDA_VISIBLE_DEVICES, i.env.CUDA_DEVICE_ORDER])).toEqual([
+      ['comfyui-gpu0', '0', 'PCI_BUS_ID'],
+      ['comfyui-gpu1', '1', 'PCI_BUS_ID'],
+    ]);
+  });
+
+  it('a layout below MIN_INSTANCE_MEMORY_GB: refused (78) with several per device, a warning with one; 0 turns it off', () => {
+    const small = [{ index: 0, name: 'NVIDIA A100-SXM4-40GB', memoryMiB: 40960, uuid: 'GPU-a', migMode: 'enabled' as const, migDevices: mig(['1g.5gb', '3g.20gb']) }];
+    const gpus = detection(1, { gpus: small });
+    let caught: unknown;
+    try {
+      buildPlan(loadConfig({ WORKSPACE_PATH: '/w', INSTANCES_PER_GPU: '2' }), gpus, []);
+    } catch (error) {
+      caught = error;
+    }
+    expect(caught).toMatchObject({
+      exitCode: 78,
+      // The 3g.20gb device leaves 10 GiB per instance: above the floor, not named.
+      problems: ['INSTANCES_PER_GPU=2: gpu0-mig0 (NVIDIA A100-SXM4-40GB MIG 1g.5gb, 5 GiB) leaves 2.5 GiB per instance, below MIN_INSTANCE_MEMORY_GB=8; run fewer instances per device, or lower the floor'],
+    });
+    const one = buildPlan(loadConfig({ WORKSPACE_PATH: '/w' }), gpus, []);
+    expect(one.instances.map((i) => i.name)).toEqual(['comfyui-gpu0-mig0', 'comfyui-gpu0-mig1']);
+    expect(one.layout.warnings).toEqual(['gpu0-mig0 (NVIDIA A100-SXM4-40GB MIG 1g.5gb, 5 GiB) has less than MIN_INSTANCE_MEMORY_GB=8 GiB for its one instance; large models may not fit']);
+    expect(buildPlan(loadConfig({ WORKSPACE_PATH: '/w', INSTANCES_PER_GPU: '2', MIN_INSTANCE_MEMORY_GB: '0' }), gpus, []).instances).toHaveLength(4);
+  });
+
+  it('CUDA_VISIBLE_DEVICES=1,3 of 8: two instances, named for their GPUs, on the first two ports', () => {
+    const plan = buildPlan(loadConfig({ WORKSPACE_PATH: '/w' }), detection(8, { cudaVisibleDevices: '3,1' }), []);
+    expect(plan.instances.map((i) => [i.name, i.port, i.gpuIndex, i.env.CUDA_VISIBLE_DEVICES])).toEqual([
+      ['comfyui-gpu1', 8188, 1, 'GPU-1'],
+      ['comfyui-gpu3', 8189, 3, 'GPU-3'],
+    ]);
   });
 });

@@ -9,6 +9,7 @@ import { BootState, requiredNodesFailed } from '../src/health/state.js';
 import { ECOSYSTEM_FILE } from '../src/runner.js';
 import { freePorts, pm2HomeForThisFile, tinyServerMain, waitFor } from './helpers/boot.js';
 import { captureLogger } from './helpers/logger.js';
+import { detection, gpuList } from './helpers/gpus.js';
 import { PYTHON } from './helpers/python.js';
 
 // One PM2_HOME for this file: the pm2 module reads it once, when it is first imported.
@@ -51,7 +52,7 @@ describe('ProcessManager reads what the instances print, with a real PM2', () =>
     await writeFile(path.join(comfyui, 'mode'), 'nodes');
     const port = await freePorts(2);
     const config = loadConfig({ WORKSPACE_PATH: workspace, GPU_MODE: 'mock', NUM_GPUS: '2', COMFYUI_PYTHON: PYTHON, COMFYUI_LISTEN: '127.0.0.1', COMFYUI_PORT_START: String(port), COMFYUI_RESTART_DELAY_MS: '100' });
-    const gpus = { count: 2, model: 'Mock', memoryGb: 1, driver: null, source: 'mock' as const, gpus: [0, 1].map((index) => ({ index, name: 'Mock', memoryMiB: 1024, uuid: `M${index}` })) };
+    const gpus = detection(2, { gpus: gpuList(2, 'Mock', 1024), source: 'mock' });
     await mkdir(config.stateDir, { recursive: true });
     await writeFile(planPath(config.stateDir), JSON.stringify(buildPlan(config, gpus, [])));
 

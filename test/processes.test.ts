@@ -10,6 +10,7 @@ import { isAlive, ProcessManager } from '../src/instances/processes.js';
 import { ECOSYSTEM_FILE } from '../src/runner.js';
 import { freePorts, PM2_BIN, pm2HomeForThisFile, tinyServerMain, waitFor } from './helpers/boot.js';
 import { captureLogger } from './helpers/logger.js';
+import { detection, gpuList } from './helpers/gpus.js';
 import { PYTHON } from './helpers/python.js';
 
 // One PM2_HOME for this file: the pm2 module reads it once, when it is first imported.
@@ -22,7 +23,7 @@ describe('ProcessManager with a real PM2', () => {
     await writeFile(path.join(workspace, 'ComfyUI', 'main.py'), tinyServerMain(['print("up", flush=True)']));
     const port = await freePorts(2);
     const config = loadConfig({ WORKSPACE_PATH: workspace, GPU_MODE: 'mock', NUM_GPUS: '2', COMFYUI_PYTHON: PYTHON, COMFYUI_LISTEN: '127.0.0.1', COMFYUI_PORT_START: String(port) });
-    const gpus = { count: 2, model: 'Mock', memoryGb: 1, driver: null, source: 'mock' as const, gpus: [0, 1].map((index) => ({ index, name: 'Mock', memoryMiB: 1024, uuid: `M${index}` })) };
+    const gpus = detection(2, { gpus: gpuList(2, 'Mock', 1024), source: 'mock' });
     await mkdir(config.stateDir, { recursive: true });
     await writeFile(planPath(config.stateDir), JSON.stringify(buildPlan(config, gpus, ['HF_TOKEN'])));
 

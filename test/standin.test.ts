@@ -46,7 +46,7 @@ async function copyComfyUI(): Promise<string> {
 function baseEnv(extra: Record<string, string> = {}): Record<string, string> {
   const env: Record<string, string> = {};
   for (const [k, v] of Object.entries(process.env)) {
-    if (v !== undefined && !/^(CUDA_VISIBLE_DEVICES|HIP_VISIBLE_DEVICES|ASCEND_RT_VISIBLE_DEVICES|GPU_\w+|STANDIN_\w+)$/.test(k)) env[k] = v;
+    if (v !== undefined && !/^(CUDA_VISIBLE_DEVICES|HIP_VISIBLE_DEVICES|ASCEND_RT_VISIBLE_DEVICES|CUDA_DEVICE_ORDER|NVIDIA_SMI_PATH|FAKE_NVIDIA_SMI_\w+|GPU_\w+|STANDIN_\w+)$/.test(k)) env[k] = v;
   }
   return { ...env, ...extra };
 }
@@ -275,7 +275,7 @@ describe('a start, as the real ComfyUI prints it', () => {
     };
     expect(report).toMatchObject({ pid: s.pid, port, cpu: true, cudaDevice: null, extraArgs: ['--preview-method', 'auto', '--preview-method', 'taesd'] });
     expect(report.args.preview_method).toBe('taesd');
-    expect(report.env).toEqual({ CUDA_VISIBLE_DEVICES: null, GPU_INDEX: null, GPU_MODEL: null, GPU_MEMORY_GB: null });
+    expect(report.env).toEqual({ CUDA_VISIBLE_DEVICES: null, CUDA_DEVICE_ORDER: null, GPU_INDEX: null, GPU_UUID: null, GPU_DEVICE: null, GPU_SLOT: null, GPU_MODEL: null, GPU_MEMORY_GB: null });
     expect(report.nodes.broken_node).toMatchObject({ envFile: false, loaded: false, error: "No module named 'not_a_real_module_xyz'" });
     expect(report.nodes.no_secrets_node).toMatchObject({ envFile: true, loaded: true, keys: ['A_KEY'], mode: '0o640' });
     expect(report.nodes.no_secrets_node!.sha256).toEqual({ A_KEY: createHash('sha256').update('a value').digest('hex') });
@@ -377,6 +377,39 @@ describe('endpoints, shaped like the real ones', () => {
     const none = await runStandIn(comfyui, ['--listen', '127.0.0.1', '--port', String(port)], { CUDA_VISIBLE_DEVICES: '' });
     expect(none.code).toBe(1);
     expect(lines(none.stderr).at(-1)).toBe('RuntimeError: No CUDA GPUs are available');
+  });
+
+  it('with nvidia-smi: torch sees CUDA_VISIBLE_DEVICES applied to what it lists, as CUDA applies it; --cuda-device undoes a UUID pin', async () => {
+    const port = await freePorts(1);
+    const smi = { NVIDIA_SMI_PATH: path.resolve('test/fixtures/nvidia-smi'), FAKE_NVIDIA_SMI_MODE: 'mig-mixed' };
+    const mig1 = 'MIG-7c1e0001-5d3a-5b8e-a1f2-0c9d8e7f6a01';
+    const gpu1 = 'GPU-6a7b8c9d-1b2d-4c6e-9f0a-3b7c2d1e4f61';
+    const devicesOf = async (args: string[], env: Record<string, string>) => {
+      const s = startStandIn(comfyui, ['--listen', '127.0.0.1', '--port', String(port), ...args], { ...smi, ...env });
+      await untilUp(s, port);
+      const report = (await getJson(port, '/gpu-boot/nodes')) as { cudaDevices: Array<{ uuid: string; name: string; memoryMiB: number }>; visibleDevices: string };
+      const stats = (await getJson(port, '/system_stats')) as { devices: Array<{ name: string; vram_total: number }> };
+      expect(await stop(s)).toEqual({ code: 0, signal: null });
+      return { devices: report.cudaDevices, visible: report.visibleDevices, device: stats.devices[0] };
+    };
+    // A MIG device by its UUID: the slice, with its profile's memory.
+    expect(await devicesOf([], { CUDA_VISIBLE_DEVICES: mig1 })).toEqual({
+      devices: [{ uuid: mig1, name: 'NVIDIA H100 80GB HBM3 MIG 2g.20gb', memoryMiB: 20480 }],
+      visible: mig1,
+      device: expect.objectContaining({ name: 'cuda:0 NVIDIA H100 80GB HBM3 MIG 2g.20gb : cudaMallocAsync', vram_total: 20480 * 1024 ** 2 }),
+    });
+    // A prefix, and an entry that names nothing ends the list (CUDA's rule).
+    expect((await devicesOf([], { CUDA_VISIBLE_DEVICES: `${mig1.slice(0, 12)},${gpu1.toUpperCase()},GPU-ffff,${gpu1.slice(0, -1)}0` })).devices.map((d) => d.uuid)).toEqual([mig1, gpu1]);
+    // --cuda-device 1 replaces the pin with an index: GPU 1, not the MIG device gpu-boot chose.
+    const overwritten = await devicesOf(['--cuda-device', '1'], { CUDA_VISIBLE_DEVICES: mig1 });
+    expect(overwritten.visible).toBe('1');
+    expect(overwritten.devices).toEqual([{ uuid: gpu1, name: 'NVIDIA H100 80GB HBM3', memoryMiB: 81559 }]);
+    // No device: a GPU in MIG mode named by index, or a UUID nvidia-smi does not list.
+    for (const visible of ['0', 'GPU-00000000-0000-4000-8000-000000000000']) {
+      const none = await runStandIn(comfyui, ['--listen', '127.0.0.1', '--port', String(port)], { ...smi, CUDA_VISIBLE_DEVICES: visible });
+      expect(none.code).toBe(1);
+      expect(lines(none.stderr).at(-1)).toBe('RuntimeError: No CUDA GPUs are available');
+    }
   });
 
   it('--listen with several addresses binds each of them', async () => {

@@ -66,8 +66,20 @@ describe('buildPlan', () => {
       ['comfyui-gpu0', 9000, '/w/ComfyUI/main.py', '/w/ComfyUI'],
       ['comfyui-gpu1', 9001, '/w/ComfyUI/main.py', '/w/ComfyUI'],
     ]);
-    expect(plan.instances[1]!.args).toEqual(['--listen', '0.0.0.0', '--port', '9001', '--cuda-device', '1', '--temp-directory', '/w/instances/comfyui-gpu1', '--preview-method', 'auto', '--extra-model-paths-config', '/data/extra paths.yaml']);
-    expect(plan.instances[1]!.env).toEqual({ CUDA_DEVICE_ORDER: 'PCI_BUS_ID', CUDA_VISIBLE_DEVICES: '1', GPU_INDEX: '1', GPU_MODEL: 'NVIDIA H100 80GB HBM3', GPU_MEMORY_GB: '79.6', COMFYUI_PORT: '9001' });
+    // Pinned by UUID, never by --cuda-device (ComfyUI would overwrite CUDA_VISIBLE_DEVICES with its index).
+    expect(plan.instances[1]!.args).toEqual(['--listen', '0.0.0.0', '--port', '9001', '--temp-directory', '/w/instances/comfyui-gpu1', '--preview-method', 'auto', '--extra-model-paths-config', '/data/extra paths.yaml']);
+    expect(plan.instances[1]!.env).toEqual({
+      CUDA_DEVICE_ORDER: 'PCI_BUS_ID',
+      CUDA_VISIBLE_DEVICES: 'GPU-1',
+      GPU_INDEX: '1',
+      GPU_UUID: 'GPU-1',
+      GPU_DEVICE: 'gpu1',
+      GPU_SLOT: '0',
+      GPU_MODEL: 'NVIDIA H100 80GB HBM3',
+      GPU_MEMORY_GB: '79.6',
+      COMFYUI_PORT: '9001',
+    });
+    expect(plan.layout).toEqual({ instancesPerGpu: 1, devices: 2, minInstanceMemoryGb: 8, warnings: [] });
     expect(plan.pm2).toEqual({ killTimeoutMs: 5000, restartDelayMs: 1000, minUptimeMs: 10_000, maxRestarts: 1_000_000 });
     expect(plan.withheldVariables).toEqual(['HF_TOKEN']);
   });

@@ -1,18 +1,14 @@
 import { access, constants } from 'node:fs/promises';
 import path from 'node:path';
-import { parse as parseCsv } from 'csv-parse/sync';
 import type { Logger } from 'pino';
-import { z } from 'zod';
 import type { Config } from '../config.js';
 import { NoGpuError } from '../errors.js';
 import { withTimeout } from '../timeout.js';
+import { attachMigDevices, NVIDIA_SMI_LIST_ARGS, NVIDIA_SMI_QUERY_ARGS, NvidiaSmiError, parseNvidiaSmiCsv, parseNvidiaSmiList, type GpuInfo } from './nvidia-smi.js';
+import { mockSelection, selectDevices, type DeviceChoice, type Selection, type VisibleSettings } from './placement.js';
 
-export interface GpuInfo {
-  index: number;
-  name: string;
-  memoryMiB: number;
-  uuid: string;
-}
+export { attachMigDevices, NVIDIA_SMI_LIST_ARGS, NVIDIA_SMI_QUERY_ARGS, NvidiaSmiError, parseNvidiaSmiCsv, parseNvidiaSmiList, type GpuInfo } from './nvidia-smi.js';
+export type { Device, DeviceChoice, Selection } from './placement.js';
 
 export interface HostInfo {
   cpu: string;
@@ -46,55 +42,15 @@ export interface GpuDetection {
   gpus: GpuInfo[];
   /** CPU and memory of the machine, from systeminformation; null when it could not tell. */
   host?: HostInfo | null;
-}
-
-/** The one query this program sends to nvidia-smi; the stand-in in test/fixtures answers it. */
-export const NVIDIA_SMI_QUERY_ARGS = [
-  '--query-gpu=index,name,memory.total,uuid,driver_version',
-  '--format=csv,noheader,nounits',
-] as const;
-
-const NvidiaSmiRow = z.tuple([
-  z.coerce.number().int().min(0),
-  z.string().min(1),
-  z.coerce.number().int().positive(),
-  z.string(),
-  z.string(),
-]);
-
-export class NvidiaSmiError extends Error {
-  override name = 'NvidiaSmiError';
-}
-
-/** Parse `nvidia-smi --query-gpu=... --format=csv,noheader,nounits`; throws on anything else. */
-export function parseNvidiaSmiCsv(text: string): { gpus: GpuInfo[]; driver: string | null } {
-  let rows: string[][];
-  try {
-    rows = parseCsv(text, { trim: true, skip_empty_lines: true, relax_quotes: true }) as string[][];
-  } catch (error) {
-    throw new NvidiaSmiError(`nvidia-smi printed output that is not CSV (${(error as Error).message.split('\n')[0]})`);
-  }
-  if (rows.length === 0) throw new NvidiaSmiError('nvidia-smi printed no GPU rows');
-  const gpus: GpuInfo[] = [];
-  let driver: string | null = null;
-  rows.forEach((row, line) => {
-    const parsed = NvidiaSmiRow.safeParse(row);
-    if (!parsed.success) {
-      throw new NvidiaSmiError(
-        `nvidia-smi printed an unexpected line ${line + 1} (expected index, name, memory.total in MiB, uuid, driver_version)`,
-      );
-    }
-    const [index, name, memoryMiB, uuid, rowDriver] = parsed.data;
-    gpus.push({ index, name, memoryMiB, uuid });
-    driver ??= rowDriver;
-  });
-  gpus.sort((a, b) => a.index - b.index);
-  return { gpus, driver };
+  /** Which devices (whole GPUs, MIG devices) are used, which not, and why. */
+  selection: Selection;
+  /** The devices used, in nvidia-smi's order: one or more instances each. */
+  used: DeviceChoice[];
 }
 
 // execa is imported where it is used: `start` in mock mode never needs it (~20 ms and ~2 MB saved).
-async function queryNvidiaSmi(config: Config): Promise<{ gpus: GpuInfo[]; driver: string | null }> {
-  const result = await (await import('execa')).execa(config.nvidiaSmiPath, [...NVIDIA_SMI_QUERY_ARGS], {
+async function runNvidiaSmi(config: Config, args: readonly string[]): Promise<string> {
+  const result = await (await import('execa')).execa(config.nvidiaSmiPath, [...args], {
     timeout: config.nvidiaSmiTimeoutMs,
     reject: false,
     stdin: 'ignore',
@@ -102,18 +58,34 @@ async function queryNvidiaSmi(config: Config): Promise<{ gpus: GpuInfo[]; driver
     killSignal: 'SIGKILL',
     env: { LC_ALL: 'C' },
   });
+  const call = args[0] === '-L' ? `${config.nvidiaSmiPath} -L` : config.nvidiaSmiPath;
   if (result.timedOut) {
-    throw new NvidiaSmiError(`${config.nvidiaSmiPath} did not answer within NVIDIA_SMI_TIMEOUT_MS=${config.nvidiaSmiTimeoutMs}`);
+    throw new NvidiaSmiError(`${call} did not answer within NVIDIA_SMI_TIMEOUT_MS=${config.nvidiaSmiTimeoutMs}`);
   }
   if (result.failed) {
     const code = (result as { code?: string }).code;
     if (code === 'ENOENT') throw new NvidiaSmiError(`${config.nvidiaSmiPath} was not found on PATH`);
     const firstLine = `${result.stdout}\n${result.stderr}`.trim().split('\n')[0]?.slice(0, 200) ?? '';
     throw new NvidiaSmiError(
-      `${config.nvidiaSmiPath} failed (exit ${result.exitCode ?? result.signal ?? 'unknown'})${firstLine ? `: ${firstLine}` : ''}`,
+      `${call} failed (exit ${result.exitCode ?? result.signal ?? 'unknown'})${firstLine ? `: ${firstLine}` : ''}`,
     );
   }
-  return parseNvidiaSmiCsv(result.stdout);
+  return result.stdout;
+}
+
+/** The GPU query; then, only when a GPU is in MIG mode, `-L` for its MIG devices (the query lists none). */
+async function queryNvidiaSmi(config: Config): Promise<{ gpus: GpuInfo[]; driver: string | null }> {
+  const { gpus, driver } = parseNvidiaSmiCsv(await runNvidiaSmi(config, NVIDIA_SMI_QUERY_ARGS));
+  if (gpus.some((g) => g.migMode === 'enabled')) {
+    try {
+      attachMigDevices(gpus, parseNvidiaSmiList(await runNvidiaSmi(config, NVIDIA_SMI_LIST_ARGS)));
+    } catch (error) {
+      if (!(error instanceof NvidiaSmiError)) throw error;
+      // The GPUs not in MIG mode still work: only those in MIG mode are lost, with the reason.
+      for (const gpu of gpus) if (gpu.migMode === 'enabled') gpu.migError = error.message;
+    }
+  }
+  return { gpus, driver };
 }
 
 async function onPath(command: string): Promise<boolean> {
@@ -140,19 +112,35 @@ async function querySystemInformation(): Promise<GpuInfo[]> {
   const graphics = await si.graphics();
   return graphics.controllers
     .filter((c) => /nvidia/i.test(`${c.vendor} ${c.model}`))
-    .map((c, index) => ({ index, name: c.model, memoryMiB: c.vram ?? 0, uuid: '' }));
+    .map((c, index) => ({ index, name: c.model, memoryMiB: c.vram ?? 0, uuid: '', migMode: 'unsupported' as const, migDevices: [] }));
 }
 
-function summarize(gpus: GpuInfo[], driver: string | null, source: GpuSource): GpuDetection {
+export function visibleSettings(config: Config): VisibleSettings {
+  return { cudaVisibleDevices: config.cudaVisibleDevices, nvidiaVisibleDevices: config.nvidiaVisibleDevices, cudaDeviceOrder: config.cudaDeviceOrder };
+}
+
+/** The detection of `gpus`, with the devices chosen among them (throws ConfigError when the platform's choice does not fit). */
+export function summarize(gpus: GpuInfo[], driver: string | null, source: GpuSource, visible: VisibleSettings): GpuDetection {
   const smallest = Math.min(...gpus.map((g) => g.memoryMiB));
+  const selection = source === 'mock' ? mockSelection(gpus, visible) : selectDevices(gpus, visible);
+  if (!selection.devices.some((d) => d.used)) {
+    throw new NoGpuError('no GPU that CUDA can use', selection.unusable.map((u) => `GPU ${u.gpuIndex} (${u.name}, ${u.uuid}) is ${u.why}`));
+  }
   return {
     count: gpus.length,
     model: gpus[0]?.name ?? '',
-    memoryGb: Math.round((smallest / 1024) * 10) / 10,
+    memoryGb: gib(smallest),
     driver,
     source,
     gpus,
+    selection,
+    used: selection.devices.filter((d) => d.used),
   };
+}
+
+/** MiB to GiB with one decimal, as everything here reports memory. */
+export function gib(mib: number): number {
+  return Math.round((mib / 1024) * 10) / 10;
 }
 
 function mockDetection(config: Config): GpuDetection {
@@ -164,30 +152,41 @@ function mockDetection(config: Config): GpuDetection {
     name,
     memoryMiB,
     uuid: `MOCK-${index.toString().padStart(4, '0')}`,
+    migMode: 'unsupported' as const,
+    migDevices: [],
   }));
-  return summarize(gpus, null, 'mock');
+  return summarize(gpus, null, 'mock', visibleSettings(config));
 }
 
-/** Compare what the platform says (NUM_GPUS, GPU_MODEL, GPU_MEMORY_GB) with what was found; detection wins. */
+/**
+ * Compare what the platform says (NUM_GPUS, GPU_MODEL, GPU_MEMORY_GB) with the devices used (whole
+ * GPUs or MIG devices, after CUDA_VISIBLE_DEVICES); detection wins.
+ */
 export function hintMismatches(config: Config, detected: GpuDetection): string[] {
   const warnings: string[] = [];
-  if (config.numGpusHint !== undefined && config.numGpusHint !== detected.count) {
-    warnings.push(`NUM_GPUS=${config.numGpusHint} but ${detected.count} GPU(s) were detected; using ${detected.count}`);
+  const used = detected.used;
+  const gpusUsed = new Set(used.map((d) => d.gpuIndex)).size;
+  const usedText = used.length === gpusUsed ? `${used.length} GPU(s) are used` : `${used.length} device(s) on ${gpusUsed} GPU(s) are used`;
+  if (config.numGpusHint !== undefined && config.numGpusHint !== used.length && config.numGpusHint !== gpusUsed) {
+    warnings.push(`NUM_GPUS=${config.numGpusHint} but ${usedText}; using ${used.length}`);
   }
   if (config.gpuModelHint !== undefined) {
     const hint = config.gpuModelHint.toLowerCase().replace(/^nvidia\s+/, '');
-    if (!detected.model.toLowerCase().includes(hint)) {
-      warnings.push(`GPU_MODEL="${config.gpuModelHint}" but the detected model is "${detected.model}"; using the detected one`);
+    const other = used.filter((d) => !d.name.toLowerCase().includes(hint));
+    if (other.length) {
+      const names = [...new Set(other.map((d) => d.name))].map((n) => `"${n}"`).join(', ');
+      warnings.push(`GPU_MODEL="${config.gpuModelHint}" but ${other.length} of ${used.length} device(s) used are ${names} (${other.map((d) => d.id).join(', ')}); using the detected ones`);
     }
   }
-  if (config.gpuMemoryGbHint !== undefined) {
-    // Platforms give either per-GPU or total memory, in GB or GiB: allow 10%.
-    const perGpu = detected.memoryGb;
-    const total = perGpu * detected.count;
+  if (config.gpuMemoryGbHint !== undefined && used.length) {
+    // Platforms give either per-device or total memory, in GB or GiB: allow 10%.
     const close = (a: number, b: number): boolean => Math.abs(a - b) <= 0.1 * Math.max(a, b);
-    const hint = config.gpuMemoryGbHint;
-    if (!close(hint, perGpu) && !close(hint, total) && !close(hint, perGpu * 1.074) && !close(hint, total * 1.074)) {
-      warnings.push(`GPU_MEMORY_GB=${hint} but the detected memory is ${perGpu} GiB per GPU; using the detected figure`);
+    const fits = (gb: number): boolean => close(config.gpuMemoryGbHint!, gb) || close(config.gpuMemoryGbHint!, gb * 1.074);
+    const total = used.reduce((sum, d) => sum + gib(d.memoryMiB), 0);
+    const other = used.filter((d) => !fits(gib(d.memoryMiB)));
+    if (other.length && !fits(total)) {
+      const figures = [...new Set(other.map((d) => gib(d.memoryMiB)))].join(', ');
+      warnings.push(`GPU_MEMORY_GB=${config.gpuMemoryGbHint} but ${other.length} of ${used.length} device(s) used have ${figures} GiB (${other.map((d) => d.id).join(', ')}), ${Math.round(total * 10) / 10} GiB in all; using the detected figures`);
     }
   }
   return warnings;
@@ -210,8 +209,8 @@ async function detectGpuList(config: Config, logger: Logger): Promise<GpuDetecti
   let nvidiaSmiMissing = false;
   try {
     const { gpus, driver } = await queryNvidiaSmi(config);
-    const detected = summarize(gpus, driver, 'nvidia-smi');
-    for (const warning of hintMismatches(config, detected)) logger.warn(warning);
+    const detected = summarize(gpus, driver, 'nvidia-smi', visibleSettings(config));
+    for (const warning of [...detected.selection.warnings, ...hintMismatches(config, detected)]) logger.warn(warning);
     return detected;
   } catch (error) {
     if (!(error instanceof NvidiaSmiError)) throw error;
@@ -223,8 +222,8 @@ async function detectGpuList(config: Config, logger: Logger): Promise<GpuDetecti
     try {
       const gpus = await querySystemInformation();
       if (gpus.length > 0) {
-        const detected = summarize(gpus, null, 'systeminformation');
-        for (const warning of hintMismatches(config, detected)) logger.warn(warning);
+        const detected = summarize(gpus, null, 'systeminformation', visibleSettings(config));
+        for (const warning of [...detected.selection.warnings, ...hintMismatches(config, detected)]) logger.warn(warning);
         return detected;
       }
       attempts.push('systeminformation (lspci) listed no NVIDIA controller');

@@ -2,6 +2,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
+import { detectionReport } from '../gpus/report.js';
 import type { Config } from '../config.js';
 import { BootError, describeError, ExitCode } from '../errors.js';
 import { withTimeout } from '../timeout.js';
@@ -103,15 +104,17 @@ export async function statusReport(deps: HealthDeps): Promise<object> {
     phase: state.phase,
     uptimeSeconds: Math.round((Date.now() - state.startedAt) / 1000),
     phases: state.phases,
-    gpus: state.gpus
-      ? { count: state.gpus.count, model: state.gpus.model, source: state.gpus.source, driver: state.gpus.driver, list: state.gpus.gpus.map((g) => ({ index: g.index, name: g.name, memoryMiB: g.memoryMiB })) }
-      : null,
+    // Which devices are used and why, as `detect --json` prints it.
+    gpus: state.gpus ? detectionReport(state.gpus) : null,
     instances: state.instances.map((plan) => {
       const live = pm2?.find((p) => p.name === plan.name);
       const record = state.instanceRecords.get(plan.name);
       return {
         name: plan.name,
         gpu: plan.gpuIndex,
+        device: plan.device.id,
+        uuid: plan.device.uuid,
+        slot: plan.slot,
         port: plan.port,
         // Its own temp folder, and output/input/user shared or its own (COMFYUI_SHARED_FOLDERS).
         folders: plan.folders,
@@ -178,15 +181,24 @@ async function buildRegistry(deps: HealthDeps): Promise<Registry> {
     },
   });
   new Gauge({
+    name: 'gpu_boot_device_used',
+    help: '1 for each device (whole GPU or MIG device) gpu-boot runs instances on, 0 for one it leaves alone',
+    labelNames: ['device', 'uuid', 'gpu'],
+    registers: [registry],
+    collect() {
+      for (const d of state.gpus?.selection.devices ?? []) this.set({ device: d.id, uuid: d.uuid, gpu: String(d.gpuIndex) }, d.used ? 1 : 0);
+    },
+  });
+  new Gauge({
     name: 'gpu_boot_instance_restarts',
     help: 'PM2 restarts of each instance',
-    labelNames: ['instance', 'gpu', 'port'],
+    labelNames: ['instance', 'gpu', 'device', 'port'],
     registers: [registry],
     async collect() {
       const list = (await withTimeout(deps.listInstances().catch(() => undefined), 2000)) ?? [];
       for (const plan of state.instances) {
         const live = list.find((p) => p.name === plan.name);
-        this.set({ instance: plan.name, gpu: String(plan.gpuIndex), port: String(plan.port) }, live?.restarts ?? 0);
+        this.set({ instance: plan.name, gpu: String(plan.gpuIndex), device: plan.device.id, port: String(plan.port) }, live?.restarts ?? 0);
       }
     },
   });

@@ -63,9 +63,9 @@ export function extractFlagNames(argv: readonly string[]): string[] {
  * instance itself, and argparse keeps the last of a flag given twice: COMFY_ARGS would win.
  */
 export const RESERVED_FLAGS: ReadonlyMap<string, string> = new Map([
-  ['--port', 'is set by gpu-boot: instance i listens on COMFYUI_PORT_START+i; set COMFYUI_PORT_START'],
+  ['--port', 'is set by gpu-boot: instance i listens on COMFYUI_PORT_START+i; set COMFYUI_PORT_START (and INSTANCES_PER_GPU)'],
   ['--listen', 'is set by gpu-boot for every instance; set COMFYUI_LISTEN (a comma-separated list; 0.0.0.0,:: for all)'],
-  ['--cuda-device', 'is set by gpu-boot: each instance gets its own detected GPU (GPU_MODE=actual); expose fewer GPUs to the container for fewer instances'],
+  ['--cuda-device', 'would undo gpu-boot\'s pinning: ComfyUI overwrites CUDA_VISIBLE_DEVICES (each instance\'s own device UUID) with it; set CUDA_VISIBLE_DEVICES on the container to choose the GPUs (GPU_MODE=actual)'],
   ['--cpu', 'is set by gpu-boot for every instance with GPU_MODE=mock; set GPU_MODE'],
   ['--temp-directory', 'is set by gpu-boot: each instance gets its own temp folder, $WORKSPACE_PATH/instances/<instance>/temp (ComfyUI empties it at start and exit); set WORKSPACE_PATH'],
   ['--output-directory', 'is decided by COMFYUI_SHARED_FOLDERS: shared, $COMFYUI_PATH/output; otherwise $WORKSPACE_PATH/instances/<instance>/output; set COMFYUI_SHARED_FOLDERS'],

@@ -3,7 +3,8 @@ import { fileURLToPath } from 'node:url';
 import type { Config } from '../config.js';
 import { ConfigError } from '../errors.js';
 import { parseComfyArgs, reservedFlagProblems } from './comfy-args.js';
-import type { GpuDetection } from '../gpus/detect.js';
+import { gib, type GpuDetection } from '../gpus/detect.js';
+import type { Device } from '../gpus/placement.js';
 
 export { parseComfyArgs, probeHost } from './comfy-args.js';
 
@@ -13,6 +14,7 @@ export { parseComfyArgs, probeHost } from './comfy-args.js';
  * (the one place PM2 apps are declared) and printed by `gpu-boot plan`.
  */
 
+/** Every instance's name starts so: `comfyui-gpu0`, `comfyui-gpu0-mig3`, `comfyui-gpu1-s0`. */
 export const APP_PREFIX = 'comfyui-gpu';
 export const PLAN_FILE_NAME = 'plan.json';
 
@@ -71,9 +73,15 @@ export function folderArgs(folders: InstanceFolders): string[] {
   return args;
 }
 
+/** The device an instance is pinned to, as the plan and /status show it. */
+export type InstanceDevice = Pick<Device, 'id' | 'kind' | 'gpuIndex' | 'migIndex' | 'profile' | 'uuid' | 'name' | 'memoryMiB'>;
+
 export interface InstancePlan {
   name: string;
   gpuIndex: number;
+  device: InstanceDevice;
+  /** Its place among the INSTANCES_PER_GPU instances of its device, from 0. */
+  slot: number;
   port: number;
   cwd: string;
   script: string;
@@ -99,7 +107,29 @@ export interface Plan {
   };
   /** Names (never values) of the variables that carried secrets: filtered out of every instance's environment. */
   withheldVariables: string[];
+  /** How the instances are laid out on the devices, and what does not fit well. */
+  layout: {
+    instancesPerGpu: number;
+    devices: number;
+    minInstanceMemoryGb: number;
+    warnings: string[];
+  };
   instances: InstancePlan[];
+}
+
+/** What INSTANCES_PER_GPU leaves each instance of `device`, against the floor: a problem (refused), a warning, or nothing. */
+function memoryFit(config: Config, device: Device): { problem?: string; warning?: string } {
+  const floor = config.minInstanceMemoryGb;
+  const slots = config.instancesPerGpu;
+  // Mock instances run on CPU: no device memory to share.
+  if (floor <= 0 || config.gpuMode === 'mock' || device.memoryMiB / 1024 / slots >= floor) return {};
+  // Rounded down, so a share just below the floor never reads as the floor itself.
+  const share = Math.floor((device.memoryMiB / 1024 / slots) * 10) / 10;
+  const what = `${device.id} (${device.name}, ${gib(device.memoryMiB)} GiB)`;
+  if (slots > 1) {
+    return { problem: `INSTANCES_PER_GPU=${slots}: ${what} leaves ${share} GiB per instance, below MIN_INSTANCE_MEMORY_GB=${floor}; run fewer instances per device, or lower the floor` };
+  }
+  return { warning: `${what} has less than MIN_INSTANCE_MEMORY_GB=${floor} GiB for its one instance; large models may not fit` };
 }
 
 export function buildPlan(config: Config, gpus: GpuDetection, withheldVariables: string[], options: PlanOptions = {}): Plan {
@@ -119,35 +149,53 @@ export function buildPlan(config: Config, gpus: GpuDetection, withheldVariables:
     if (!(error instanceof ConfigError)) throw error;
     problems.push(...error.problems);
   }
-  const lastPort = config.portStart + gpus.count - 1;
-  if (lastPort > 65535) problems.push(`COMFYUI_PORT_START: ${gpus.count} instances need ports up to ${lastPort}, above 65535`);
+  const slots = config.instancesPerGpu;
+  const count = gpus.used.length * slots;
+  const lastPort = config.portStart + count - 1;
+  if (lastPort > 65535) problems.push(`COMFYUI_PORT_START: ${count} instances need ports up to ${lastPort}, above 65535`);
+  const warnings: string[] = [];
+  for (const device of gpus.used) {
+    const fit = memoryFit(config, device);
+    if (fit.problem) problems.push(fit.problem);
+    if (fit.warning) warnings.push(fit.warning);
+  }
   if (problems.length) throw new ConfigError('invalid configuration', problems);
-  const instances = gpus.gpus.map((gpu, i): InstancePlan => {
-    const port = config.portStart + i;
-    const device = config.gpuMode === 'mock' ? ['--cpu'] : ['--cuda-device', String(gpu.index)];
-    const name = `${APP_PREFIX}${i}`;
-    const folders = instanceFolders(config, name);
-    return {
-      name,
-      gpuIndex: gpu.index,
-      port,
-      cwd: config.comfyuiPath,
-      script: launch.script,
-      interpreter: config.comfyuiPython,
-      args: [...launch.prefix, '--listen', config.comfyuiListen, '--port', String(port), ...device, ...folderArgs(folders), ...extra],
-      folders,
-      ...(options.owner ? { uid: options.owner.uid, gid: options.owner.gid } : {}),
-      env: {
-        // nvidia-smi numbers GPUs in PCI bus order; CUDA's default order is fastest first.
-        CUDA_DEVICE_ORDER: 'PCI_BUS_ID',
-        CUDA_VISIBLE_DEVICES: config.gpuMode === 'mock' ? '' : String(gpu.index),
-        GPU_INDEX: String(gpu.index),
-        GPU_MODEL: gpu.name,
-        GPU_MEMORY_GB: String(Math.round((gpu.memoryMiB / 1024) * 10) / 10),
-        COMFYUI_PORT: String(port),
-      },
-    };
-  });
+  const instances = gpus.used.flatMap((device, d) =>
+    Array.from({ length: slots }, (_, slot): InstancePlan => {
+      const port = config.portStart + d * slots + slot;
+      // Pinned by UUID in CUDA_VISIBLE_DEVICES only: ComfyUI's --cuda-device N would overwrite it with N.
+      const deviceArgs = config.gpuMode === 'mock' ? ['--cpu'] : [];
+      // A device's id starts with `gpu`, so every name starts with APP_PREFIX.
+      const name = `comfyui-${device.id}${slots === 1 ? '' : `-s${slot}`}`;
+      const folders = instanceFolders(config, name);
+      return {
+        name,
+        gpuIndex: device.gpuIndex,
+        device: { id: device.id, kind: device.kind, gpuIndex: device.gpuIndex, migIndex: device.migIndex, profile: device.profile, uuid: device.uuid, name: device.name, memoryMiB: device.memoryMiB },
+        slot,
+        port,
+        cwd: config.comfyuiPath,
+        script: launch.script,
+        interpreter: config.comfyuiPython,
+        args: [...launch.prefix, '--listen', config.comfyuiListen, '--port', String(port), ...deviceArgs, ...folderArgs(folders), ...extra],
+        folders,
+        ...(options.owner ? { uid: options.owner.uid, gid: options.owner.gid } : {}),
+        env: {
+          // nvidia-smi numbers GPUs in PCI bus order; CUDA's default order is fastest first.
+          CUDA_DEVICE_ORDER: 'PCI_BUS_ID',
+          // By UUID; by its index (PCI bus order, as CUDA_DEVICE_ORDER says) only where no UUID is known (systeminformation).
+          CUDA_VISIBLE_DEVICES: config.gpuMode === 'mock' ? '' : device.uuid || String(device.gpuIndex),
+          GPU_INDEX: String(device.gpuIndex),
+          GPU_UUID: device.uuid,
+          GPU_DEVICE: device.id,
+          GPU_SLOT: String(slot),
+          GPU_MODEL: device.name,
+          GPU_MEMORY_GB: String(gib(device.memoryMiB)),
+          COMFYUI_PORT: String(port),
+        },
+      };
+    }),
+  );
   return {
     version: 1,
     mode: config.gpuMode,
@@ -158,6 +206,7 @@ export function buildPlan(config: Config, gpus: GpuDetection, withheldVariables:
       maxRestarts: 1_000_000,
     },
     withheldVariables,
+    layout: { instancesPerGpu: slots, devices: gpus.used.length, minInstanceMemoryGb: config.minInstanceMemoryGb, warnings },
     instances,
   };
 }

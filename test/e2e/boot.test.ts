@@ -151,12 +151,15 @@ describe('start: the whole boot with real PM2', () => {
     const boot = startBoot(['start'], env);
     await boot.waitForLog((l) => l.phase === 'ready', 'ready');
     const warning = boot.logs().find((l) => typeof l.msg === 'string' && l.msg.startsWith('NUM_GPUS=4'));
-    expect(warning?.msg).toBe('NUM_GPUS=4 but 2 GPU(s) were detected; using 2');
+    expect(warning?.msg).toBe('NUM_GPUS=4 but 2 GPU(s) are used; using 2');
+    const uuids = ['GPU-9a1b2c3d-4e5f-4a6b-8c7d-0e1f2a3b4c5d', 'GPU-9a1b2c3d-4e5f-4a6b-8c7d-0e1f2a3b4c5e'];
     for (const i of [0, 1]) {
-      const report = (await getJson(ws.portStart + i, '/gpu-boot/nodes')) as StandInReport & { extraArgs: string[] };
-      expect(report.cudaDevice).toBe(i);
+      const report = (await getJson(ws.portStart + i, '/gpu-boot/nodes')) as StandInReport & { extraArgs: string[]; cudaDevices: Array<{ uuid: string }> };
+      // Pinned by UUID; no --cuda-device, which would overwrite it with an index.
+      expect(report.cudaDevice).toBeNull();
       expect(report.cpu).toBe(false);
-      expect(report.env).toEqual({ CUDA_VISIBLE_DEVICES: String(i), GPU_INDEX: String(i), GPU_MODEL: 'NVIDIA H200', GPU_MEMORY_GB: '140.4' });
+      expect(report.cudaDevices.map((d) => d.uuid)).toEqual([uuids[i]]);
+      expect(report.env).toEqual({ CUDA_VISIBLE_DEVICES: uuids[i], CUDA_DEVICE_ORDER: 'PCI_BUS_ID', GPU_INDEX: String(i), GPU_UUID: uuids[i], GPU_DEVICE: `gpu${i}`, GPU_SLOT: '0', GPU_MODEL: 'NVIDIA H200', GPU_MEMORY_GB: '140.4' });
       // After gpu-boot's own flags (its temp folder among them), COMFY_ARGS as given, one word with a space kept whole.
       expect(report.extraArgs).toEqual(['--temp-directory', path.join(ws.workspace, 'instances', `comfyui-gpu${i}`), '--preview-method', 'auto', '--oneapi-device-selector', 'two words']);
     }

@@ -63,7 +63,26 @@ describe('detect', () => {
       memoryGb: 79.6,
       driver: '580.159.04',
       source: 'nvidia-smi',
-      gpus: [{ index: 0, name: 'NVIDIA H100 80GB HBM3', memoryMiB: 81559, uuid: 'GPU-5f8e8a3c-1b2d-4c6e-9f0a-3b7c2d1e4f5a' }],
+      gpus: [{ index: 0, name: 'NVIDIA H100 80GB HBM3', memoryMiB: 81559, uuid: 'GPU-5f8e8a3c-1b2d-4c6e-9f0a-3b7c2d1e4f5a', migMode: 'disabled', migDevices: [] }],
+      devicesBy: 'all',
+      cudaVisibleDevices: null,
+      nvidiaVisibleDevices: { value: null, check: 'not set: nothing to cross-check (Docker --gpus, CDI and device plugins need not set it)' },
+      devices: [
+        {
+          id: 'gpu0',
+          kind: 'gpu',
+          gpu: 0,
+          mig: null,
+          profile: null,
+          uuid: 'GPU-5f8e8a3c-1b2d-4c6e-9f0a-3b7c2d1e4f5a',
+          name: 'NVIDIA H100 80GB HBM3',
+          memoryMiB: 81559,
+          used: true,
+          why: 'CUDA_VISIBLE_DEVICES is not set: every device nvidia-smi lists',
+        },
+      ],
+      unusable: [],
+      warnings: [],
     });
     // The log line went to stderr.
     expect(result.stderr).toContain('"phase":"detect"');

@@ -34,7 +34,7 @@ describe('health endpoints', () => {
     const status = (await (await fetch(`${base}/status`)).json()) as {
       phase: string;
       phases: Array<{ name: string }>;
-      gpus: { count: number; list: Array<{ index: number }> };
+      gpus: { count: number; devices: Array<{ id: string; uuid: string; used: boolean; why: string }> };
       instances: Array<{ name: string; gpu: number; port: number; pid: number; state: string; restarts: number; uptimeSeconds: number }>;
       nodes: Array<{ name: string; keys: string[] }>;
       rotation: { ok: number; failed: number; last: null };
@@ -47,6 +47,10 @@ describe('health endpoints', () => {
       ['comfyui-gpu0', 0, ws.portStart, 'online'],
       ['comfyui-gpu1', 1, ws.portStart + 1, 'online'],
     ]);
+    expect(status.gpus.devices.map((d) => [d.id, d.uuid, d.used, d.why])).toEqual([
+      ['gpu0', 'MOCK-0000', true, 'a mock GPU (GPU_MODE=mock): instances run with --cpu'],
+      ['gpu1', 'MOCK-0001', true, 'a mock GPU (GPU_MODE=mock): instances run with --cpu'],
+    ]);
     expect(status.instances.every((i) => i.pid > 0 && i.restarts === 0 && i.uptimeSeconds >= 0)).toBe(true);
     expect(status.nodes).toEqual([{ name: 'hf_node', file: ws.envFile('hf_node'), keys: ['HF_TOKEN', 'REGION'] }]);
     expect(status.rotation).toEqual({ ok: 0, failed: 0, rotating: null, last: null });
@@ -56,7 +60,10 @@ describe('health endpoints', () => {
     const text = await metrics.text();
     expect(text).toContain('gpu_boot_ready 1');
     expect(text).toContain('gpu_boot_gpus 2');
-    expect(text).toMatch(/gpu_boot_instance_restarts\{instance="comfyui-gpu1",gpu="1",port="\d+"\} 0/);
+    expect(text).toMatch(/gpu_boot_instance_restarts\{instance="comfyui-gpu1",gpu="1",device="gpu1",port="\d+"\} 0/);
+    // Mock GPUs: each used, under its mock UUID.
+    expect(text).toContain('gpu_boot_device_used{device="gpu0",uuid="MOCK-0000",gpu="0"} 1');
+    expect(text).toContain('gpu_boot_device_used{device="gpu1",uuid="MOCK-0001",gpu="1"} 1');
     expect(text).toMatch(/gpu_boot_phase_duration_seconds\{phase="pm2-start"\} [\d.]+/);
 
     // Read-only, and nothing else answers.

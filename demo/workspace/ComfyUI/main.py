@@ -4,8 +4,15 @@ fails the way the real ComfyUI fails (recordings of the real one: test/fixtures/
 - Flags: ComfyUI's own (comfy/cli_args.py), through parser.parse_args(): an unknown flag prints
   argparse's usage and `main.py: error: unrecognized arguments: ...` and exits 2; a flag given
   twice keeps the last value. --cuda-device N overwrites CUDA_VISIBLE_DEVICES (and
-  HIP_VISIBLE_DEVICES, ASCEND_RT_VISIBLE_DEVICES) with N; CUDA_VISIBLE_DEVICES set but empty
-  without --cpu fails like torch does: `RuntimeError: No CUDA GPUs are available`, exit 1.
+  HIP_VISIBLE_DEVICES, ASCEND_RT_VISIBLE_DEVICES) with N.
+- Devices, without --cpu: where nvidia-smi answers (NVIDIA_SMI_PATH, else on PATH; the tests' stand-in
+  nvidia-smi), the devices torch would see are what `nvidia-smi -L` and the GPU query list, filtered by
+  CUDA_VISIBLE_DEVICES as CUDA filters them: indices (nvidia-smi's order) of GPUs not in MIG mode,
+  GPU-/MIG- UUIDs whole or by a unique prefix, a GPU UUID of a GPU in MIG mode naming none; the first
+  entry that names nothing ends the list; a device named twice leaves none. ComfyUI runs on the first (cuda:0): its name and memory are
+  in the device lines and /system_stats. No device (CUDA_VISIBLE_DEVICES empty, or naming nothing)
+  fails like torch does: `RuntimeError: No CUDA GPUs are available`, exit 1. Without nvidia-smi only
+  the empty or negative value fails, and the memory is GPU_MEMORY_GB's.
 - Output, all of it on stderr (stdout with --log-stdout): the device lines, a traceback and
   `Cannot import <path> module for custom nodes: <error>` for each custom node that fails to
   import, the `Import times for custom nodes:` block, `Starting server`, `To see the GUI go to:
@@ -30,15 +37,18 @@ ComfyUI checkout has them.
 """
 import argparse
 import asyncio
+import csv
 import hashlib
 import importlib.util
 import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import ssl
+import subprocess
 import sys
 import time
 import traceback
@@ -64,7 +74,7 @@ args = cli_args.finish(cli_args.parser.parse_args())
 logging.basicConfig(format="%(message)s", level=getattr(logging, args.verbose), stream=sys.stdout if args.log_stdout else sys.stderr)
 
 # What the launcher gave this process, before ComfyUI's own changes.
-received_env = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "GPU_INDEX", "GPU_MODEL", "GPU_MEMORY_GB")}
+received_env = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "GPU_INDEX", "GPU_UUID", "GPU_DEVICE", "GPU_SLOT", "GPU_MODEL", "GPU_MEMORY_GB")}
 # The arguments the stand-in's first version did not know: all but --listen, --port, --cuda-device, --cpu.
 _known = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
 _known.add_argument("--listen", nargs="?")
@@ -99,18 +109,86 @@ def memory():
     return total, info.get("MemAvailable", total // 2)
 
 
+def machine_devices():
+    """Every CUDA device of the machine, from nvidia-smi: whole GPUs and MIG devices; None without nvidia-smi."""
+    smi = os.environ.get("NVIDIA_SMI_PATH") or shutil.which("nvidia-smi")
+    if not smi:
+        return None
+    query = ["--query-gpu=index,name,memory.total,uuid,driver_version,mig.mode.current", "--format=csv,noheader,nounits"]
+    try:
+        listed = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10)
+        queried = subprocess.run([smi, *query], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if listed.returncode != 0 or queried.returncode != 0:
+        return None
+    memory = {}
+    for row in csv.reader(queried.stdout.splitlines()):
+        if len(row) >= 4:
+            memory[row[3].strip()] = int(row[2].strip())
+    devices = []
+    gpu = None
+    for line in listed.stdout.splitlines():
+        found = re.match(r"^GPU (\d+): (.+) \(UUID: (GPU-[^)\s]+)\)$", line)
+        if found:
+            gpu = {"index": int(found.group(1)), "name": found.group(2), "uuid": found.group(3), "mig": False}
+            devices.append(gpu)
+            continue
+        found = re.match(r"^\s+MIG (\S+)\s+Device\s+(\d+): \(UUID: (MIG-[^)\s]+)\)$", line)
+        if found and gpu is not None:
+            gpu["mig"] = True
+            gb = re.match(r"^\d+g\.(\d+)gb", found.group(1))
+            devices.append({"index": None, "name": f"{gpu['name']} MIG {found.group(1)}", "uuid": found.group(3), "mig": True, "parent": gpu["uuid"], "memoryMiB": int(gb.group(1)) * 1024 if gb else 0})
+    for device in devices:
+        device.setdefault("memoryMiB", memory.get(device["uuid"], 0))
+    # A GPU in MIG mode is no CUDA device itself: its MIG devices are.
+    return [d for d in devices if not (d["index"] is not None and d["mig"])], devices
+
+
+def visible_cuda_devices(visible, listed):
+    """CUDA_VISIBLE_DEVICES as CUDA applies it: entries in order; the first that names nothing ends the list."""
+    usable, everything = listed
+    if visible is None:
+        return usable
+    chosen = []
+    for entry in visible.split(","):
+        entry = entry.strip()
+        if entry.isdigit():
+            match = [d for d in usable if d["index"] == int(entry)]
+        elif entry.upper().startswith(("GPU-", "MIG-")):
+            exact = [d for d in everything if d["uuid"].lower() == entry.lower()]
+            match = exact or [d for d in everything if d["uuid"].lower().startswith(entry.lower())]
+            # A GPU in MIG mode named by UUID is no device; nor is a prefix that two devices share.
+            match = [d for d in match if d in usable] if len(match) == 1 else []
+        else:
+            match = []
+        if len(match) != 1:
+            break
+        # A device named twice: torch (and CUDA) see none at all.
+        if match[0] in chosen:
+            return []
+        chosen.append(match[0])
+    return chosen
+
+
 def get_torch_device():
     if args.cpu:
-        return "cpu"
+        return "cpu", []
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    # torch sees no device when CUDA_VISIBLE_DEVICES is empty or starts with an invalid index.
-    if visible is not None and (visible.strip() == "" or visible.split(",")[0].strip().startswith("-")):
+    listed = machine_devices()
+    if listed is None:
+        # torch sees no device when CUDA_VISIBLE_DEVICES is empty or starts with an invalid index.
+        if visible is not None and (visible.strip() == "" or visible.split(",")[0].strip().startswith("-")):
+            raise RuntimeError("No CUDA GPUs are available")
+        return "cuda:0", []
+    devices = visible_cuda_devices(visible, listed)
+    if not devices:
         raise RuntimeError("No CUDA GPUs are available")
     # Only the visible devices exist for torch, numbered from 0: ComfyUI runs on the first.
-    return "cuda:0"
+    return "cuda:0", devices
 
 
-DEVICE = get_torch_device()
+DEVICE, CUDA_DEVICES = get_torch_device()
 RAM_TOTAL, _ = memory()
 if DEVICE == "cpu":
     VRAM_TOTAL = RAM_TOTAL
@@ -120,11 +198,11 @@ if DEVICE == "cpu":
     ATTENTION = "Using split optimization for cross attention" if args.use_split_cross_attention else "Using sub quadratic optimization for cross attention, if you have memory or speed issues try using: --use-split-cross-attention"
 else:
     try:
-        VRAM_TOTAL = int(float(os.environ.get("GPU_MEMORY_GB") or 24) * 1024 ** 3)
+        VRAM_TOTAL = CUDA_DEVICES[0]["memoryMiB"] * 1024 ** 2 if CUDA_DEVICES else int(float(os.environ.get("GPU_MEMORY_GB") or 24) * 1024 ** 3)
     except ValueError:
         VRAM_TOTAL = 24 * 1024 ** 3
     allocator = "native" if args.disable_cuda_malloc else "cudaMallocAsync"
-    DEVICE_NAME = f"{DEVICE} {os.environ.get('GPU_MODEL') or 'NVIDIA Stand-in GPU'} : {allocator}"
+    DEVICE_NAME = f"{DEVICE} {CUDA_DEVICES[0]['name'] if CUDA_DEVICES else os.environ.get('GPU_MODEL') or 'NVIDIA Stand-in GPU'} : {allocator}"
     VRAM_STATE = "LOW_VRAM" if args.lowvram else "NO_VRAM" if args.novram else "HIGH_VRAM" if args.highvram or args.gpu_only else "NORMAL_VRAM"
     VAE_DTYPE = "torch.float32" if args.fp32_vae or args.cpu_vae else "torch.float16" if args.fp16_vae else "torch.bfloat16"
     ATTENTION = "Using pytorch attention"
@@ -647,6 +725,8 @@ def report():
         "args": json_safe(vars(args)),
         "env": received_env,
         "visibleDevices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        # The devices torch sees (from nvidia-smi, filtered as CUDA filters): cuda:0 is the first.
+        "cudaDevices": [{"uuid": d["uuid"], "name": d["name"], "memoryMiB": d["memoryMiB"]} for d in CUDA_DEVICES],
         "folders": dict(folders),
         "customNodes": CUSTOM_NODES,
         "nodes": nodes_report,
