@@ -537,6 +537,15 @@ describe('detectGpus failures', () => {
     expect(error.problems).toEqual([`${FAKE_SMI} failed (exit 6): No devices were found`, SYSINFO_SKIPPED]);
   });
 
+  it('"No devices were found" with NVIDIA_VISIBLE_DEVICES=none: the reason is named', async () => {
+    const error = await expectNoGpu(detectWith('none', { NVIDIA_VISIBLE_DEVICES: 'none' }));
+    expect(error.problems).toEqual([
+      `${FAKE_SMI} failed (exit 6): No devices were found`,
+      SYSINFO_SKIPPED,
+      'NVIDIA_VISIBLE_DEVICES=none: the container runtime was told to give this container no GPU',
+    ]);
+  });
+
   it('driver not loaded (exit 9) reports the exit status and the first line', async () => {
     const error = await expectNoGpu(detectWith('fail'));
     expect(error.problems).toEqual([

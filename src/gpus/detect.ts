@@ -234,5 +234,9 @@ async function detectGpuList(config: Config, logger: Logger): Promise<GpuDetecti
     attempts.push('systeminformation was not asked: it would call the same failing nvidia-smi without a timeout');
   }
 
+  const exposed = config.nvidiaVisibleDevices?.trim().toLowerCase();
+  if (exposed === 'none' || exposed === 'void' || exposed === '') {
+    attempts.push(`NVIDIA_VISIBLE_DEVICES=${config.nvidiaVisibleDevices?.trim() ?? ''}: the container runtime was told to give this container no GPU`);
+  }
   throw new NoGpuError('no GPU found (GPU_MODE=actual). Set GPU_MODE=mock to run without a GPU', attempts);
 }
