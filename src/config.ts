@@ -93,6 +93,24 @@ const EnvSchema = z
     ),
     ROTATION_DEBOUNCE_MS: int(0, 60_000, 500),
     CRASH_LOOP_LIMIT: int(0, 10_000, 5),
+    READY_MIN_INSTANCES: z.preprocess(
+      (v) => (typeof v === 'string' ? blankToUndefined(v.trim().toLowerCase()) : v),
+      z
+        .union([z.literal('all'), z.coerce.number({ error: 'expected "all" or a whole number' }).int({ error: 'expected "all" or a whole number' }).min(1, { error: 'must be "all" or at least 1' }).max(1024)])
+        .default('all'),
+    ),
+    HEALTH_ALL_FAILED_MS: int(0, 86_400_000, 600_000),
+    HEALTH_EVENT_LOOP_STALL_MS: int(0, 600_000, 5000),
+    SUPERVISOR_INTERVAL_MS: int(100, 600_000, 5000),
+    HANG_TIMEOUT_MS: int(100, 600_000, 5000),
+    HANG_PROBES: int(1, 1000, 3),
+    PROMPT_STALL_MS: int(0, 86_400_000, 0),
+    RESTART_LIMIT: int(0, 100_000, 10),
+    RESTART_WINDOW_MS: int(1000, 86_400_000, 600_000),
+    ROTATION_DRAIN_MS: int(0, 86_400_000, 60_000),
+    GPU_WATCHDOG_INTERVAL_MS: int(0, 3_600_000, 30_000),
+    GPU_WATCHDOG_FAILURES: int(1, 1000, 3),
+    SALAD_IMDS_URL: z.preprocess(blankToUndefined, z.string().url({ error: 'must be a URL' }).default('http://169.254.169.254')),
     READY_REQUIRES_NODES: z.preprocess(
       blankToUndefined,
       z
@@ -209,6 +227,21 @@ export interface Config {
   rotationDebounceMs: number;
   /** Identical failures at start of every instance after which the boot gives up with 78 (0: never). */
   crashLoopLimit: number;
+  /** /ready's rule: every instance, or at least N of them. */
+  readyMinInstances: number | 'all';
+  healthAllFailedMs: number;
+  healthEventLoopStallMs: number;
+  supervisorIntervalMs: number;
+  hangTimeoutMs: number;
+  hangProbes: number;
+  promptStallMs: number;
+  restartLimit: number;
+  restartWindowMs: number;
+  rotationDrainMs: number;
+  /** 0: no GPU watchdog. */
+  gpuWatchdogIntervalMs: number;
+  gpuWatchdogFailures: number;
+  saladImdsUrl: string;
   /** Whose failed import keeps /ready at 503: nodes that declare env, all installed manifest nodes, none, or these names. */
   readyRequiresNodes: { kind: 'env' | 'all' | 'none' } | { kind: 'list'; nodes: string[] };
   /** ComfyUI folders every instance shares in COMFYUI_PATH; the others are per instance. temp is always per instance. */
@@ -254,6 +287,19 @@ export const SETTINGS_DOC: ReadonlyArray<{ name: string; default: string; doc: s
   { name: 'ROTATION', default: 'restart', doc: 'on a changed secret source or SIGHUP: `restart` rewrites changed files and restarts instances one at a time; `files` only rewrites; `off` ignores changes and SIGHUP' },
   { name: 'ROTATION_DEBOUNCE_MS', default: '500', doc: 'quiet time after the last change event before re-reading the sources' },
   { name: 'CRASH_LOOP_LIMIT', default: '5', doc: 'after this many identical failures at start of every instance (the same exit code and message), the boot stops with exit 78 instead of restarting forever; 0 never gives up' },
+  { name: 'READY_MIN_INSTANCES', default: 'all', doc: '/ready\'s rule: `all` instances ready, or at least N (a platform that routes per container keeps 7 of 8 GPUs in service with 7); each instance also has `/ready/<instance>`' },
+  { name: 'HEALTH_ALL_FAILED_MS', default: '600000', doc: '/health turns 503 once no instance has answered for this long while the boot runs (0: never)' },
+  { name: 'HEALTH_EVENT_LOOP_STALL_MS', default: '5000', doc: '/health turns 503 while gpu-boot\'s event loop was blocked longer than this in the last 30 s (0: never)' },
+  { name: 'SUPERVISOR_INTERVAL_MS', default: '5000', doc: 'how often each instance is probed (/system_stats, /queue) for hangs, the restart budget and /health' },
+  { name: 'HANG_TIMEOUT_MS', default: '5000', doc: 'an instance whose /system_stats does not answer within this long fails a probe' },
+  { name: 'HANG_PROBES', default: '3', doc: 'probes failed in a row (PM2 online, the instance served since its start) after which it is hung and restarted, one instance at a time' },
+  { name: 'PROMPT_STALL_MS', default: '0 (off)', doc: 'an instance whose running prompt (/queue) has not changed for this long is hung and restarted' },
+  { name: 'RESTART_LIMIT', default: '10', doc: 'restarts (crashes and hangs) within RESTART_WINDOW_MS after which the instance is failed: stopped and reported, no more restarts (0: PM2 restarts forever)' },
+  { name: 'RESTART_WINDOW_MS', default: '600000', doc: 'the window of RESTART_LIMIT' },
+  { name: 'ROTATION_DRAIN_MS', default: '60000', doc: 'before a rotation restarts an instance, it leaves readiness and its queue may empty for this long (0: no drain); prompts cut off are listed in /status' },
+  { name: 'GPU_WATCHDOG_INTERVAL_MS', default: '30000', doc: 'GPU_MODE=actual: how often nvidia-smi is asked about each GPU in use (utilization, memory, temperature, power, ECC, pending pages); 0 turns the watchdog off' },
+  { name: 'GPU_WATCHDOG_FAILURES', default: '3', doc: 'failed watchdog checks in a row after which a GPU is cordoned (its instances stopped); a GPU nvidia-smi reports lost is cordoned at once' },
+  { name: 'SALAD_IMDS_URL', default: 'http://169.254.169.254', doc: 'SaladCloud\'s instance metadata service: on SaladCloud, when no GPU or instance is left, gpu-boot asks it to reallocate the container to another machine before it exits 71' },
   { name: 'READY_REQUIRES_NODES', default: 'env', doc: 'which custom nodes must have loaded for /ready to say 200: `env` (those that declare env), `all` (every installed manifest node), `none`, or a comma-separated list of node names' },
   { name: 'COMFYUI_SHARED_FOLDERS', default: 'output,input,user', doc: 'the ComfyUI folders all instances share in COMFYUI_PATH (output, input, user; `none` for none); each other one is per instance under $WORKSPACE_PATH/instances/<instance>/; temp is always per instance' },
   { name: 'ALLOW_SHORT_SECRETS', default: '(none)', doc: 'variables (comma-separated, or `*`) whose values may be shorter than 4 characters, which cannot be masked in logs' },
@@ -349,6 +395,19 @@ function toConfig(s: RawSettings, warnings: string[], cwd: string): Config {
     rotation: s.ROTATION,
     rotationDebounceMs: s.ROTATION_DEBOUNCE_MS,
     crashLoopLimit: s.CRASH_LOOP_LIMIT,
+    readyMinInstances: s.READY_MIN_INSTANCES,
+    healthAllFailedMs: s.HEALTH_ALL_FAILED_MS,
+    healthEventLoopStallMs: s.HEALTH_EVENT_LOOP_STALL_MS,
+    supervisorIntervalMs: s.SUPERVISOR_INTERVAL_MS,
+    hangTimeoutMs: s.HANG_TIMEOUT_MS,
+    hangProbes: s.HANG_PROBES,
+    promptStallMs: s.PROMPT_STALL_MS,
+    restartLimit: s.RESTART_LIMIT,
+    restartWindowMs: s.RESTART_WINDOW_MS,
+    rotationDrainMs: s.ROTATION_DRAIN_MS,
+    gpuWatchdogIntervalMs: s.GPU_WATCHDOG_INTERVAL_MS,
+    gpuWatchdogFailures: s.GPU_WATCHDOG_FAILURES,
+    saladImdsUrl: s.SALAD_IMDS_URL,
     readyRequiresNodes: ['env', 'all', 'none'].includes(s.READY_REQUIRES_NODES)
       ? { kind: s.READY_REQUIRES_NODES as 'env' | 'all' | 'none' }
       : { kind: 'list', nodes: s.READY_REQUIRES_NODES.split(',') },

@@ -17,7 +17,7 @@ const COMMANDS = {
 } as const;
 type Command = keyof typeof COMMANDS;
 
-const EXIT_CODES = `exit codes: 0 ok, 1 install failed, 64 usage, 65 state folder or record not gpu-boot's (nothing touched), 69 no GPU (GPU_MODE=actual), 70 internal error, 73 cannot write, 74 I/O or PM2 failure, 75 another gpu-boot runs on this workspace, 78 configuration, manifest or secret error`;
+const EXIT_CODES = `exit codes: 0 ok, 1 install failed, 64 usage, 65 state folder or record not gpu-boot's (nothing touched), 69 no GPU (GPU_MODE=actual), 70 internal error, 71 no healthy GPU or instance left while running (replace the machine), 73 cannot write, 74 I/O or PM2 failure, 75 another gpu-boot runs on this workspace, 78 configuration, manifest or secret error`;
 
 function mainHelp(): string {
   const width = Math.max(...SETTINGS_DOC.map((s) => s.name.length));

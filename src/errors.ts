@@ -10,6 +10,7 @@ export const ExitCode = {
   unavailable: 69, // EX_UNAVAILABLE: no GPU where one was required
   software: 70, // EX_SOFTWARE: a bug or an unexpected failure
   cantCreate: 73, // EX_CANTCREAT: a file could not be written
+  osError: 71, // EX_OSERR: no healthy GPU or instance left while running: replace the machine
   ioError: 74, // EX_IOERR: PM2 or the disk failed while running
   tempFail: 75, // EX_TEMPFAIL: another gpu-boot is running on this workspace
   config: 78, // EX_CONFIG: bad configuration, manifest or secret

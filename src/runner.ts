@@ -24,6 +24,10 @@ import { objectInfoClasses, reportReadiness } from './instances/readiness.js';
 import { checkComfyArgsAtStart } from './instances/comfy-args.js';
 import { prepareInstanceFolders, removeInstanceTemp } from './files/instance-folders.js';
 import { instancePortProblems, listenAddresses } from './instances/ports.js';
+import { Supervisor, type SupervisorSettings } from './instances/supervisor.js';
+import { GpuWatchdog, type Finding } from './gpus/watchdog.js';
+import { requestReallocation } from './gpus/reallocate.js';
+import { watchEventLoop } from './health/event-loop.js';
 
 /**
  * The lifecycle, and the only place that knows the order of the phases:
@@ -89,6 +93,43 @@ export async function secretsPhase(ctx: RunContext): Promise<PreparedNodes> {
 /** Long lists (500 nodes) make log lines no one reads and that cost time to mask: keep the first 50 and a count. */
 function capList(items: string[], limit = 50): string[] {
   return items.length <= limit ? items : [...items.slice(0, limit), `... and ${items.length - limit} more`];
+}
+
+export function supervisorSettings(config: Config): SupervisorSettings {
+  return {
+    intervalMs: config.supervisorIntervalMs,
+    hangTimeoutMs: config.hangTimeoutMs,
+    hangProbes: config.hangProbes,
+    promptStallMs: config.promptStallMs,
+    restartLimit: config.restartLimit,
+    restartWindowMs: config.restartWindowMs,
+  };
+}
+
+/** The GPU watchdog over the GPUs in use (GPU_MODE=actual, nvidia-smi found them, GPU_WATCHDOG_INTERVAL_MS > 0). */
+function startWatchdog(ctx: RunContext, gpus: GpuDetection, onCordon: (gpu: { index: number; uuid: string }, reason: string) => void, onFinding: (finding: Finding) => void): GpuWatchdog | undefined {
+  const { config } = ctx;
+  if (config.gpuMode !== 'actual' || gpus.source !== 'nvidia-smi' || config.gpuWatchdogIntervalMs <= 0) return undefined;
+  const inUse = [...new Map(gpus.used.map((d) => [d.gpuIndex, { index: d.gpuIndex, uuid: d.gpuUuid }])).values()];
+  const watchdog = new GpuWatchdog({
+    nvidiaSmiPath: config.nvidiaSmiPath,
+    timeoutMs: config.nvidiaSmiTimeoutMs,
+    intervalMs: config.gpuWatchdogIntervalMs,
+    failuresToCordon: config.gpuWatchdogFailures,
+    gpus: inUse,
+    onCordon,
+    onFinding,
+  });
+  watchdog.start();
+  return watchdog;
+}
+
+/** Where the platform offers it (SaladCloud's IMDS), ask for another machine before giving up on this one. */
+async function askForAnotherMachine(ctx: RunContext, reason: string): Promise<void> {
+  const result = await requestReallocation({ env: ctx.env, imdsUrl: ctx.config.saladImdsUrl, reason, timeoutMs: 3000 });
+  if (!result.asked) return;
+  if (result.ok) ctx.logger.warn({ platform: result.platform, status: result.status }, `asked ${result.platform} for another machine (reallocate)`);
+  else ctx.logger.error({ platform: result.platform, status: result.status, err: result.error }, `could not ask ${result.platform} for another machine`);
 }
 
 /** `plan`: the apps that would start, from detection and the manifest's variable names only. */
@@ -245,6 +286,13 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
   let daemonDied = false;
   let stopDaemonWatch: () => void = () => undefined;
   let exitCode: number = ExitCode.ok;
+  let supervisor: Supervisor | undefined;
+  let watchdog: GpuWatchdog | undefined;
+  /** Set when no GPU or instance is left in service: the boot ends with 71, the machine is to be replaced. */
+  let nothingLeft: string | undefined;
+  const stopLoopWatch = watchEventLoop((worstMs) => {
+    state.eventLoopLagMs = worstMs;
+  });
 
   // SIGHUP re-reads the secrets once the boot is done; in `demo` (a terminal closed) it stops.
   const stops = new StopRequests(logger, options.hangupStops ? 'stop' : () => {
@@ -258,7 +306,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     await timed(ctx, 'recover', () => recoverPhase(ctx));
     // After recover: a second boot refused on a live workspace must not take the first one's port.
     if (config.healthPort > 0) {
-      health = await startConfiguredHealthServer(config, logger, state, async () => (processes.connected ? processes.list() : undefined));
+      health = await startConfiguredHealthServer(config, logger, state, async () => (processes.connected ? processes.list() : undefined), () => watchdog?.snapshot());
     }
     // PM2 takes ~100 ms to load: load it now, beside detection (nvidia-smi is a wait), the secrets
     // and the writes. It serves PM2_HOME only once the secrets are out of this process's environment
@@ -353,6 +401,32 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
       stops.request(reason);
     });
 
+    // Healing: the supervisor (hangs, the restart budget) and the GPU watchdog (cordons).
+    const giveUp = (reason: string): void => {
+      if (nothingLeft) return;
+      nothingLeft = reason;
+      logger.error({ reason }, `${reason}: this machine cannot serve; stopping (exit 71)`);
+      void askForAnotherMachine(ctx, reason).finally(() => stops.request('nothing left in service'));
+    };
+    supervisor = new Supervisor({
+      logger,
+      state,
+      probeHost: probeHost(config.comfyuiListen),
+      settings: supervisorSettings(config),
+      list: () => processes.list(),
+      restart: (name) => processes.restartFresh(name),
+      stop: (name) => processes.stopOne(name),
+      onNothingLeft: giveUp,
+    });
+    supervisor.start();
+    watchdog = startWatchdog(ctx, gpus, (gpu, reason) => {
+      logger.error({ gpu: gpu.index, uuid: gpu.uuid, reason }, `GPU ${gpu.index} cordoned: ${reason}`);
+      // The watchdog's own verdict first: with no healthy GPU the machine is what failed.
+      const snapshot = watchdog?.snapshot();
+      if (snapshot && snapshot.gpus.every((g) => g.state === 'cordoned')) giveUp(`no healthy GPU left (GPU ${gpu.index}: ${reason})`);
+      void supervisor?.cordonGpu(gpu.index, reason);
+    }, (finding) => logger.warn({ gpu: finding.gpu, kind: finding.kind }, `GPU watchdog: ${finding.message}`));
+
     // Readiness runs beside the wait for a signal: a SIGTERM during a slow start is honoured at once.
     // The boot's duration counts from the process's start (performance.now()'s origin), Node's own start included.
     const ready = reportReadiness(logger, config, plan.instances, 0, abort.signal, (ms) => state.recordPhase('ready', ms), (name) => instancePid(processes, name), (name) => {
@@ -377,10 +451,14 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
   } finally {
     abort.abort();
     stopDaemonWatch();
+    const drain = state.phase === 'running' && !daemonDied;
     state.phase = 'stopping';
+    await supervisor?.close();
+    await watchdog?.stop();
+    stopLoopWatch();
     // A rotation in progress finishes its write first: a file is never cut in half.
     await rotator?.close();
-    exitCode = await shutdown(ctx, processes, knownPids, files);
+    exitCode = await shutdown(ctx, processes, knownPids, files, drain ? state.instances.filter((i) => !state.health.get(i.name)?.out) : []);
     // The instances are stopped: what they left in their own temp folders goes (ComfyUI empties it itself on a clean exit).
     if (instanceFolders) {
       const removal = removeInstanceTemp(instanceFolders);
@@ -390,6 +468,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     if (daemonDied && exitCode === ExitCode.ok) exitCode = ExitCode.ioError;
     // Restarting an instance that refuses its configuration would loop forever: a finding, exit 78.
     if (crashLoopMessage && exitCode === ExitCode.ok) exitCode = ExitCode.config;
+    if (nothingLeft && exitCode === ExitCode.ok) exitCode = ExitCode.osError;
     stopCrashWatch();
     stops.dispose();
   }

@@ -11,13 +11,30 @@ export interface KnownPid {
   start: string | undefined;
 }
 import { isAlive, type ProcessManager } from './instances/processes.js';
+import { probeHost, type InstancePlan } from './instances/plan.js';
+import { drainQueues } from './instances/supervisor.js';
 
 /** The finish stage: stop instances within the budget, then wipe no matter what, then stop PM2. */
-export async function shutdown(ctx: RunContext, processes: ProcessManager, knownPids: KnownPid[], files: FileSession | undefined): Promise<number> {
+export async function shutdown(ctx: RunContext, processes: ProcessManager, knownPids: KnownPid[], files: FileSession | undefined, drain: InstancePlan[] = []): Promise<number> {
   const { config, logger } = ctx;
   const started = performance.now();
   const budgetEnd = Date.now() + config.shutdownTimeoutMs;
   let exitCode: number = ExitCode.ok;
+
+  // Drain: readiness already says 503 (stopping); the running prompts may finish while the budget
+  // leaves room for the stop itself (COMFYUI_KILL_TIMEOUT_MS) and the wipe.
+  if (drain.length > 0) {
+    const reserve = Math.max(1000, config.shutdownTimeoutMs / 4) + config.killTimeoutMs;
+    const drainEnd = budgetEnd - reserve;
+    const drainStarted = performance.now();
+    const left = await drainQueues(probeHost(config.comfyuiListen), drain, drainEnd);
+    const at = new Date().toISOString();
+    for (const [instance, prompts] of left) {
+      ctx.state?.cutPrompts.push({ instance, prompts, at, during: 'shutdown' });
+      logger.error({ instance, prompts }, `${instance}: ${prompts.length} prompt(s) still queued when the drain ran out of the shutdown budget; the stop cuts them off`);
+    }
+    logger.info({ phase: 'drain', ms: Math.round(performance.now() - drainStarted), cut: [...left.values()].reduce((n, p) => n + p.length, 0) }, left.size ? 'drain ran out of time' : 'drained: no prompt running');
+  }
 
   const stopped = processes.stopAll().then(
     () => true,

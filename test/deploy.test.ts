@@ -402,6 +402,10 @@ describe('deploy/kubernetes', () => {
     const liveness = asDict(asDict(container.livenessProbe).httpGet);
     expect({ path: readiness.path, port: portNumber(readiness.port) }).toEqual({ path: '/ready', port: HEALTH_PORT });
     expect({ path: liveness.path, port: portNumber(liveness.port) }).toEqual({ path: '/health', port: HEALTH_PORT });
+    // A startupProbe holds liveness back while a slow model load runs: at least 5 minutes.
+    const startup = asDict(container.startupProbe);
+    expect({ path: asDict(startup.httpGet).path, port: portNumber(asDict(startup.httpGet).port) }).toEqual({ path: '/health', port: HEALTH_PORT });
+    expect(Number(startup.periodSeconds) * Number(startup.failureThreshold)).toBeGreaterThanOrEqual(300);
   });
 
   it('gives the shutdown time to finish: grace period > preStop sleep + SHUTDOWN_TIMEOUT_MS', () => {

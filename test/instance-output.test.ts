@@ -279,7 +279,7 @@ describe('/ready, /status and /metrics report nodes and crash loops', () => {
       m.monitor.started('comfyui-gpu0');
       for (const l of fixture('startup.log')) m.monitor.line('comfyui-gpu0', 'stderr', l);
       m.monitor.line('comfyui-gpu0', 'stderr', 'token hf_canaryREADY-99 in a line');
-      expect(await readiness(deps)).toEqual({ ready: true, reason: 'all instances answer', instances: { 'comfyui-gpu0': true } });
+      expect(await readiness(deps)).toEqual({ ready: true, reason: 'all instances answer', instances: { 'comfyui-gpu0': true }, counts: { ready: 1, total: 1, required: 1 } });
       m.state.requiredNodes = ['broken_node', 'secret_probe'];
       const r = await readiness(deps);
       expect(r.ready).toBe(false);

@@ -10,6 +10,7 @@ import type { InstanceState } from '../instances/processes.js';
 import { probeHost } from '../instances/plan.js';
 import { probeHttp, servesInstance } from '../instances/readiness.js';
 import { describeHolders, portHolders, portOwner } from '../instances/ports.js';
+import { healthyGpuCount, type WatchdogSnapshot } from '../gpus/watchdog.js';
 import { requiredNodesFailed, type BootState, type FailedNode } from './state.js';
 
 /**
@@ -24,7 +25,22 @@ export interface HealthDeps {
   probeHost: string;
   /** PM2's view of the instances; undefined until PM2 is up. */
   listInstances: () => Promise<InstanceState[] | undefined>;
+  rules?: HealthRules;
+  /** The GPU watchdog's view, where one runs. */
+  gpuHealth?: () => WatchdogSnapshot | undefined;
 }
+
+/** The settings the probes follow (README, "Health and healing"). */
+export interface HealthRules {
+  /** How many instances must be ready for /ready: all, or at least N. */
+  readyMinInstances: number | 'all';
+  /** /health fails once no instance has answered for this long (0: never). */
+  allFailedMs: number;
+  /** /health fails while the event loop's worst recent delay is above this. */
+  eventLoopStallMs: number;
+}
+
+export const DEFAULT_RULES: HealthRules = { readyMinInstances: 'all', allFailedMs: 600_000, eventLoopStallMs: 5000 };
 
 const PROBE_TIMEOUT_MS = 1000;
 
@@ -32,6 +48,10 @@ export interface Readiness {
   ready: boolean;
   reason: string;
   instances: Record<string, boolean>;
+  /** Why each instance that is not ready is not. */
+  notReady?: Record<string, string>;
+  /** Instances ready, and how many /ready needs (READY_MIN_INSTANCES). */
+  counts?: { ready: number; total: number; required: number };
   /** Required custom nodes that failed to import (only when some did). */
   failedNodes?: FailedNode[];
 }
@@ -77,24 +97,114 @@ export async function readiness(deps: HealthDeps): Promise<Readiness> {
       return identity.owner === 'instance';
     }),
   );
-  const instances = Object.fromEntries(state.instances.map((i, n) => [i.name, answers[n] ?? false]));
-  const down = state.instances.filter((_, n) => !answers[n]).map((i) => i.name);
   const failedNodes = requiredNodesFailed(state);
+  const notReady: Record<string, string> = {};
+  const outOfService: string[] = [];
+  state.instances.forEach((i, n) => {
+    const health = state.health.get(i.name);
+    const nodes = failedNodes.filter((f) => f.instance === i.name);
+    if (health?.out) {
+      notReady[i.name] = `out of service (${health.out.kind}): ${health.out.reason}`;
+      outOfService.push(`${i.name} out of service (${health.out.kind}): ${health.out.reason}`);
+    } else if (health?.draining) notReady[i.name] = `draining: ${health.draining}`;
+    else if (!answers[n]) notReady[i.name] = state.rotating === i.name ? 'not answering: restarting for a rotation' : 'not answering';
+    else if (nodes.length > 0) notReady[i.name] = describeFailedNodes(nodes);
+  });
+  const instances = Object.fromEntries(state.instances.map((i) => [i.name, notReady[i.name] === undefined]));
+  const total = state.instances.length;
+  const readyCount = Object.values(instances).filter(Boolean).length;
+  const rule = (deps.rules ?? DEFAULT_RULES).readyMinInstances;
+  const required = rule === 'all' ? total : Math.min(rule, total);
+  const counts = { ready: readyCount, total, required };
+  const down = state.instances.filter((i, n) => !answers[n] && !state.health.get(i.name)?.out).map((i) => i.name);
   const reasons: string[] = [];
   if (foreign.length > 0) reasons.push(foreign.join('; '));
+  if (outOfService.length > 0) reasons.push(outOfService.join('; '));
   if (failedNodes.length > 0) reasons.push(describeFailedNodes(failedNodes));
+  const draining = state.instances.filter((i) => state.health.get(i.name)?.draining).map((i) => i.name);
+  if (draining.length > 0) reasons.push(`draining: ${draining.join(', ')}`);
   if (down.length > 0) {
     const why = state.rotating && down.includes(state.rotating) ? `, ${state.rotating} restarting for a rotation` : '';
     reasons.push(`not answering: ${down.join(', ')}${why}`);
     if (state.crashLoop) reasons.push(state.crashLoop.message);
   }
-  if (reasons.length === 0) return { ready: true, reason: 'all instances answer', instances };
-  return { ready: false, reason: reasons.join('; '), instances, ...(failedNodes.length > 0 ? { failedNodes } : {}) };
+  const extra = { ...(Object.keys(notReady).length ? { notReady } : {}), counts, ...(failedNodes.length > 0 ? { failedNodes } : {}) };
+  if (readyCount === total) return { ready: true, reason: 'all instances answer', instances, counts };
+  // Degraded but in service: enough instances for READY_MIN_INSTANCES.
+  if (readyCount >= required && readyCount > 0) return { ready: true, reason: `${readyCount} of ${total} instances ready (READY_MIN_INSTANCES=${rule}): ${reasons.join('; ')}`, instances, ...extra };
+  return { ready: false, reason: reasons.join('; ') || 'no instance ready', instances, ...extra };
+}
+
+/** One instance's readiness, as /ready/<instance> answers it. */
+export async function instanceReadiness(deps: HealthDeps, name: string): Promise<{ ready: boolean; instance: string; reason: string } | undefined> {
+  if (!deps.state.instances.some((i) => i.name === name)) return undefined;
+  const all = await readiness(deps);
+  const ready = all.instances[name] === true;
+  return { ready, instance: name, reason: ready ? 'answers' : (all.notReady?.[name] ?? all.reason) };
+}
+
+export interface Liveness {
+  live: boolean;
+  reasons: string[];
+}
+
+/**
+ * /health: whether gpu-boot can still do its job. It fails (503) only while the boot runs, never
+ * while it starts (a slow model load is the startupProbe's business) or stops: PM2 does not answer;
+ * the event loop stalled; the GPU watchdog finds no healthy GPU; no instance has answered for longer
+ * than HEALTH_ALL_FAILED_MS.
+ */
+export async function liveness(deps: HealthDeps): Promise<Liveness> {
+  const { state } = deps;
+  const rules = deps.rules ?? DEFAULT_RULES;
+  if (state.phase !== 'running') return { live: true, reasons: [] };
+  const reasons: string[] = [];
+  const pm2 = await withTimeout(deps.listInstances().catch(() => undefined), 2000);
+  if (pm2 === undefined) reasons.push('PM2 does not answer');
+  if (rules.eventLoopStallMs > 0 && state.eventLoopLagMs > rules.eventLoopStallMs) {
+    reasons.push(`the event loop stalled for ${Math.round(state.eventLoopLagMs)} ms (HEALTH_EVENT_LOOP_STALL_MS=${rules.eventLoopStallMs})`);
+  }
+  const gpus = deps.gpuHealth?.();
+  // Before its first check a GPU is unknown, not unhealthy.
+  if (gpus && gpus.gpus.length > 0 && healthyGpuCount(gpus) === 0 && gpus.gpus.every((g) => g.state === 'cordoned' || g.state === 'failing')) reasons.push(`no healthy GPU left (${gpus.gpus.map((g) => `GPU ${g.index} ${g.state}${g.reason ? `: ${g.reason}` : ''}`).join('; ')})`);
+  if (rules.allFailedMs > 0 && state.allDownSince !== null && Date.now() - state.allDownSince > rules.allFailedMs) {
+    reasons.push(`no instance has answered for ${Math.round((Date.now() - state.allDownSince) / 1000)} s (HEALTH_ALL_FAILED_MS=${rules.allFailedMs})`);
+  }
+  return { live: reasons.length === 0, reasons };
+}
+
+/** Some instances or GPUs out, or not answering, while the container may still be in service. */
+export function degradedReport(deps: HealthDeps): { degraded: boolean; out: Array<{ instance: string; reason: string }>; gpusOut: Array<{ index: number; reason: string }> } {
+  const out: Array<{ instance: string; reason: string }> = [];
+  for (const plan of deps.state.instances) {
+    const h = deps.state.health.get(plan.name);
+    if (h?.out) out.push({ instance: plan.name, reason: `${h.out.kind}: ${h.out.reason}` });
+    // Not answering counts once it had answered: a start still loading its models is not degraded.
+    else if (h?.answering === false && h.lastAnsweredAt !== null) out.push({ instance: plan.name, reason: 'not answering' });
+  }
+  const gpusOut = (deps.gpuHealth?.()?.gpus ?? []).filter((g) => g.state === 'cordoned' || g.state === 'failing').map((g) => ({ index: g.index, reason: `${g.state}${g.reason ? `: ${g.reason}` : ''}` }));
+  return { degraded: out.length > 0 || gpusOut.length > 0, out, gpusOut };
 }
 
 function portIdentity(port: number, pid: number | undefined): { owner: string; heldBy?: string } {
   const identity = portOwner(port, pid && pid > 0 ? pid : undefined);
   return identity.owner === 'other' ? { owner: 'other', heldBy: describeHolders(identity.holders) } : { owner: identity.owner };
+}
+
+function instanceHealthReport(state: BootState, name: string): object | null {
+  const h = state.health.get(name);
+  if (!h) return null;
+  return {
+    answering: h.answering,
+    lastAnsweredAt: h.lastAnsweredAt === null ? null : new Date(h.lastAnsweredAt).toISOString(),
+    consecutiveFailures: h.consecutiveFailures,
+    queue: h.queue ? { running: h.queue.running, pending: h.queue.pending, runningPrompt: h.queue.runningPrompt } : null,
+    hungRestarts: h.hungRestarts,
+    lastHang: h.lastHang,
+    restartsInWindow: h.restartTimes.length,
+    out: h.out,
+    draining: h.draining,
+  };
 }
 
 export async function statusReport(deps: HealthDeps): Promise<object> {
@@ -137,8 +247,15 @@ export async function statusReport(deps: HealthDeps): Promise<object> {
         lastExit: record?.lastExit ?? null,
         lastError: record?.lastError ?? null,
         lastOutput: record?.lastOutput ?? [],
+        // The supervisor's view: answering, its queue, hangs, the restart budget, out of service.
+        health: instanceHealthReport(state, plan.name),
       };
     }),
+    degraded: degradedReport(deps),
+    liveness: await liveness(deps),
+    gpuWatchdog: deps.gpuHealth?.() ?? null,
+    hungRestarts: state.hungRestarts,
+    cutPrompts: state.cutPrompts,
     nodes: state.nodes.map((n) => ({ name: n.name, file: n.file, keys: n.keys })),
     requiredNodes: state.requiredNodes,
     rotation: { ...state.rotations, rotating: state.rotating ?? null, last: state.lastRotation ?? null },
@@ -147,91 +264,6 @@ export async function statusReport(deps: HealthDeps): Promise<object> {
       : null,
     lastError: state.lastError ?? state.crashLoop?.message ?? null,
   };
-}
-
-/** prom-client is loaded on the first scrape of /metrics, not on the boot's path. */
-async function buildRegistry(deps: HealthDeps): Promise<Registry> {
-  const { collectDefaultMetrics, Gauge, Registry } = await import('prom-client');
-  const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: 'gpu_boot_process_' });
-  const { state } = deps;
-  new Gauge({
-    name: 'gpu_boot_ready',
-    help: '1 when every instance answers on its port',
-    registers: [registry],
-    async collect() {
-      this.set((await readiness(deps)).ready ? 1 : 0);
-    },
-  });
-  new Gauge({
-    name: 'gpu_boot_gpus',
-    help: 'GPUs detected',
-    registers: [registry],
-    collect() {
-      this.set(state.gpus?.count ?? 0);
-    },
-  });
-  new Gauge({
-    name: 'gpu_boot_gpu_memory_bytes',
-    help: 'memory of each GPU',
-    labelNames: ['index', 'name'],
-    registers: [registry],
-    collect() {
-      for (const g of state.gpus?.gpus ?? []) this.set({ index: String(g.index), name: g.name }, g.memoryMiB * 1024 * 1024);
-    },
-  });
-  new Gauge({
-    name: 'gpu_boot_device_used',
-    help: '1 for each device (whole GPU or MIG device) gpu-boot runs instances on, 0 for one it leaves alone',
-    labelNames: ['device', 'uuid', 'gpu'],
-    registers: [registry],
-    collect() {
-      for (const d of state.gpus?.selection.devices ?? []) this.set({ device: d.id, uuid: d.uuid, gpu: String(d.gpuIndex) }, d.used ? 1 : 0);
-    },
-  });
-  new Gauge({
-    name: 'gpu_boot_instance_restarts',
-    help: 'PM2 restarts of each instance',
-    labelNames: ['instance', 'gpu', 'device', 'port'],
-    registers: [registry],
-    async collect() {
-      const list = (await withTimeout(deps.listInstances().catch(() => undefined), 2000)) ?? [];
-      for (const plan of state.instances) {
-        const live = list.find((p) => p.name === plan.name);
-        this.set({ instance: plan.name, gpu: String(plan.gpuIndex), device: plan.device.id, port: String(plan.port) }, live?.restarts ?? 0);
-      }
-    },
-  });
-  new Gauge({
-    name: 'gpu_boot_instance_node_loaded',
-    help: '1 when the custom node loaded in the instance, 0 when its import failed (from the instance\'s output)',
-    labelNames: ['instance', 'node'],
-    registers: [registry],
-    collect() {
-      this.reset();
-      for (const [instance, record] of state.instanceRecords) for (const [node, s] of record.nodes) this.set({ instance, node }, s.loaded ? 1 : 0);
-    },
-  });
-  new Gauge({
-    name: 'gpu_boot_phase_duration_seconds',
-    help: 'duration of each boot phase',
-    labelNames: ['phase'],
-    registers: [registry],
-    collect() {
-      for (const p of state.phases) this.set({ phase: p.name }, p.ms / 1000);
-    },
-  });
-  new Gauge({
-    name: 'gpu_boot_rotations',
-    help: 'secret rotations since start, by result',
-    labelNames: ['result'],
-    registers: [registry],
-    collect() {
-      this.set({ result: 'ok' }, state.rotations.ok);
-      this.set({ result: 'failed' }, state.rotations.failed);
-    },
-  });
-  return registry;
 }
 
 export interface HealthServer {
@@ -250,8 +282,10 @@ export async function startHealthServer(port: number, host: string, deps: Health
     if (req.method !== 'GET' && req.method !== 'HEAD') return send(res, 405, JSON.stringify({ error: 'read-only: GET only' }));
     (async () => {
       switch (route) {
-        case '/health':
-          return send(res, 200, JSON.stringify({ ok: true, phase: deps.state.phase }));
+        case '/health': {
+          const l = await liveness(deps);
+          return send(res, l.live ? 200 : 503, JSON.stringify({ ok: l.live, phase: deps.state.phase, ...(l.live ? {} : { reasons: l.reasons }) }));
+        }
         case '/ready': {
           const r = await readiness(deps);
           return send(res, r.ready ? 200 : 503, JSON.stringify(r));
@@ -259,12 +293,18 @@ export async function startHealthServer(port: number, host: string, deps: Health
         case '/status':
           return send(res, 200, JSON.stringify(await statusReport(deps)));
         case '/metrics': {
-          registry ??= buildRegistry(deps);
+          registry ??= import('./metrics.js').then((m) => m.buildRegistry(deps));
           const r = await registry;
           return send(res, 200, await r.metrics(), r.contentType);
         }
-        default:
-          return send(res, 404, JSON.stringify({ error: 'not found', endpoints: ['/health', '/ready', '/status', '/metrics'] }));
+        default: {
+          if (route?.startsWith('/ready/')) {
+            const r = await instanceReadiness(deps, decodeURIComponent(route.slice('/ready/'.length)));
+            if (r) return send(res, r.ready ? 200 : 503, JSON.stringify(r));
+            return send(res, 404, JSON.stringify({ error: 'no such instance', instances: deps.state.instances.map((i) => i.name) }));
+          }
+          return send(res, 404, JSON.stringify({ error: 'not found', endpoints: ['/health', '/ready', '/ready/<instance>', '/status', '/metrics'] }));
+        }
       }
     })().catch((error: unknown) => {
       deps.logger.error({ err: (error as Error).message, route }, 'health endpoint failed');
@@ -287,15 +327,21 @@ export async function startHealthServer(port: number, host: string, deps: Health
 }
 
 /** The boot's server, from the settings: a port it cannot take is a configuration error (exit 78). */
+export function healthRules(config: Pick<Config, 'readyMinInstances' | 'healthAllFailedMs' | 'healthEventLoopStallMs'>): HealthRules {
+  return { readyMinInstances: config.readyMinInstances, allFailedMs: config.healthAllFailedMs, eventLoopStallMs: config.healthEventLoopStallMs };
+}
+
 export async function startConfiguredHealthServer(
-  config: Pick<Config, 'healthPort' | 'healthBind' | 'comfyuiListen'>,
+  config: Pick<Config, 'healthPort' | 'healthBind' | 'comfyuiListen' | 'readyMinInstances' | 'healthAllFailedMs' | 'healthEventLoopStallMs'>,
   logger: Logger,
   state: BootState,
   listInstances: HealthDeps['listInstances'],
+  gpuHealth?: HealthDeps['gpuHealth'],
 ): Promise<HealthServer> {
   try {
-    const server = await startHealthServer(config.healthPort, config.healthBind, { state, logger, probeHost: probeHost(config.comfyuiListen), listInstances });
-    logger.info({ port: server.port, bind: config.healthBind }, `health server on ${config.healthBind}:${server.port} (/health, /ready, /status, /metrics)`);
+    const deps: HealthDeps = { state, logger, probeHost: probeHost(config.comfyuiListen), listInstances, rules: healthRules(config), ...(gpuHealth ? { gpuHealth } : {}) };
+    const server = await startHealthServer(config.healthPort, config.healthBind, deps);
+    logger.info({ port: server.port, bind: config.healthBind }, `health server on ${config.healthBind}:${server.port} (/health, /ready, /ready/<instance>, /status, /metrics)`);
     return server;
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;

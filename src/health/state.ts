@@ -1,6 +1,7 @@
 import type { GpuDetection } from '../gpus/detect.js';
 import type { CrashLoopFinding, InstanceRecord } from '../instances/instance-output.js';
 import type { InstancePlan } from '../instances/plan.js';
+import type { InstanceHealth } from '../instances/supervisor.js';
 
 /**
  * What the boot knows about itself, for /status and /metrics: names, figures and
@@ -38,6 +39,17 @@ export class BootState {
   readonly instanceRecords = new Map<string, InstanceRecord>();
   /** Set while every instance fails at start in the same way; cleared once one comes up. */
   crashLoop: CrashLoopFinding | undefined;
+  /** Per instance, from the supervisor's probes: answering, queue, hangs, restart budget, out of service. */
+  readonly health = new Map<string, InstanceHealth>();
+  /** Since when no instance in service answers (ms since the epoch); null while one does. */
+  allDownSince: number | null = null;
+  /** Whether PM2 answered the supervisor's last list. */
+  pm2Answering = true;
+  hungRestarts = 0;
+  /** The event loop's worst delay in the last window (ms), from the liveness monitor. */
+  eventLoopLagMs = 0;
+  /** Prompts a stop or a rotation cut off after the drain ran out of time. */
+  cutPrompts: Array<{ instance: string; prompts: string[]; at: string; during: 'shutdown' | 'rotation' }> = [];
 
   recordPhase(name: string, ms: number): void {
     this.phases.push({ name, ms });

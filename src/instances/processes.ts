@@ -40,6 +40,7 @@ interface Pm2Api {
   start(configFile: string, options: { only: string }, callback: Callback<unknown>): void;
   list(callback: Callback<Pm2ProcessDescription[]>): void;
   delete(name: string, callback: Callback<unknown>): void;
+  stop(name: string, callback: Callback<unknown>): void;
   launchBus(callback: Callback<Pm2Bus>): void;
   disconnect(callback?: () => void): void;
 }
@@ -289,6 +290,19 @@ export class ProcessManager {
       this.restarting.delete(name);
     }
     return (await this.list()).find((i) => i.name === name);
+  }
+
+  /**
+   * Stop one instance and leave it stopped (a failed or cordoned one): PM2 sends SIGINT, then SIGKILL
+   * after kill_timeout, and restarts it no more. Its exit is on purpose, not a crash.
+   */
+  async stopOne(name: string): Promise<void> {
+    this.restarting.add(name);
+    try {
+      await call((cb) => this.pm2.stop(name, cb));
+    } finally {
+      this.restarting.delete(name);
+    }
   }
 
   /** Relay each instance's output (line by line, through the masking logger) and report crashes. */

@@ -70,7 +70,7 @@ async function answersLikeComfyUi(host: string, port: number): Promise<boolean> 
 }
 
 /** GET `path` as JSON: the parsed body of a 200 answer of at most `maxBytes`, else undefined. */
-function getJson(host: string, port: number, path: string, timeoutMs: number, maxBytes: number): Promise<unknown> {
+export function getJson(host: string, port: number, path: string, timeoutMs: number, maxBytes = 1024 * 1024): Promise<unknown> {
   return new Promise((resolve) => {
     const request = http.get({ host, port, path, timeout: timeoutMs, agent: false }, (response) => {
       const chunks: Buffer[] = [];

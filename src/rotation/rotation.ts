@@ -8,6 +8,7 @@ import { PartialWriteError, type FileSession, type NodeFile } from '../files/env
 import { nodeSummaries, prepareNodeFiles, type PreparedNodes } from '../secrets/node-files.js';
 import type { InstancePlan } from '../instances/plan.js';
 import type { ProcessManager } from '../instances/processes.js';
+import { drainQueues } from '../instances/supervisor.js';
 import { waitForInstance } from '../instances/readiness.js';
 import type { BootState } from '../health/state.js';
 
@@ -197,9 +198,22 @@ export class Rotator {
   }
 
   private async restartOne(instance: InstancePlan): Promise<boolean> {
-    const { state, processes, config } = this.deps;
+    const { state, processes, config, logger } = this.deps;
+    // Drain first: out of readiness, then its queue may empty (ROTATION_DRAIN_MS) before the restart.
+    const health = state.health.get(instance.name);
+    if (health?.out) return true;
+    if (health) health.draining = 'a rotation restarts it';
+    if (config.rotationDrainMs > 0) {
+      const left = await drainQueues(this.deps.probeHost, [instance], Date.now() + config.rotationDrainMs);
+      const cut = left.get(instance.name);
+      if (cut?.length) {
+        state.cutPrompts.push({ instance: instance.name, prompts: cut, at: new Date().toISOString(), during: 'rotation' });
+        logger.error({ instance: instance.name, prompts: cut }, `${instance.name}: ${cut.length} prompt(s) still queued after ROTATION_DRAIN_MS=${config.rotationDrainMs}; the rotation restart cuts them off`);
+      }
+    }
     state.rotating = instance.name;
     try {
+      if (health) health.draining = null;
       await processes.restartFresh(instance.name);
       return await waitForInstance(this.deps.probeHost, instance.port, Date.now() + config.readyTimeoutMs, this.abort.signal, async () => (await processes.list().catch(() => [])).find((i) => i.name === instance.name)?.pid);
     } finally {

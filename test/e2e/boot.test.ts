@@ -142,7 +142,7 @@ describe('start: the whole boot with real PM2', () => {
     // PM2's pid file and sockets go with the boot.
     for (const name of ['pm2.pid', 'rpc.sock', 'pub.sock']) expect(existsSync(path.join(ws.pm2Home, name))).toBe(false);
     const phases = boot.logs().map((l) => l.phase).filter(Boolean);
-    expect(phases).toEqual(['config', 'recover', 'detect', 'secrets', 'write', 'pm2-start', 'ready', 'wipe', 'shutdown']);
+    expect(phases).toEqual(['config', 'recover', 'detect', 'secrets', 'write', 'pm2-start', 'ready', 'drain', 'wipe', 'shutdown']);
   });
 
   it('runs each instance on its own detected GPU with a stand-in nvidia-smi', async () => {

@@ -28,7 +28,7 @@ describe('health endpoints', () => {
       const r = await fetch(`${base}/ready?probe=$(touch%20/tmp/x)`);
       return r.status === 200 ? r : undefined;
     });
-    expect(await ready.json()).toEqual({ ready: true, reason: 'all instances answer', instances: { 'comfyui-gpu0': true, 'comfyui-gpu1': true } });
+    expect(await ready.json()).toEqual({ ready: true, reason: 'all instances answer', instances: { 'comfyui-gpu0': true, 'comfyui-gpu1': true }, counts: { ready: 2, total: 2, required: 2 } });
 
     await boot.waitForLog((l) => l.phase === 'ready', 'ready logged');
     const status = (await (await fetch(`${base}/status`)).json()) as {
@@ -60,7 +60,12 @@ describe('health endpoints', () => {
     const text = await metrics.text();
     expect(text).toContain('gpu_boot_ready 1');
     expect(text).toContain('gpu_boot_gpus 2');
-    expect(text).toMatch(/gpu_boot_instance_restarts\{instance="comfyui-gpu1",gpu="1",device="gpu1",port="\d+"\} 0/);
+    expect(text).toContain('gpu_boot_instance_restarts_total{instance="comfyui-gpu1",gpu="1",uuid="MOCK-0001",device="gpu1"} 0');
+    expect(text).toContain('# TYPE gpu_boot_instance_restarts_total counter');
+    expect(text).toContain('gpu_boot_instance_up{instance="comfyui-gpu0",gpu="0",uuid="MOCK-0000",device="gpu0"} 1');
+    expect(text).toContain('gpu_boot_live 1');
+    expect(text).toContain('gpu_boot_degraded 0');
+    expect(text).not.toContain('process_process');
     // Mock GPUs: each used, under its mock UUID.
     expect(text).toContain('gpu_boot_device_used{device="gpu0",uuid="MOCK-0000",gpu="0"} 1');
     expect(text).toContain('gpu_boot_device_used{device="gpu1",uuid="MOCK-0001",gpu="1"} 1');

@@ -31,6 +31,13 @@ fails the way the real ComfyUI fails (recordings of the real one: test/fixtures/
   whether it loaded, and the error when it did not.
 - STANDIN_START_DELAY_MS: sleep that long where the real one imports torch (seconds), before the
   device lines, so a test can make the start slow.
+- The queue: POST /prompt queues a prompt, which runs for its extra_data.standin_seconds (0.05 s by
+  default), one at a time; GET /queue shows queue_running and queue_pending as ComfyUI does.
+  Failures on demand, while the file a variable names exists: STANDIN_HANG_FILE (requests are taken
+  and never answered, the process lives), STANDIN_WORKER_DEAD_FILE (the worker stops: the running
+  prompt stays running, the server still answers), STANDIN_FAIL_FILE (at start, after the device
+  lines: `RuntimeError: CUDA error: an illegal memory access was encountered`, exit 1). `{port}` in
+  such a path is the instance's own port. SIGINT cuts a running prompt, as ComfyUI does.
 
 gpu-boot's tests copy this file and comfy/ into their workspaces (test/helpers/boot.ts), as a
 ComfyUI checkout has them.
@@ -72,6 +79,12 @@ cli_args = load_cli_args()
 args = cli_args.finish(cli_args.parser.parse_args())
 
 logging.basicConfig(format="%(message)s", level=getattr(logging, args.verbose), stream=sys.stdout if args.log_stdout else sys.stderr)
+
+
+def exists_env_file(variable):
+    """Whether the file the variable names exists; `{port}` in it is this instance's port (one instance of several)."""
+    path = os.environ.get(variable)
+    return bool(path) and os.path.exists(path.replace("{port}", str(args.port)))
 
 # What the launcher gave this process, before ComfyUI's own changes.
 received_env = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "GPU_INDEX", "GPU_UUID", "GPU_DEVICE", "GPU_SLOT", "GPU_MODEL", "GPU_MEMORY_GB")}
@@ -213,6 +226,8 @@ logging.info(f"Set vram state to: {VRAM_STATE}")
 logging.info("Device: {}".format(DEVICE_NAME))
 logging.info("VAE dtype: {}".format(VAE_DTYPE))
 logging.info(ATTENTION)
+if exists_env_file("STANDIN_FAIL_FILE"):
+    raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
 
 # --- folders ------------------------------------------------------------------------------------
@@ -741,6 +756,27 @@ def respond_json(value, status=200):
     return status, "application/json; charset=utf-8", json.dumps(value).encode()
 
 
+# The queue, as ComfyUI keeps it: one prompt runs at a time, the rest wait. Each entry is
+# [number, prompt_id, prompt, extra_data, outputs_to_execute]. A prompt "runs" for
+# extra_data.standin_seconds (0.05 by default); STANDIN_WORKER_DEAD_FILE, once it exists, stops the
+# worker as a dead executor would: the running prompt stays in queue_running, the server answers.
+queue_running = []
+queue_pending = []
+
+
+async def worker():
+    while True:
+        if queue_pending and not queue_running and not exists_env_file("STANDIN_WORKER_DEAD_FILE"):
+            queue_running.append(queue_pending.pop(0))
+        if queue_running and not exists_env_file("STANDIN_WORKER_DEAD_FILE"):
+            entry = queue_running[0]
+            started = entry[3].setdefault("standin_started", time.monotonic())
+            if time.monotonic() - started >= float(entry[3].get("standin_seconds", 0.05)):
+                queue_running.pop(0)
+                logging.info("Prompt executed in {:.2f} seconds".format(time.monotonic() - started))
+        await asyncio.sleep(0.02)
+
+
 def post_prompt(body):
     try:
         data = json.loads(body or b"{}")
@@ -748,14 +784,21 @@ def post_prompt(body):
         data = None
     if not isinstance(data, dict) or not isinstance(data.get("prompt"), dict):
         return respond_json({"error": {"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided", "extra_info": {}}, "node_errors": {}}, 400)
-    return respond_json({"prompt_id": str(uuid.uuid4()), "number": next(prompt_number), "node_errors": {}})
+    prompt_id, number = str(uuid.uuid4()), next(prompt_number)
+    extra = data.get("extra_data") if isinstance(data.get("extra_data"), dict) else {}
+    queue_pending.append([number, prompt_id, data["prompt"], dict(extra), []])
+    return respond_json({"prompt_id": prompt_id, "number": number, "node_errors": {}})
+
+
+def queue_view(entries):
+    return [[e[0], e[1], e[2], {k: v for k, v in e[3].items() if k != "standin_started"}, e[4]] for e in entries]
 
 
 GET_ROUTES = {
     "/": lambda: (200, "text/html", INDEX),
     "/system_stats": lambda: respond_json(system_stats()),
-    "/queue": lambda: respond_json({"queue_running": [], "queue_pending": []}),
-    "/prompt": lambda: respond_json({"exec_info": {"queue_remaining": 0}}),
+    "/queue": lambda: respond_json({"queue_running": queue_view(queue_running), "queue_pending": queue_view(queue_pending)}),
+    "/prompt": lambda: respond_json({"exec_info": {"queue_remaining": len(queue_running) + len(queue_pending)}}),
     "/object_info": lambda: respond_json(object_info()),
     "/history": lambda: respond_json({}),
     "/embeddings": lambda: respond_json([]),
@@ -799,6 +842,9 @@ async def handle(reader, writer):
             if name.strip().lower() == "content-length":
                 length = int(value.strip())
         body = await reader.readexactly(length) if length > 0 else b""
+        # A hung server (STANDIN_HANG_FILE exists): the connection is taken, no answer comes, the process lives.
+        while exists_env_file("STANDIN_HANG_FILE"):
+            await asyncio.sleep(0.05)
         try:
             status, content_type, payload = route(method, target.split("?", 1)[0], body)
         except Exception:
@@ -838,7 +884,7 @@ async def run(addresses, port, verbose=True):
         if verbose:
             logging.info("Starting server\n")
             logging.info("To see the GUI go to: {}://{}:{}".format(scheme, address_print, port))
-    await asyncio.Event().wait()
+    await worker()
 
 
 def sigterm(_signum, _frame):

@@ -1,0 +1,278 @@
+import type { Logger } from 'pino';
+import { describeError } from '../errors.js';
+import type { BootState } from '../health/state.js';
+import { withTimeout } from '../timeout.js';
+import type { InstancePlan } from './plan.js';
+import type { InstanceState } from './processes.js';
+import { getJson } from './readiness.js';
+
+/**
+ * The instances' supervisor: once the boot runs, it probes each instance on a period and acts.
+ * - Hung: PM2 says online, it has served since its start, and /system_stats has not answered within
+ *   the timeout for N probes in a row (or its running prompt has not changed for PROMPT_STALL_MS):
+ *   restarted, one at a time, logged and counted.
+ * - A restart budget: more than RESTART_LIMIT restarts within RESTART_WINDOW_MS and the instance is
+ *   failed: stopped and reported, no longer restarted.
+ * - What /ready, /health and /metrics need: who answers, queue depths, since when nothing answers.
+ * One tick at a time: the next is scheduled when the last is done, so probes never stack.
+ */
+
+export interface SupervisorSettings {
+  intervalMs: number;
+  hangTimeoutMs: number;
+  hangProbes: number;
+  /** 0: off. */
+  promptStallMs: number;
+  /** 0: no budget (PM2 restarts forever). */
+  restartLimit: number;
+  restartWindowMs: number;
+}
+
+export interface QueueView {
+  running: number;
+  pending: number;
+  /** The prompt id ComfyUI runs now, or null. */
+  runningPrompt: string | null;
+  /** When this supervisor first saw that prompt running (ms since the epoch). */
+  runningSince: number | null;
+  /** Ids of every queued prompt, running first: what a forced stop would cut. */
+  ids: string[];
+}
+
+export interface OutOfService {
+  kind: 'failed' | 'cordoned';
+  reason: string;
+  at: string;
+}
+
+export interface InstanceHealth {
+  name: string;
+  gpu: number;
+  /** The last probe's verdict; null before the first. */
+  answering: boolean | null;
+  consecutiveFailures: number;
+  /** It answered since PM2 last started it: only then can it be hung (a start that loads models is not). */
+  servedSinceStart: boolean;
+  lastAnsweredAt: number | null;
+  queue: QueueView | null;
+  hungRestarts: number;
+  lastHang: { at: string; reason: string } | null;
+  /** Times (ms) of the restarts PM2 made within the window. */
+  restartTimes: number[];
+  /** PM2's restart count when last seen: a rise is as many restarts. */
+  pm2Restarts: number | null;
+  pid: number | null;
+  out: OutOfService | null;
+  draining: string | null;
+}
+
+export interface SupervisorDeps {
+  logger: Logger;
+  state: BootState;
+  probeHost: string;
+  settings: SupervisorSettings;
+  list: () => Promise<InstanceState[]>;
+  restart: (name: string) => Promise<unknown>;
+  stop: (name: string) => Promise<void>;
+  /** Called once when no instance is left in service (each failed or cordoned). */
+  onNothingLeft: (reason: string) => void;
+}
+
+export function newInstanceHealth(plan: Pick<InstancePlan, 'name' | 'gpuIndex'>): InstanceHealth {
+  return {
+    name: plan.name,
+    gpu: plan.gpuIndex,
+    answering: null,
+    consecutiveFailures: 0,
+    servedSinceStart: false,
+    lastAnsweredAt: null,
+    queue: null,
+    hungRestarts: 0,
+    lastHang: null,
+    restartTimes: [],
+    pm2Restarts: null,
+    pid: null,
+    out: null,
+    draining: null,
+  };
+}
+
+/** ComfyUI's GET /queue: `{queue_running: [[number, prompt_id, ...]], queue_pending: [...]}`. */
+export function readQueue(body: unknown): { running: string[]; pending: string[] } | undefined {
+  if (typeof body !== 'object' || body === null) return undefined;
+  const { queue_running: running, queue_pending: pending } = body as { queue_running?: unknown; queue_pending?: unknown };
+  if (!Array.isArray(running) || !Array.isArray(pending)) return undefined;
+  const id = (entry: unknown): string => (Array.isArray(entry) && typeof entry[1] === 'string' ? entry[1] : '?');
+  return { running: running.map(id), pending: pending.map(id) };
+}
+
+export class Supervisor {
+  private timer: NodeJS.Timeout | undefined;
+  private closed = false;
+  private tick: Promise<void> | undefined;
+  private nothingLeftSent = false;
+  private everAnswered = false;
+
+  constructor(private readonly deps: SupervisorDeps) {
+    for (const plan of deps.state.instances) if (!deps.state.health.has(plan.name)) deps.state.health.set(plan.name, newInstanceHealth(plan));
+  }
+
+  start(): void {
+    this.schedule(0);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.timer);
+    await this.tick;
+  }
+
+  private schedule(delay: number): void {
+    if (this.closed) return;
+    this.timer = setTimeout(() => {
+      this.tick = this.checkOnce()
+        .catch((error: unknown) => this.deps.logger.error({ err: describeError(error) }, 'supervisor check failed'))
+        .finally(() => this.schedule(this.deps.settings.intervalMs));
+    }, delay);
+    this.timer.unref();
+  }
+
+  /** One round: PM2's list, then each instance in service probed; at most one restart for a hang. */
+  async checkOnce(): Promise<void> {
+    const { state, settings, logger } = this.deps;
+    if (state.phase !== 'running') return;
+    const list = await withTimeout(this.deps.list().catch(() => undefined), 2000);
+    state.pm2Answering = list !== undefined;
+    const now = Date.now();
+    const checked = await Promise.all(
+      state.instances.map(async (plan) => {
+        const health = state.health.get(plan.name) ?? newInstanceHealth(plan);
+        state.health.set(plan.name, health);
+        if (health.out || !list) return health;
+        const live = list.find((p) => p.name === plan.name);
+        const pid = live && live.pid > 0 ? live.pid : null;
+        // PM2's own count: restarts between two rounds are seen too (a gpu-boot restart makes a new app, from 0).
+        if (live && health.pm2Restarts !== null && live.restarts > health.pm2Restarts) {
+          for (let n = health.pm2Restarts; n < live.restarts; n++) health.restartTimes.push(now);
+        }
+        if (live) health.pm2Restarts = live.restarts;
+        if (pid !== health.pid) {
+          // A new process (PM2 restarted it, or it is down): counters start again.
+          health.pid = pid;
+          health.servedSinceStart = false;
+          health.consecutiveFailures = 0;
+          health.queue = null;
+        }
+        health.restartTimes = health.restartTimes.filter((t) => now - t <= settings.restartWindowMs);
+        const stats = pid ? await getJson(this.deps.probeHost, plan.port, '/system_stats', settings.hangTimeoutMs) : undefined;
+        health.answering = stats !== undefined;
+        if (stats !== undefined) {
+          health.servedSinceStart = true;
+          health.consecutiveFailures = 0;
+          health.lastAnsweredAt = now;
+          const queue = readQueue(await getJson(this.deps.probeHost, plan.port, '/queue', settings.hangTimeoutMs));
+          if (queue) {
+            const runningPrompt = queue.running[0] ?? null;
+            const runningSince = runningPrompt && health.queue?.runningPrompt === runningPrompt ? health.queue.runningSince : runningPrompt ? now : null;
+            health.queue = { running: queue.running.length, pending: queue.pending.length, runningPrompt, runningSince, ids: [...queue.running, ...queue.pending] };
+          }
+        } else if (pid && live?.status === 'online' && health.servedSinceStart) {
+          health.consecutiveFailures += 1;
+        }
+        return health;
+      }),
+    );
+    // The restart budget first: an instance over it is failed, not restarted again.
+    for (const health of checked) {
+      if (health.out || settings.restartLimit <= 0 || health.restartTimes.length <= settings.restartLimit) continue;
+      const record = state.instanceRecords.get(health.name);
+      const last = record?.lastExit ? `; last exit ${record.lastExit.signal ?? `code ${record.lastExit.code}`}${record.lastError ? `: ${record.lastError}` : ''}` : '';
+      await this.takeOut(health, 'failed', `restarted ${health.restartTimes.length} times within ${Math.round(settings.restartWindowMs / 1000)} s (RESTART_LIMIT=${settings.restartLimit})${last}`);
+    }
+    // Hangs, one restart per round: the others wait for the next.
+    const hung = checked.find((h) => !h.out && !h.draining && this.hangReason(h, now));
+    if (hung) {
+      const reason = this.hangReason(hung, now)!;
+      hung.hungRestarts += 1;
+      hung.lastHang = { at: new Date(now).toISOString(), reason };
+      state.hungRestarts += 1;
+      logger.warn({ instance: hung.name, reason, hungRestarts: hung.hungRestarts }, `instance ${hung.name} is hung (${reason}): restarting it`);
+      hung.consecutiveFailures = 0;
+      hung.servedSinceStart = false;
+      hung.queue = null;
+      await this.deps.restart(hung.name).catch((error: unknown) => logger.error({ instance: hung.name, err: describeError(error) }, `could not restart ${hung.name}`));
+      hung.pid = null;
+      // The new app counts from 0; this restart counts against the budget.
+      hung.pm2Restarts = 0;
+      hung.restartTimes.push(now);
+    }
+    // "No instance answers" counts once one has answered: a start that loads models for long is not a failure.
+    const anyAnswering = checked.some((h) => !h.out && h.answering);
+    if (anyAnswering) {
+      this.everAnswered = true;
+      state.allDownSince = null;
+    } else if (this.everAnswered) state.allDownSince ??= now;
+    this.checkNothingLeft();
+  }
+
+  private hangReason(health: InstanceHealth, now: number): string | undefined {
+    const { settings } = this.deps;
+    if (health.consecutiveFailures >= settings.hangProbes) {
+      return `alive, but /system_stats did not answer within ${settings.hangTimeoutMs} ms ${health.consecutiveFailures} times in a row`;
+    }
+    const q = health.queue;
+    if (settings.promptStallMs > 0 && q?.runningPrompt && q.runningSince !== null && now - q.runningSince >= settings.promptStallMs) {
+      return `prompt ${q.runningPrompt} has been running for ${Math.round((now - q.runningSince) / 1000)} s with no progress (PROMPT_STALL_MS=${settings.promptStallMs})`;
+    }
+    return undefined;
+  }
+
+  /** Take an instance out of service for good: stopped, shown in /status, counted against the exit rule. */
+  async takeOut(health: InstanceHealth, kind: OutOfService['kind'], reason: string): Promise<void> {
+    if (health.out) return;
+    health.out = { kind, reason, at: new Date().toISOString() };
+    this.deps.logger.error({ instance: health.name, kind, reason }, `instance ${health.name} is out of service (${kind}): ${reason}`);
+    await this.deps.stop(health.name).catch((error: unknown) => this.deps.logger.error({ instance: health.name, err: describeError(error) }, `could not stop ${health.name}`));
+    this.checkNothingLeft();
+  }
+
+  /** The GPU watchdog cordoned GPU `gpu`: every instance on it goes out of service. */
+  async cordonGpu(gpu: number, reason: string): Promise<void> {
+    for (const health of this.deps.state.health.values()) {
+      if (health.gpu === gpu) await this.takeOut(health, 'cordoned', `GPU ${gpu} cordoned: ${reason}`);
+    }
+  }
+
+  private checkNothingLeft(): void {
+    const all = [...this.deps.state.health.values()];
+    if (this.nothingLeftSent || all.length === 0 || !all.every((h) => h.out)) return;
+    this.nothingLeftSent = true;
+    this.deps.onNothingLeft(`no instance left in service: ${all.map((h) => `${h.name} ${h.out!.kind}`).join(', ')}`);
+  }
+}
+
+/**
+ * Wait until the queues of `instances` are empty (nothing running, nothing pending), or until
+ * `deadline`; returns the prompt ids still queued then, per instance: what a stop now cuts off.
+ */
+export async function drainQueues(probeHost: string, instances: Array<Pick<InstancePlan, 'name' | 'port'>>, deadline: number, pollMs = 200): Promise<Map<string, string[]>> {
+  const left = new Map<string, string[]>();
+  await Promise.all(
+    instances.map(async (instance) => {
+      for (;;) {
+        const remaining = deadline - Date.now();
+        const queue = readQueue(await getJson(probeHost, instance.port, '/queue', Math.max(100, Math.min(1000, remaining))));
+        const ids = queue ? [...queue.running, ...queue.pending] : [];
+        // No answer: nothing can be told to be running (a dead or hung instance is stopped anyway).
+        if (!queue || ids.length === 0) {
+          left.delete(instance.name);
+          return;
+        }
+        left.set(instance.name, ids);
+        if (Date.now() + pollMs > deadline) return;
+        await new Promise((resolve) => setTimeout(resolve, pollMs).unref());
+      }
+    }),
+  );
+  return left;
+}
