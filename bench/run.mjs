@@ -339,6 +339,21 @@ async function linkFloor(nodes) {
 results.floor.links100Ms = await linkFloor(100);
 results.floor.links500Ms = await linkFloor(500);
 
+// The GPU watchdog (issue 13), in its own process: CPU per check against the shell loop's, and memory.
+const watchdogRuns = [];
+for (let r = 0; r < ROUNDS; r++) watchdogRuns.push(JSON.parse(execFileSync(process.execPath, [...NODE_FLAGS, '--expose-gc', path.join(ROOT, 'bench', 'watchdog-cost.mjs')], { encoding: 'utf8' })));
+const WATCHDOG_DEFAULT_INTERVAL_MS = 30_000;
+const checksPerHour = 3_600_000 / WATCHDOG_DEFAULT_INTERVAL_MS;
+results.watchdog = {
+  gpus: watchdogRuns[0].gpus,
+  selfMsPerCheck: stats(watchdogRuns.map((w) => w.perCheck.selfMs)),
+  nvidiaSmiMsPerCheck: stats(watchdogRuns.map((w) => w.perCheck.nvidiaSmiMs)),
+  peerMsPerCheck: stats(watchdogRuns.map((w) => w.peerPerCheckMs)),
+  selfCpuSecondsPerHour: stats(watchdogRuns.map((w) => (w.perCheck.selfMs * checksPerHour) / 1000)),
+  rssGrowthMb: stats(watchdogRuns.map((w) => w.rssGrowthMb)),
+  heapGrowthMb: stats(watchdogRuns.map((w) => w.heapGrowthMb)),
+};
+
 results.files = [];
 for (const storage of ['tmpfs', 'in-place']) for (const nodes of [10, 100, 500]) results.files.push(await fileCost(nodes, storage));
 
@@ -364,6 +379,12 @@ const verdicts = [
   // The disk's own growth from 100 to 500 new entries, measured in this run, bounds what the writes can do.
   [`write and wipe grow linearly: per node at 500 <= 2 x per node at 100, or 2 x the disk floor's own ratio (${floorRatio.toFixed(2)} this run)`, round1(Math.max(linear('writeMs'), linear('wipeMs')) * 100) / 100, Math.max(linear('writeMs'), linear('wipeMs')) <= 2 * Math.max(1, floorRatio)],
 ];
+const wd = results.watchdog;
+verdicts.push(
+  [`GPU watchdog, ${wd.gpus} GPUs, every ${WATCHDOG_DEFAULT_INTERVAL_MS / 1000} s: gpu-boot's own CPU <= 2 s per hour`, wd.selfCpuSecondsPerHour.median, wd.selfCpuSecondsPerHour.median <= 2],
+  [`GPU watchdog: gpu-boot's own CPU per check <= 5 x the shell loop's whole check (${round1(wd.peerMsPerCheck.median)} ms, nvidia-smi included)`, wd.selfMsPerCheck.median, wd.selfMsPerCheck.median <= 5 * Math.max(1, wd.peerMsPerCheck.median)],
+  ['GPU watchdog: heap kept after the checks (a full collection) <= 2 MB', wd.heapGrowthMb.median, wd.heapGrowthMb.median <= 2],
+);
 results.verdicts = verdicts.map(([target, value, pass]) => ({ target, value: round1(value), pass }));
 
 printScenarios();
@@ -371,6 +392,7 @@ console.log('\nfiles alone (writeNodeFiles, then wipeRecordedFiles):');
 console.log('| nodes | storage | write | wipe |');
 console.log('|---|---|---|---|');
 for (const f of results.files) console.log(`| ${f.nodes} | ${f.storage} | ${fmt(f.writeMs)} | ${fmt(f.wipeMs)} |`);
+console.log(`\nGPU watchdog, ${wd.gpus} GPUs (stand-in nvidia-smi), per check: gpu-boot ${fmt(wd.selfMsPerCheck)} ms CPU, nvidia-smi ${fmt(wd.nvidiaSmiMsPerCheck)} ms; the shell loop ${fmt(wd.peerMsPerCheck)} ms in all; gpu-boot's own ${fmt(wd.selfCpuSecondsPerHour)} CPU s per hour at ${WATCHDOG_DEFAULT_INTERVAL_MS / 1000} s; RSS growth ${fmt(wd.rssGrowthMb)} MB, heap kept ${fmt(wd.heapGrowthMb)} MB`);
 console.log('');
 for (const v of results.verdicts) console.log(`${v.pass ? 'PASS' : 'MISS'}  ${v.target}: ${v.value}`);
 mkdirSync(OUT, { recursive: true });

@@ -328,3 +328,55 @@ describe('the GPU watchdog', () => {
     expect(String(cordons[0]!.msg)).toMatch(/did not answer within 600 ms/);
   });
 });
+
+describe('a prompt that makes no progress, and a rotation that drains first', () => {
+  const queuePrompt = async (port: number, seconds: number): Promise<string> => {
+    const response = await fetch(`http://127.0.0.1:${port}/prompt`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: { '1': { class_type: 'KSampler', inputs: {} } }, extra_data: { standin_seconds: seconds } }) });
+    return ((await response.json()) as { prompt_id: string }).prompt_id;
+  };
+
+  it('PROMPT_STALL_MS: a running prompt that does not change is a hang (its worker died): restarted, the reason names the prompt', async () => {
+    const w = await workspace(1);
+    const dead = path.join(w.root, 'worker-dead');
+    boot = startBoot(['start'], { ...w.env, HF_TOKEN, ...FAST, PROMPT_STALL_MS: '1500', STANDIN_WORKER_DEAD_FILE: dead });
+    await boot.waitForLog((l) => l.phase === 'ready', 'ready');
+    const id = await queuePrompt(w.portStart, 600);
+    await waitFor('running', async () => ((await getJson(w.portStart, '/queue')) as { queue_running: unknown[] }).queue_running.length > 0 || undefined);
+    await writeFile(dead, '');
+    const line = await boot.waitForLog((l) => typeof l.msg === 'string' && l.msg.startsWith('instance comfyui-gpu0 is hung'), 'stall restart', 30_000);
+    expect(line.msg).toMatch(new RegExp(`^instance comfyui-gpu0 is hung \\(prompt ${id} has been running for \\d+ s with no progress \\(PROMPT_STALL_MS=1500\\)\\): restarting it$`));
+    await rm(dead);
+    const back = await waitFor('answering again', async () => {
+      const s = await status(w);
+      return s.instances[0]!.health.answering && s.hungRestarts === 1 && s.instances[0]!.health.queue ? s : undefined;
+    }, 30_000);
+    expect(back.instances[0]!.health.queue).toEqual({ running: 0, pending: 0, runningPrompt: null });
+    boot.child.kill('SIGTERM');
+    expect((await boot.child).exitCode).toBe(0);
+  });
+
+  it('a rotation drains an instance first: out of readiness while its prompt finishes, then restarted', async () => {
+    const w = await workspace(1);
+    const secret = path.join(w.secrets, 'hf');
+    await writeFile(secret, 'hf_first_value_1234\n');
+    const env: Record<string, string> = { ...w.env, HF_TOKEN_FILE: secret, ROTATION_DEBOUNCE_MS: '100', ROTATION_DRAIN_MS: '20000' };
+    boot = startBoot(['start'], env);
+    await boot.waitForLog((l) => l.phase === 'ready', 'ready');
+    await queuePrompt(w.portStart, 3);
+    await waitFor('running', async () => ((await getJson(w.portStart, '/queue')) as { queue_running: unknown[] }).queue_running.length > 0 || undefined);
+    await writeFile(secret, 'hf_second_value_5678\n');
+    const draining = await waitFor('draining', async () => {
+      const r = await http200(w.healthPort, '/ready/comfyui-gpu0');
+      return r.status === 503 && r.body.reason === 'draining: a rotation restarts it' ? r : undefined;
+    }, 20_000);
+    expect(draining.body).toEqual({ ready: false, instance: 'comfyui-gpu0', reason: 'draining: a rotation restarts it' });
+    // Still the old process, its prompt still running.
+    expect(((await getJson(w.portStart, '/queue')) as { queue_running: unknown[] }).queue_running).toHaveLength(1);
+    const rotated = await boot.waitForLog((l) => l.phase === 'rotation', 'rotation', 30_000);
+    expect(rotated.instances).toEqual(['comfyui-gpu0']);
+    expect(boot.lines.some((l) => l.includes('Prompt executed in'))).toBe(true);
+    expect((await status(w)) as unknown as { cutPrompts: unknown[] }).toMatchObject({ cutPrompts: [] });
+    boot.child.kill('SIGTERM');
+    expect((await boot.child).exitCode).toBe(0);
+  });
+});
