@@ -28,6 +28,7 @@ import { Supervisor, type SupervisorSettings } from './instances/supervisor.js';
 import { GpuWatchdog, type Finding } from './gpus/watchdog.js';
 import { requestReallocation } from './gpus/reallocate.js';
 import { watchEventLoop } from './health/event-loop.js';
+import { withTimeout } from './timeout.js';
 
 /**
  * The lifecycle, and the only place that knows the order of the phases:
@@ -402,11 +403,13 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     });
 
     // Healing: the supervisor (hangs, the restart budget) and the GPU watchdog (cordons).
-    const giveUp = (reason: string): void => {
-      if (nothingLeft) return;
+    // Only while the boot runs: a stop already under way is not a machine to replace.
+    const giveUp = (reason: string, gpuFailed: boolean): void => {
+      if (nothingLeft || state.phase !== 'running') return;
       nothingLeft = reason;
       logger.error({ reason }, `${reason}: this machine cannot serve; stopping (exit 71)`);
-      void askForAnotherMachine(ctx, reason).finally(() => stops.request('nothing left in service'));
+      // A GPU that failed is the machine's fault: ask the platform for another one first.
+      void (gpuFailed ? askForAnotherMachine(ctx, reason) : Promise.resolve()).finally(() => stops.request('nothing left in service'));
     };
     supervisor = new Supervisor({
       logger,
@@ -416,15 +419,15 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
       list: () => processes.list(),
       restart: (name) => processes.restartFresh(name),
       stop: (name) => processes.stopOne(name),
-      onNothingLeft: giveUp,
+      onNothingLeft: (reason) => giveUp(reason, [...state.health.values()].some((h) => h.out?.kind === 'cordoned')),
     });
     supervisor.start();
     watchdog = startWatchdog(ctx, gpus, (gpu, reason) => {
       logger.error({ gpu: gpu.index, uuid: gpu.uuid, reason }, `GPU ${gpu.index} cordoned: ${reason}`);
       // The watchdog's own verdict first: with no healthy GPU the machine is what failed.
       const snapshot = watchdog?.snapshot();
-      if (snapshot && snapshot.gpus.every((g) => g.state === 'cordoned')) giveUp(`no healthy GPU left (GPU ${gpu.index}: ${reason})`);
-      void supervisor?.cordonGpu(gpu.index, reason);
+      if (snapshot && snapshot.gpus.every((g) => g.state === 'cordoned')) giveUp(`no healthy GPU left (GPU ${gpu.index}: ${reason})`, true);
+      if (state.phase === 'running') void supervisor?.cordonGpu(gpu.index, reason);
     }, (finding) => logger.warn({ gpu: finding.gpu, kind: finding.kind }, `GPU watchdog: ${finding.message}`));
 
     // Readiness runs beside the wait for a signal: a SIGTERM during a slow start is honoured at once.
@@ -453,8 +456,9 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     stopDaemonWatch();
     const drain = state.phase === 'running' && !daemonDied;
     state.phase = 'stopping';
+    // Neither may act any more, nor hold the stop: their rounds in flight are left to finish alone.
     await supervisor?.close();
-    await watchdog?.stop();
+    await withTimeout(watchdog?.stop() ?? Promise.resolve(), 500);
     stopLoopWatch();
     // A rotation in progress finishes its write first: a file is never cut in half.
     await rotator?.close();
@@ -468,7 +472,8 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     if (daemonDied && exitCode === ExitCode.ok) exitCode = ExitCode.ioError;
     // Restarting an instance that refuses its configuration would loop forever: a finding, exit 78.
     if (crashLoopMessage && exitCode === ExitCode.ok) exitCode = ExitCode.config;
-    if (nothingLeft && exitCode === ExitCode.ok) exitCode = ExitCode.osError;
+    // What the platform must act on first: replace the machine (a GPU stuck in the driver often leaves a process that makes it 74).
+    if (nothingLeft && (exitCode === ExitCode.ok || exitCode === ExitCode.ioError)) exitCode = ExitCode.osError;
     stopCrashWatch();
     stops.dispose();
   }

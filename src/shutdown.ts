@@ -12,7 +12,7 @@ export interface KnownPid {
 }
 import { isAlive, type ProcessManager } from './instances/processes.js';
 import { probeHost, type InstancePlan } from './instances/plan.js';
-import { drainQueues } from './instances/supervisor.js';
+import { drainQueues, recordCutPrompts } from './instances/supervisor.js';
 
 /** The finish stage: stop instances within the budget, then wipe no matter what, then stop PM2. */
 export async function shutdown(ctx: RunContext, processes: ProcessManager, knownPids: KnownPid[], files: FileSession | undefined, drain: InstancePlan[] = []): Promise<number> {
@@ -27,10 +27,10 @@ export async function shutdown(ctx: RunContext, processes: ProcessManager, known
     const reserve = Math.max(1000, config.shutdownTimeoutMs / 4) + config.killTimeoutMs;
     const drainEnd = budgetEnd - reserve;
     const drainStarted = performance.now();
-    const left = await drainQueues(probeHost(config.comfyuiListen), drain, drainEnd);
-    const at = new Date().toISOString();
+    const known = new Map(drain.map((i) => [i.name, ctx.state?.health.get(i.name)?.queue?.ids ?? []] as const));
+    const left = await drainQueues(probeHost(config.comfyuiListen), drain, drainEnd, { known });
     for (const [instance, prompts] of left) {
-      ctx.state?.cutPrompts.push({ instance, prompts, at, during: 'shutdown' });
+      if (ctx.state) recordCutPrompts(ctx.state, instance, prompts, 'shutdown');
       logger.error({ instance, prompts }, `${instance}: ${prompts.length} prompt(s) still queued when the drain ran out of the shutdown budget; the stop cuts them off`);
     }
     logger.info({ phase: 'drain', ms: Math.round(performance.now() - drainStarted), cut: [...left.values()].reduce((n, p) => n + p.length, 0) }, left.size ? 'drain ran out of time' : 'drained: no prompt running');

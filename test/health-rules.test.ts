@@ -50,12 +50,13 @@ describe('liveness (/health)', () => {
     expect((await liveness({ ...d, rules: { readyMinInstances: 'all', allFailedMs: 0, eventLoopStallMs: 0 } })).live).toBe(true);
   });
 
-  it('no healthy GPU left: every GPU cordoned or failing; a GPU not checked yet is not unhealthy', async () => {
+  it('no healthy GPU left: every GPU cordoned; one failing (a single failed check) or not checked yet is not enough', async () => {
     expect((await liveness(deps({ gpuHealth: () => snapshot([gpu(0, 'unknown'), gpu(1, 'unknown')]) }))).live).toBe(true);
     expect((await liveness(deps({ gpuHealth: () => snapshot([gpu(0, 'cordoned', 'GPU is lost'), gpu(1, 'healthy')]) }))).live).toBe(true);
-    expect(await liveness(deps({ gpuHealth: () => snapshot([gpu(0, 'cordoned', 'GPU is lost'), gpu(1, 'failing', 'uncorrected ECC errors rose')]) }))).toEqual({
+    expect((await liveness(deps({ gpuHealth: () => snapshot([gpu(0, 'cordoned', 'GPU is lost'), gpu(1, 'failing', 'uncorrected ECC errors rose')]) }))).live).toBe(true);
+    expect(await liveness(deps({ gpuHealth: () => snapshot([gpu(0, 'cordoned', 'GPU is lost'), gpu(1, 'cordoned', 'uncorrected ECC errors rose')]) }))).toEqual({
       live: false,
-      reasons: ['no healthy GPU left (GPU 0 cordoned: GPU is lost; GPU 1 failing: uncorrected ECC errors rose)'],
+      reasons: ['no healthy GPU left (GPU 0 cordoned: GPU is lost; GPU 1 cordoned: uncorrected ECC errors rose)'],
     });
   });
 

@@ -307,8 +307,8 @@ describe('/ready, /status and /metrics report nodes and crash loops', () => {
         expect(status.crashLoop).toBeNull();
         expect(status.lastError).toBeNull();
         const metrics = await (await fetch(`http://127.0.0.1:${health.port}/metrics`)).text();
-        expect(metrics).toContain('gpu_boot_instance_node_loaded{instance="comfyui-gpu0",node="broken_node"} 0');
-        expect(metrics).toContain('gpu_boot_instance_node_loaded{instance="comfyui-gpu0",node="secret_probe"} 1');
+        expect(metrics).toContain('gpu_boot_instance_node_loaded{app="comfyui-gpu0",node="broken_node"} 0');
+        expect(metrics).toContain('gpu_boot_instance_node_loaded{app="comfyui-gpu0",node="secret_probe"} 1');
         expect(metrics).toContain('gpu_boot_ready 0');
       } finally {
         await health.close();

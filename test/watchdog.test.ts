@@ -170,6 +170,19 @@ describe('parseWatchdogCsv', () => {
     });
   });
 
+  it('one value nvidia-smi could not read ([Unknown Error]) is missing, not a GPU fault; a lost GPU or every field failing is', () => {
+    const parsed = parseWatchdogCsv(
+      [
+        '0, GPU-a, 3, 512, 24564, 41, [Unknown Error], [N/A], [N/A], [N/A], 0x0000000000000001',
+        '1, GPU-b, [Unknown Error], [Unknown Error], [Unknown Error], [Unknown Error], [Unknown Error], [Unknown Error], [Unknown Error], [Unknown Error], [Unknown Error]',
+        '2, GPU-c, 0, 512, 24564, [GPU is lost], 20.1, 0, [N/A], No, 0x0000000000000001',
+      ].join('\n'),
+    );
+    expect(parsed.get('GPU-a')).toMatchObject({ index: 0, powerW: null, temperatureC: 41, utilizationPct: 3 });
+    expect(parsed.get('GPU-b')).toMatchObject({ index: 1, uuid: 'GPU-b', lost: false, error: expect.stringContaining('Unknown Error') });
+    expect(parsed.get('GPU-c')).toMatchObject({ index: 2, uuid: 'GPU-c', lost: true });
+  });
+
   it('reads a busy GPU, and [N/A], [Not Supported], [Insufficient Permissions] as null', () => {
     const parsed = parseWatchdogCsv(
       [

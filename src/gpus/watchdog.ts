@@ -164,7 +164,11 @@ export function parseWatchdogCsv(text: string): Map<string, GpuSample | GpuError
     Object.values(cells).forEach((c, i) => {
       if (!c.ok) bad.push({ field: WATCHDOG_FIELDS[i + 2]!, text: c.text });
     });
-    if (bad.length) {
+    // One measurement nvidia-smi could not read (`[Unknown Error]` in power.draw on some consumer and
+    // WSL drivers) is no GPU fault: that value is missing. A lost GPU, no UUID, or every field is.
+    const valueFields = WATCHDOG_FIELDS.length - 2;
+    const fatal = uuid === null || bad.some((b) => LOST_VALUE.test(b.text)) || bad.length >= valueFields || bad.some((b) => !/^\[.+\]$/.test(b.text));
+    if (bad.length && fatal) {
       byGpu.set(uuid ?? indexKey(index.data), {
         index: index.data,
         uuid,

@@ -165,8 +165,8 @@ export async function liveness(deps: HealthDeps): Promise<Liveness> {
     reasons.push(`the event loop stalled for ${Math.round(state.eventLoopLagMs)} ms (HEALTH_EVENT_LOOP_STALL_MS=${rules.eventLoopStallMs})`);
   }
   const gpus = deps.gpuHealth?.();
-  // Before its first check a GPU is unknown, not unhealthy.
-  if (gpus && gpus.gpus.length > 0 && healthyGpuCount(gpus) === 0 && gpus.gpus.every((g) => g.state === 'cordoned' || g.state === 'failing')) reasons.push(`no healthy GPU left (${gpus.gpus.map((g) => `GPU ${g.index} ${g.state}${g.reason ? `: ${g.reason}` : ''}`).join('; ')})`);
+  // Cordoned only: one failed check leaves a GPU failing, and liveness must not outrun GPU_WATCHDOG_FAILURES.
+  if (gpus && gpus.gpus.length > 0 && healthyGpuCount(gpus) === 0 && gpus.gpus.every((g) => g.state === 'cordoned')) reasons.push(`no healthy GPU left (${gpus.gpus.map((g) => `GPU ${g.index} ${g.state}${g.reason ? `: ${g.reason}` : ''}`).join('; ')})`);
   if (rules.allFailedMs > 0 && state.allDownSince !== null && Date.now() - state.allDownSince > rules.allFailedMs) {
     reasons.push(`no instance has answered for ${Math.round((Date.now() - state.allDownSince) / 1000)} s (HEALTH_ALL_FAILED_MS=${rules.allFailedMs})`);
   }
@@ -273,6 +273,7 @@ export interface HealthServer {
 
 export async function startHealthServer(port: number, host: string, deps: HealthDeps): Promise<HealthServer> {
   let registry: Promise<Registry> | undefined;
+  let scrapes: Promise<string> = Promise.resolve('');
   const send = (res: http.ServerResponse, status: number, body: string, type = 'application/json'): void => {
     res.writeHead(status, { 'Content-Type': type, 'Cache-Control': 'no-store' });
     res.end(body);
@@ -295,11 +296,19 @@ export async function startHealthServer(port: number, host: string, deps: Health
         case '/metrics': {
           registry ??= import('./metrics.js').then((m) => m.buildRegistry(deps));
           const r = await registry;
-          return send(res, 200, await r.metrics(), r.contentType);
+          // One scrape at a time: each collects into the same registry (two at once would add twice).
+          const text = (scrapes = scrapes.then(() => r.metrics(), () => r.metrics()));
+          return send(res, 200, await text, r.contentType);
         }
         default: {
           if (route?.startsWith('/ready/')) {
-            const r = await instanceReadiness(deps, decodeURIComponent(route.slice('/ready/'.length)));
+            let name = '';
+            try {
+              name = decodeURIComponent(route.slice('/ready/'.length));
+            } catch {
+              // Not a name any instance has.
+            }
+            const r = name ? await instanceReadiness(deps, name) : undefined;
             if (r) return send(res, r.ready ? 200 : 503, JSON.stringify(r));
             return send(res, 404, JSON.stringify({ error: 'no such instance', instances: deps.state.instances.map((i) => i.name) }));
           }

@@ -58,7 +58,7 @@ export async function buildRegistry(deps: HealthDeps): Promise<Registry> {
   // Per GPU: detection, then the watchdog's last sample.
   const gpuLabels = ['index', 'uuid'];
   const uuidOf = (index: number): string => state.gpus?.gpus.find((x) => x.index === index)?.uuid ?? '';
-  gauge('gpu_boot_gpu_memory_total_bytes', 'memory of each GPU', gpuLabels, (g) => {
+  gauge('gpu_boot_gpu_memory_bytes', 'memory of each GPU', gpuLabels, (g) => {
     for (const x of state.gpus?.gpus ?? []) g.set({ index: String(x.index), uuid: x.uuid }, x.memoryMiB * 1024 * 1024);
   });
   const watch = () => deps.gpuHealth?.()?.gpus ?? [];
@@ -79,36 +79,40 @@ export async function buildRegistry(deps: HealthDeps): Promise<Registry> {
   sampled('gpu_boot_gpu_memory_used_bytes', 'GPU memory in use', (s) => (s.memoryUsedMiB === null ? null : s.memoryUsedMiB * 1024 * 1024));
   sampled('gpu_boot_gpu_temperature_celsius', 'GPU temperature', (s) => s.temperatureC);
   sampled('gpu_boot_gpu_power_watts', 'GPU power draw', (s) => s.powerW);
-  sampled('gpu_boot_gpu_ecc_uncorrected_errors', 'uncorrected volatile ECC errors (nvidia-smi; since the driver loaded)', (s) => s.eccUncorrected);
+  counter('gpu_boot_gpu_ecc_uncorrected_errors_total', 'uncorrected volatile ECC errors (nvidia-smi; since the driver loaded)', gpuLabels, (g) => {
+    for (const x of watch()) if (x.sample?.eccUncorrected != null) g.set({ index: String(x.index), uuid: x.uuid }, x.sample.eccUncorrected);
+  });
   sampled('gpu_boot_gpu_pages_pending', '1 when retired pages or remapped rows are pending (the GPU needs a reset)', (s) =>
     s.retiredPagesPending === null && s.remappedRowsPending === null ? null : s.retiredPagesPending || s.remappedRowsPending ? 1 : 0,
   );
 
   // Per instance.
-  const instanceLabels = ['instance', 'gpu', 'uuid', 'device'];
+  // `app`, PM2's word, not `instance`: Prometheus gives every target an `instance` label of its own.
+  const instanceLabels = ['app', 'gpu', 'uuid', 'device'];
   const labelsOf = (name: string): Record<string, string> => {
     const plan = state.instances.find((i) => i.name === name);
-    return { instance: name, gpu: String(plan?.gpuIndex ?? ''), uuid: plan?.device.uuid ?? '', device: plan?.device.id ?? '' };
+    return { app: name, gpu: String(plan?.gpuIndex ?? ''), uuid: plan?.device.uuid ?? '', device: plan?.device.id ?? '' };
   };
-  gauge('gpu_boot_instance_up', '1 while PM2 runs the instance (online)', instanceLabels, async (g) => {
-    const list = (await withTimeout(deps.listInstances().catch(() => undefined), 2000)) ?? [];
+  gauge('gpu_boot_instance_up', '1 while PM2 runs the instance (online); absent while PM2 does not answer', instanceLabels, async (g) => {
+    const list = await withTimeout(deps.listInstances().catch(() => undefined), 2000);
+    if (!list) return;
     for (const plan of state.instances) g.set(labelsOf(plan.name), list.find((p) => p.name === plan.name)?.status === 'online' ? 1 : 0);
   });
   gauge('gpu_boot_instance_ready', '1 when the instance is ready (/ready/<instance>)', instanceLabels, async (g) => {
     const r = await readiness(deps);
     for (const plan of state.instances) g.set(labelsOf(plan.name), r.instances[plan.name] ? 1 : 0);
   });
-  counter('gpu_boot_instance_restarts_total', 'PM2 restarts of the instance', instanceLabels, async (g) => {
-    const list = (await withTimeout(deps.listInstances().catch(() => undefined), 2000)) ?? [];
-    for (const plan of state.instances) g.set(labelsOf(plan.name), list.find((p) => p.name === plan.name)?.restarts ?? 0);
+  // The supervisor's count: PM2's own restarts from 0 whenever gpu-boot re-creates the app (a rotation, a hang).
+  counter('gpu_boot_instance_restarts_total', 'restarts of the instance since the boot (crashes, hangs, rotations not counted)', instanceLabels, (g) => {
+    for (const plan of state.instances) g.set(labelsOf(plan.name), state.health.get(plan.name)?.totalRestarts ?? 0);
   });
   counter('gpu_boot_instance_hung_restarts_total', 'restarts of the instance because it was hung', instanceLabels, (g) => {
     for (const plan of state.instances) g.set(labelsOf(plan.name), state.health.get(plan.name)?.hungRestarts ?? 0);
   });
-  gauge('gpu_boot_instance_out_of_service', '1 once the instance is failed (restart budget) or cordoned (its GPU)', [...instanceLabels, 'kind'], (g) => {
+  gauge('gpu_boot_instance_out_of_service', '1 once the instance is failed (restart budget) or cordoned (its GPU), by kind', [...instanceLabels, 'kind'], (g) => {
     for (const plan of state.instances) {
       const out = state.health.get(plan.name)?.out;
-      g.set({ ...labelsOf(plan.name), kind: out?.kind ?? 'none' }, out ? 1 : 0);
+      for (const kind of ['failed', 'cordoned']) g.set({ ...labelsOf(plan.name), kind }, out?.kind === kind ? 1 : 0);
     }
   });
   gauge('gpu_boot_instance_last_exit_code', 'exit code of the instance\'s last exit (absent before one; -1 for a signal)', instanceLabels, (g) => {
@@ -129,8 +133,8 @@ export async function buildRegistry(deps: HealthDeps): Promise<Registry> {
       if (q) g.set(labelsOf(plan.name), q.pending);
     }
   });
-  gauge('gpu_boot_instance_node_loaded', '1 when the custom node loaded in the instance, 0 when its import failed (from the instance\'s output)', ['instance', 'node'], (g) => {
-    for (const [instance, record] of state.instanceRecords) for (const [node, s] of record.nodes) g.set({ instance, node }, s.loaded ? 1 : 0);
+  gauge('gpu_boot_instance_node_loaded', '1 when the custom node loaded in the instance, 0 when its import failed (from the instance\'s output)', ['app', 'node'], (g) => {
+    for (const [app, record] of state.instanceRecords) for (const [node, s] of record.nodes) g.set({ app, node }, s.loaded ? 1 : 0);
   });
   gauge('gpu_boot_phase_duration_seconds', 'duration of each boot phase', ['phase'], (g) => {
     for (const p of state.phases) g.set({ phase: p.name }, p.ms / 1000);

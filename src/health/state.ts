@@ -1,7 +1,7 @@
 import type { GpuDetection } from '../gpus/detect.js';
 import type { CrashLoopFinding, InstanceRecord } from '../instances/instance-output.js';
 import type { InstancePlan } from '../instances/plan.js';
-import type { InstanceHealth } from '../instances/supervisor.js';
+import type { CutDuring, InstanceHealth } from '../instances/supervisor.js';
 
 /**
  * What the boot knows about itself, for /status and /metrics: names, figures and
@@ -49,7 +49,7 @@ export class BootState {
   /** The event loop's worst delay in the last window (ms), from the liveness monitor. */
   eventLoopLagMs = 0;
   /** Prompts a stop or a rotation cut off after the drain ran out of time. */
-  cutPrompts: Array<{ instance: string; prompts: string[]; at: string; during: 'shutdown' | 'rotation' }> = [];
+  cutPrompts: Array<{ instance: string; prompts: string[]; at: string; during: CutDuring }> = [];
 
   recordPhase(name: string, ms: number): void {
     this.phases.push({ name, ms });

@@ -61,6 +61,8 @@ export interface InstanceHealth {
   restartTimes: number[];
   /** PM2's restart count when last seen: a rise is as many restarts. */
   pm2Restarts: number | null;
+  /** Every restart seen since the boot (PM2's and gpu-boot's), never going down: the metric's counter. */
+  totalRestarts: number;
   pid: number | null;
   out: OutOfService | null;
   draining: string | null;
@@ -91,6 +93,7 @@ export function newInstanceHealth(plan: Pick<InstancePlan, 'name' | 'gpuIndex'>)
     lastHang: null,
     restartTimes: [],
     pm2Restarts: null,
+    totalRestarts: 0,
     pid: null,
     out: null,
     draining: null,
@@ -121,10 +124,16 @@ export class Supervisor {
     this.schedule(0);
   }
 
-  async close(): Promise<void> {
+  /** Stop acting at once (a round in flight does nothing more); waits at most `waitMs` for it. */
+  async close(waitMs = 500): Promise<void> {
     this.closed = true;
     clearTimeout(this.timer);
-    await this.tick;
+    await withTimeout(this.tick ?? Promise.resolve(), waitMs);
+  }
+
+  /** Whether the supervisor may still act: not closed, and the boot runs. */
+  private get acting(): boolean {
+    return !this.closed && this.deps.state.phase === 'running';
   }
 
   private schedule(delay: number): void {
@@ -154,6 +163,7 @@ export class Supervisor {
         // PM2's own count: restarts between two rounds are seen too (a gpu-boot restart makes a new app, from 0).
         if (live && health.pm2Restarts !== null && live.restarts > health.pm2Restarts) {
           for (let n = health.pm2Restarts; n < live.restarts; n++) health.restartTimes.push(now);
+          health.totalRestarts += live.restarts - health.pm2Restarts;
         }
         if (live) health.pm2Restarts = live.restarts;
         if (pid !== health.pid) {
@@ -170,11 +180,14 @@ export class Supervisor {
           health.servedSinceStart = true;
           health.consecutiveFailures = 0;
           health.lastAnsweredAt = now;
-          const queue = readQueue(await getJson(this.deps.probeHost, plan.port, '/queue', settings.hangTimeoutMs));
+          const queue = readQueue(await getJson(this.deps.probeHost, plan.port, '/queue', settings.hangTimeoutMs, QUEUE_MAX_BYTES));
           if (queue) {
             const runningPrompt = queue.running[0] ?? null;
             const runningSince = runningPrompt && health.queue?.runningPrompt === runningPrompt ? health.queue.runningSince : runningPrompt ? now : null;
             health.queue = { running: queue.running.length, pending: queue.pending.length, runningPrompt, runningSince, ids: [...queue.running, ...queue.pending] };
+          } else if (health.queue) {
+            // Unreadable this round: the ids are still the last known (what a stop would cut), but no stall is timed on them.
+            health.queue = { ...health.queue, runningSince: null };
           }
         } else if (pid && live?.status === 'online' && health.servedSinceStart) {
           health.consecutiveFailures += 1;
@@ -182,6 +195,7 @@ export class Supervisor {
         return health;
       }),
     );
+    if (!this.acting) return;
     // The restart budget first: an instance over it is failed, not restarted again.
     for (const health of checked) {
       if (health.out || settings.restartLimit <= 0 || health.restartTimes.length <= settings.restartLimit) continue;
@@ -190,21 +204,35 @@ export class Supervisor {
       await this.takeOut(health, 'failed', `restarted ${health.restartTimes.length} times within ${Math.round(settings.restartWindowMs / 1000)} s (RESTART_LIMIT=${settings.restartLimit})${last}`);
     }
     // Hangs, one restart per round: the others wait for the next.
-    const hung = checked.find((h) => !h.out && !h.draining && this.hangReason(h, now));
-    if (hung) {
+    // Never one a rotation is restarting or draining, nor one out of service.
+    const hung = checked.find((h) => !h.out && !h.draining && state.rotating !== h.name && this.hangReason(h, now));
+    if (hung && this.acting) {
       const reason = this.hangReason(hung, now)!;
       hung.hungRestarts += 1;
       hung.lastHang = { at: new Date(now).toISOString(), reason };
       state.hungRestarts += 1;
       logger.warn({ instance: hung.name, reason, hungRestarts: hung.hungRestarts }, `instance ${hung.name} is hung (${reason}): restarting it`);
+      this.recordCut(hung, 'hang');
       hung.consecutiveFailures = 0;
       hung.servedSinceStart = false;
       hung.queue = null;
-      await this.deps.restart(hung.name).catch((error: unknown) => logger.error({ instance: hung.name, err: describeError(error) }, `could not restart ${hung.name}`));
-      hung.pid = null;
-      // The new app counts from 0; this restart counts against the budget.
-      hung.pm2Restarts = 0;
+      const restarted = await this.deps.restart(hung.name).then(
+        () => true,
+        (error: unknown) => {
+          logger.error({ instance: hung.name, err: describeError(error) }, `could not restart ${hung.name}`);
+          return false;
+        },
+      );
       hung.restartTimes.push(now);
+      hung.totalRestarts += 1;
+      if (restarted) {
+        // A new app: PM2 counts from 0 again.
+        hung.pid = null;
+        hung.pm2Restarts = 0;
+      } else if (this.acting && !(await withTimeout(this.deps.list().catch(() => undefined), 2000))?.some((p) => p.name === hung.name)) {
+        // Deleted but not started again: nothing would ever restart it.
+        await this.takeOut(hung, 'failed', `could not be restarted after a hang (${reason})`);
+      }
     }
     // "No instance answers" counts once one has answered: a start that loads models for long is not a failure.
     const anyAnswering = checked.some((h) => !h.out && h.answering);
@@ -227,10 +255,19 @@ export class Supervisor {
     return undefined;
   }
 
+  /** The prompts a restart or a stop of `health` cuts off (the last ids seen), in /status and the log. */
+  private recordCut(health: InstanceHealth, during: CutDuring): void {
+    const ids = health.queue?.ids ?? [];
+    if (ids.length === 0) return;
+    recordCutPrompts(this.deps.state, health.name, ids, during);
+    this.deps.logger.error({ instance: health.name, prompts: ids, during }, `${health.name}: ${ids.length} prompt(s) cut off (${during})`);
+  }
+
   /** Take an instance out of service for good: stopped, shown in /status, counted against the exit rule. */
   async takeOut(health: InstanceHealth, kind: OutOfService['kind'], reason: string): Promise<void> {
-    if (health.out) return;
+    if (health.out || !this.acting) return;
     health.out = { kind, reason, at: new Date().toISOString() };
+    this.recordCut(health, kind);
     this.deps.logger.error({ instance: health.name, kind, reason }, `instance ${health.name} is out of service (${kind}): ${reason}`);
     await this.deps.stop(health.name).catch((error: unknown) => this.deps.logger.error({ instance: health.name, err: describeError(error) }, `could not stop ${health.name}`));
     this.checkNothingLeft();
@@ -245,30 +282,58 @@ export class Supervisor {
 
   private checkNothingLeft(): void {
     const all = [...this.deps.state.health.values()];
-    if (this.nothingLeftSent || all.length === 0 || !all.every((h) => h.out)) return;
+    if (this.nothingLeftSent || !this.acting || all.length === 0 || !all.every((h) => h.out)) return;
     this.nothingLeftSent = true;
     this.deps.onNothingLeft(`no instance left in service: ${all.map((h) => `${h.name} ${h.out!.kind}`).join(', ')}`);
   }
 }
 
+/** Real ComfyUI's /queue carries every queued prompt's whole graph: read up to 64 MiB. */
+export const QUEUE_MAX_BYTES = 64 * 1024 * 1024;
+
+export type CutDuring = 'shutdown' | 'rotation' | 'hang' | 'failed' | 'cordoned';
+
+/** The last cut-off records kept for /status. */
+export const MAX_CUT_RECORDS = 50;
+
+export function recordCutPrompts(state: BootState, instance: string, prompts: string[], during: CutDuring): void {
+  state.cutPrompts.push({ instance, prompts, at: new Date().toISOString(), during });
+  if (state.cutPrompts.length > MAX_CUT_RECORDS) state.cutPrompts.splice(0, state.cutPrompts.length - MAX_CUT_RECORDS);
+}
+
 /**
  * Wait until the queues of `instances` are empty (nothing running, nothing pending), or until
- * `deadline`; returns the prompt ids still queued then, per instance: what a stop now cuts off.
+ * `deadline` or `signal`; returns the prompt ids still queued then, per instance: what a stop now
+ * cuts off. A queue that cannot be read is not taken for empty when prompts were known queued (`known`,
+ * or an earlier poll): they stay listed, and it is asked again until the deadline.
  */
-export async function drainQueues(probeHost: string, instances: Array<Pick<InstancePlan, 'name' | 'port'>>, deadline: number, pollMs = 200): Promise<Map<string, string[]>> {
+export async function drainQueues(
+  probeHost: string,
+  instances: Array<Pick<InstancePlan, 'name' | 'port'>>,
+  deadline: number,
+  options: { pollMs?: number; signal?: AbortSignal; known?: Map<string, string[]> } = {},
+): Promise<Map<string, string[]>> {
+  const pollMs = options.pollMs ?? 200;
   const left = new Map<string, string[]>();
   await Promise.all(
     instances.map(async (instance) => {
+      const known = options.known?.get(instance.name);
+      if (known?.length) left.set(instance.name, known);
       for (;;) {
+        if (options.signal?.aborted) return;
         const remaining = deadline - Date.now();
-        const queue = readQueue(await getJson(probeHost, instance.port, '/queue', Math.max(100, Math.min(1000, remaining))));
-        const ids = queue ? [...queue.running, ...queue.pending] : [];
-        // No answer: nothing can be told to be running (a dead or hung instance is stopped anyway).
-        if (!queue || ids.length === 0) {
-          left.delete(instance.name);
+        const queue = readQueue(await getJson(probeHost, instance.port, '/queue', Math.max(100, Math.min(1000, remaining)), QUEUE_MAX_BYTES));
+        if (queue) {
+          const ids = [...queue.running, ...queue.pending];
+          if (ids.length === 0) {
+            left.delete(instance.name);
+            return;
+          }
+          left.set(instance.name, ids);
+        } else if (!left.has(instance.name)) {
+          // Never read and nothing known queued: nothing to wait for.
           return;
         }
-        left.set(instance.name, ids);
         if (Date.now() + pollMs > deadline) return;
         await new Promise((resolve) => setTimeout(resolve, pollMs).unref());
       }

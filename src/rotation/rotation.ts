@@ -8,7 +8,7 @@ import { PartialWriteError, type FileSession, type NodeFile } from '../files/env
 import { nodeSummaries, prepareNodeFiles, type PreparedNodes } from '../secrets/node-files.js';
 import type { InstancePlan } from '../instances/plan.js';
 import type { ProcessManager } from '../instances/processes.js';
-import { drainQueues } from '../instances/supervisor.js';
+import { drainQueues, recordCutPrompts } from '../instances/supervisor.js';
 import { waitForInstance } from '../instances/readiness.js';
 import type { BootState } from '../health/state.js';
 
@@ -204,16 +204,24 @@ export class Rotator {
     if (health?.out) return true;
     if (health) health.draining = 'a rotation restarts it';
     if (config.rotationDrainMs > 0) {
-      const left = await drainQueues(this.deps.probeHost, [instance], Date.now() + config.rotationDrainMs);
+      const known = new Map([[instance.name, health?.queue?.ids ?? []]]);
+      const left = await drainQueues(this.deps.probeHost, [instance], Date.now() + config.rotationDrainMs, { signal: this.abort.signal, known });
+      // A stop came during the drain: no restart now (the shutdown drains and stops it).
+      if (this.closed || this.abort.signal.aborted) {
+        if (health) health.draining = null;
+        return false;
+      }
       const cut = left.get(instance.name);
       if (cut?.length) {
-        state.cutPrompts.push({ instance: instance.name, prompts: cut, at: new Date().toISOString(), during: 'rotation' });
+        recordCutPrompts(state, instance.name, cut, 'rotation');
         logger.error({ instance: instance.name, prompts: cut }, `${instance.name}: ${cut.length} prompt(s) still queued after ROTATION_DRAIN_MS=${config.rotationDrainMs}; the rotation restart cuts them off`);
       }
     }
+    if (health) health.draining = null;
+    // Taken out (cordoned, failed) meanwhile: it stays out.
+    if (health?.out) return true;
     state.rotating = instance.name;
     try {
-      if (health) health.draining = null;
       await processes.restartFresh(instance.name);
       return await waitForInstance(this.deps.probeHost, instance.port, Date.now() + config.readyTimeoutMs, this.abort.signal, async () => (await processes.list().catch(() => [])).find((i) => i.name === instance.name)?.pid);
     } finally {

@@ -58,9 +58,14 @@ describe('what the instances print, in /status, /ready and the log', () => {
     // READY_REQUIRES_NODES=env (the default): hf_node declares env and failed, so not ready.
     const ready = await fetch(`http://127.0.0.1:${ws.healthPort}/ready`);
     expect(ready.status).toBe(503);
-    const body = (await ready.json()) as { ready: boolean; reason: string; instances: Record<string, boolean> };
+    const body = (await ready.json()) as { ready: boolean; reason: string; instances: Record<string, boolean>; notReady: Record<string, string> };
     expect(body.reason).toBe("custom node hf_node failed to import in comfyui-gpu0, comfyui-gpu1: No module named 'not_a_real_module_xyz'");
-    expect(body.instances).toEqual({ 'comfyui-gpu0': true, 'comfyui-gpu1': true });
+    // Each instance answers, and is not ready: the node its secrets were written for is not loaded in it.
+    expect(body.instances).toEqual({ 'comfyui-gpu0': false, 'comfyui-gpu1': false });
+    expect(body.notReady).toEqual({
+      'comfyui-gpu0': "custom node hf_node failed to import in comfyui-gpu0: No module named 'not_a_real_module_xyz'",
+      'comfyui-gpu1': "custom node hf_node failed to import in comfyui-gpu1: No module named 'not_a_real_module_xyz'",
+    });
 
     const status = (await getJson(ws.healthPort, '/status')) as { instances: Array<{ name: string; nodes: unknown; lastExit: unknown; lastOutput: string[] }> };
     for (const instance of status.instances) {
@@ -72,8 +77,8 @@ describe('what the instances print, in /status, /ready and the log', () => {
       expect(instance.lastOutput.some((l) => l.startsWith('To see the GUI go to: '))).toBe(true);
     }
     const metrics = await (await fetch(`http://127.0.0.1:${ws.healthPort}/metrics`)).text();
-    expect(metrics).toContain('gpu_boot_instance_node_loaded{instance="comfyui-gpu1",node="hf_node"} 0');
-    expect(metrics).toContain('gpu_boot_instance_node_loaded{instance="comfyui-gpu1",node="plain_node"} 1');
+    expect(metrics).toContain('gpu_boot_instance_node_loaded{app="comfyui-gpu1",node="hf_node"} 0');
+    expect(metrics).toContain('gpu_boot_instance_node_loaded{app="comfyui-gpu1",node="plain_node"} 1');
     expect(metrics).toContain('gpu_boot_ready 0');
     expect(JSON.stringify(status) + metrics + boot.lines.join('\n')).not.toContain(TOKEN);
     boot.child.kill('SIGTERM');

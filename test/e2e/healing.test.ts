@@ -4,7 +4,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import parsePrometheusTextFormat from 'parse-prometheus-text-format';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
 import { FAKE_NVIDIA_SMI, getJson, makeWorkspace, startBoot, waitFor, type Boot, type Workspace } from '../helpers/boot.js';
 
 /**
@@ -122,14 +122,14 @@ describe('readiness per instance, the READY_MIN_INSTANCES rule, and a hung insta
     const byName = new Map(families.map((f) => [f.name, f]));
     expect(byName.get('gpu_boot_degraded')?.metrics[0]?.value).toBe('1');
     expect(byName.get('gpu_boot_ready')?.metrics[0]?.value).toBe('0');
-    expect(byName.get('gpu_boot_instance_ready')?.metrics.map((m) => [m.labels?.instance, m.value])).toEqual([
+    expect(byName.get('gpu_boot_instance_ready')?.metrics.map((m) => [m.labels?.app, m.value])).toEqual([
       ['comfyui-gpu0', '0'],
       ['comfyui-gpu1', '1'],
     ]);
     expect(byName.get('gpu_boot_instance_restarts_total')?.type).toBe('COUNTER');
     expect(byName.get('gpu_boot_instance_up')?.metrics.map((m) => m.labels)).toEqual([
-      { instance: 'comfyui-gpu0', gpu: '0', uuid: 'MOCK-0000', device: 'gpu0' },
-      { instance: 'comfyui-gpu1', gpu: '1', uuid: 'MOCK-0001', device: 'gpu1' },
+      { app: 'comfyui-gpu0', gpu: '0', uuid: 'MOCK-0000', device: 'gpu0' },
+      { app: 'comfyui-gpu1', gpu: '1', uuid: 'MOCK-0001', device: 'gpu1' },
     ]);
     // One prefix, never doubled; counters end in _total.
     expect(families.filter((f) => !f.name.startsWith('gpu_boot_') || f.name.includes('process_process'))).toEqual([]);
@@ -161,7 +161,7 @@ describe('liveness that can fail', () => {
 });
 
 describe('a restart budget, and the exit when nothing is left', () => {
-  it('an instance that crashes at every start is failed after RESTART_LIMIT restarts: stopped, in /status, the other serves; the last one failed ends the boot with 71 after asking SaladCloud for another machine', async () => {
+  it('an instance that crashes at every start is failed after RESTART_LIMIT restarts: stopped, in /status, the other serves; the last one failed ends the boot with 71 (no reallocation: no GPU failed)', async () => {
     const w = await workspace(2);
     // A loopback stand-in for SaladCloud's instance metadata service.
     const calls: Array<{ method: string; url: string; metadata: string | undefined; body: string }> = [];
@@ -204,9 +204,8 @@ describe('a restart budget, and the exit when nothing is left', () => {
       expect(result.exitCode).toBe(71);
       const line = boot.logs().find((l) => typeof l.msg === 'string' && l.msg.includes('this machine cannot serve'));
       expect(line?.msg).toBe('no instance left in service: comfyui-gpu0 failed, comfyui-gpu1 failed: this machine cannot serve; stopping (exit 71)');
-      expect(calls).toHaveLength(1);
-      expect(calls[0]).toMatchObject({ method: 'POST', url: '/v1/reallocate', metadata: 'true' });
-      expect(JSON.parse(calls[0]!.body)).toEqual({ reason: expect.stringContaining('no instance left in service') });
+      // Instances that crash are no GPU fault: no other machine is asked for.
+      expect(calls).toEqual([]);
       expect(existsSync(w.envFile('hf_node'))).toBe(false);
       expect(result.all ?? '').not.toContain(HF_TOKEN);
     } finally {
@@ -277,11 +276,24 @@ describe('the GPU watchdog', () => {
     return env;
   };
 
-  it('a GPU lost mid-run is cordoned (its instance stopped, the other serves); uncorrected ECC errors cordon the last one: exit 71', async () => {
+  it('a GPU lost mid-run is cordoned (its instance stopped, the other serves); uncorrected ECC errors cordon the last one: SaladCloud asked for another machine, exit 71', async () => {
     const w = await workspace(2);
     const state = path.join(w.root, 'smi-state');
     await writeFile(state, '');
-    boot = startBoot(['start'], gpuEnv(w, state, { READY_MIN_INSTANCES: '1' }));
+    // A loopback stand-in for SaladCloud's instance metadata service.
+    const calls: Array<{ method: string; url: string; metadata: string | undefined; body: string }> = [];
+    const imds = http.createServer((req, res) => {
+      let body = '';
+      req.on('data', (c: Buffer) => (body += c.toString()));
+      req.on('end', () => {
+        calls.push({ method: req.method ?? '', url: req.url ?? '', metadata: req.headers.metadata as string | undefined, body });
+        res.writeHead(202, { 'Content-Type': 'application/json' }).end('{}');
+      });
+    });
+    await new Promise<void>((resolve) => imds.listen(0, '127.0.0.1', resolve));
+    onTestFinished(() => new Promise<void>((resolve) => imds.close(() => resolve())));
+    const salad = { SALAD_MACHINE_ID: 'test-machine', SALAD_CONTAINER_GROUP_ID: 'test-group', SALAD_IMDS_URL: `http://127.0.0.1:${(imds.address() as AddressInfo).port}` };
+    boot = startBoot(['start'], gpuEnv(w, state, { READY_MIN_INSTANCES: '1', ...salad }));
     await boot.waitForLog((l) => l.phase === 'ready', 'ready');
     const first = await waitFor('watchdog sampled both', async () => {
       const s = (await getJson(w.healthPort, '/status')) as { gpuWatchdog: { gpus: Array<{ index: number; state: string }> } | null };
@@ -311,6 +323,9 @@ describe('the GPU watchdog', () => {
     expect(result.exitCode).toBe(71);
     const line = boot.logs().find((l) => typeof l.msg === 'string' && l.msg.includes('this machine cannot serve'));
     expect(line?.msg).toMatch(/^no healthy GPU left \(GPU 0: .*ECC.*\): this machine cannot serve; stopping \(exit 71\)$/i);
+    expect(calls).toHaveLength(1);
+    expect(calls[0]).toMatchObject({ method: 'POST', url: '/v1/reallocate', metadata: 'true' });
+    expect(JSON.parse(calls[0]!.body)).toEqual({ reason: expect.stringMatching(/^no healthy GPU left/) });
     expect(existsSync(w.envFile('hf_node'))).toBe(false);
   });
 

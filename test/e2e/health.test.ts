@@ -60,9 +60,9 @@ describe('health endpoints', () => {
     const text = await metrics.text();
     expect(text).toContain('gpu_boot_ready 1');
     expect(text).toContain('gpu_boot_gpus 2');
-    expect(text).toContain('gpu_boot_instance_restarts_total{instance="comfyui-gpu1",gpu="1",uuid="MOCK-0001",device="gpu1"} 0');
+    expect(text).toContain('gpu_boot_instance_restarts_total{app="comfyui-gpu1",gpu="1",uuid="MOCK-0001",device="gpu1"} 0');
     expect(text).toContain('# TYPE gpu_boot_instance_restarts_total counter');
-    expect(text).toContain('gpu_boot_instance_up{instance="comfyui-gpu0",gpu="0",uuid="MOCK-0000",device="gpu0"} 1');
+    expect(text).toContain('gpu_boot_instance_up{app="comfyui-gpu0",gpu="0",uuid="MOCK-0000",device="gpu0"} 1');
     expect(text).toContain('gpu_boot_live 1');
     expect(text).toContain('gpu_boot_degraded 0');
     expect(text).not.toContain('process_process');
