@@ -434,6 +434,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     // The boot's duration counts from the process's start (performance.now()'s origin), Node's own start included.
     const ready = reportReadiness(logger, config, plan.instances, 0, abort.signal, (ms) => state.recordPhase('ready', ms), (name) => instancePid(processes, name), (name) => {
       processes.markServing(name);
+      supervisor?.markServing(name);
       // Which custom nodes it actually serves classes of: /object_info, once it answers.
       const port = plan.instances.find((i) => i.name === name)?.port;
       if (port !== undefined) {

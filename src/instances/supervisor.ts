@@ -114,7 +114,6 @@ export class Supervisor {
   private closed = false;
   private tick: Promise<void> | undefined;
   private nothingLeftSent = false;
-  private everAnswered = false;
 
   constructor(private readonly deps: SupervisorDeps) {
     for (const plan of deps.state.instances) if (!deps.state.health.has(plan.name)) deps.state.health.set(plan.name, newInstanceHealth(plan));
@@ -129,6 +128,15 @@ export class Supervisor {
     this.closed = true;
     clearTimeout(this.timer);
     await withTimeout(this.tick ?? Promise.resolve(), waitMs);
+  }
+
+  /** Readiness saw `name` serve its port: it has answered since its start (the supervisor's rounds may not have seen it yet). */
+  markServing(name: string): void {
+    const health = this.deps.state.health.get(name);
+    if (!health) return;
+    health.servedSinceStart = true;
+    health.answering = true;
+    health.lastAnsweredAt = Date.now();
   }
 
   /** Whether the supervisor may still act: not closed, and the boot runs. */
@@ -167,11 +175,14 @@ export class Supervisor {
         }
         if (live) health.pm2Restarts = live.restarts;
         if (pid !== health.pid) {
-          // A new process (PM2 restarted it, or it is down): counters start again.
+          // Another process than the one seen before (PM2 restarted it, or it is down): counters start again.
+          // The first one seen is the one readiness may already have seen serve.
+          if (health.pid !== null) {
+            health.servedSinceStart = false;
+            health.consecutiveFailures = 0;
+            health.queue = null;
+          }
           health.pid = pid;
-          health.servedSinceStart = false;
-          health.consecutiveFailures = 0;
-          health.queue = null;
         }
         health.restartTimes = health.restartTimes.filter((t) => now - t <= settings.restartWindowMs);
         const stats = pid ? await getJson(this.deps.probeHost, plan.port, '/system_stats', settings.hangTimeoutMs) : undefined;
@@ -236,10 +247,8 @@ export class Supervisor {
     }
     // "No instance answers" counts once one has answered: a start that loads models for long is not a failure.
     const anyAnswering = checked.some((h) => !h.out && h.answering);
-    if (anyAnswering) {
-      this.everAnswered = true;
-      state.allDownSince = null;
-    } else if (this.everAnswered) state.allDownSince ??= now;
+    if (anyAnswering) state.allDownSince = null;
+    else if (checked.some((h) => h.lastAnsweredAt !== null)) state.allDownSince ??= now;
     this.checkNothingLeft();
   }
 
