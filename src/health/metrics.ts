@@ -1,6 +1,6 @@
 import type { Registry } from 'prom-client';
 import { withTimeout } from '../timeout.js';
-import { degradedReport, liveness, readiness, type HealthDeps } from './health.js';
+import { degradedReport, liveness, readiness, type HealthDeps } from './rules.js';
 
 /**
  * /metrics, written by prom-client. Prometheus' conventions: one prefix (`gpu_boot_`), base units

@@ -1,7 +1,6 @@
 import type { GpuDetection } from '../gpus/detect.js';
 import type { CrashLoopFinding, InstanceRecord } from '../instances/instance-output.js';
 import type { InstancePlan } from '../instances/plan.js';
-import type { CutDuring, InstanceHealth } from '../instances/supervisor.js';
 
 /**
  * What the boot knows about itself, for /status and /metrics: names, figures and
@@ -17,6 +16,50 @@ export interface RotationReport {
   files: string[];
   instances: string[];
   error?: string;
+}
+
+/** Why prompts were cut off: a stop, a rotation, a hang restart, or the instance taken out of service. */
+export type CutDuring = 'shutdown' | 'rotation' | 'hang' | 'failed' | 'cordoned';
+
+export interface QueueView {
+  running: number;
+  pending: number;
+  /** The prompt id ComfyUI runs now, or null. */
+  runningPrompt: string | null;
+  /** When this supervisor first saw that prompt running (ms since the epoch). */
+  runningSince: number | null;
+  /** Ids of every queued prompt, running first: what a forced stop would cut. */
+  ids: string[];
+}
+
+export interface OutOfService {
+  kind: 'failed' | 'cordoned';
+  reason: string;
+  at: string;
+}
+
+/** The supervisor's view of one instance (src/instances/supervisor.ts keeps it up to date). */
+export interface InstanceHealth {
+  name: string;
+  gpu: number;
+  /** The last probe's verdict; null before the first. */
+  answering: boolean | null;
+  consecutiveFailures: number;
+  /** It answered since PM2 last started it: only then can it be hung (a start that loads models is not). */
+  servedSinceStart: boolean;
+  lastAnsweredAt: number | null;
+  queue: QueueView | null;
+  hungRestarts: number;
+  lastHang: { at: string; reason: string } | null;
+  /** Times (ms) of the restarts PM2 made within the window. */
+  restartTimes: number[];
+  /** PM2's restart count when last seen: a rise is as many restarts. */
+  pm2Restarts: number | null;
+  /** Every restart seen since the boot (PM2's and gpu-boot's), never going down: the metric's counter. */
+  totalRestarts: number;
+  pid: number | null;
+  out: OutOfService | null;
+  draining: string | null;
 }
 
 export class BootState {

@@ -1,6 +1,8 @@
 import type { Logger } from 'pino';
 import { describeError } from '../errors.js';
-import type { BootState } from '../health/state.js';
+import type { BootState, CutDuring, InstanceHealth, OutOfService } from '../health/state.js';
+
+export type { CutDuring, InstanceHealth, OutOfService, QueueView } from '../health/state.js';
 import { withTimeout } from '../timeout.js';
 import type { InstancePlan } from './plan.js';
 import type { InstanceState } from './processes.js';
@@ -26,46 +28,6 @@ export interface SupervisorSettings {
   /** 0: no budget (PM2 restarts forever). */
   restartLimit: number;
   restartWindowMs: number;
-}
-
-export interface QueueView {
-  running: number;
-  pending: number;
-  /** The prompt id ComfyUI runs now, or null. */
-  runningPrompt: string | null;
-  /** When this supervisor first saw that prompt running (ms since the epoch). */
-  runningSince: number | null;
-  /** Ids of every queued prompt, running first: what a forced stop would cut. */
-  ids: string[];
-}
-
-export interface OutOfService {
-  kind: 'failed' | 'cordoned';
-  reason: string;
-  at: string;
-}
-
-export interface InstanceHealth {
-  name: string;
-  gpu: number;
-  /** The last probe's verdict; null before the first. */
-  answering: boolean | null;
-  consecutiveFailures: number;
-  /** It answered since PM2 last started it: only then can it be hung (a start that loads models is not). */
-  servedSinceStart: boolean;
-  lastAnsweredAt: number | null;
-  queue: QueueView | null;
-  hungRestarts: number;
-  lastHang: { at: string; reason: string } | null;
-  /** Times (ms) of the restarts PM2 made within the window. */
-  restartTimes: number[];
-  /** PM2's restart count when last seen: a rise is as many restarts. */
-  pm2Restarts: number | null;
-  /** Every restart seen since the boot (PM2's and gpu-boot's), never going down: the metric's counter. */
-  totalRestarts: number;
-  pid: number | null;
-  out: OutOfService | null;
-  draining: string | null;
 }
 
 export interface SupervisorDeps {
@@ -300,7 +262,6 @@ export class Supervisor {
 /** Real ComfyUI's /queue carries every queued prompt's whole graph: read up to 64 MiB. */
 export const QUEUE_MAX_BYTES = 64 * 1024 * 1024;
 
-export type CutDuring = 'shutdown' | 'rotation' | 'hang' | 'failed' | 'cordoned';
 
 /** The last cut-off records kept for /status. */
 export const MAX_CUT_RECORDS = 50;
