@@ -293,7 +293,7 @@ export const SETTINGS_DOC: ReadonlyArray<{ name: string; default: string; doc: s
   { name: 'SUPERVISOR_INTERVAL_MS', default: '5000', doc: 'how often each instance is probed (/system_stats, /queue) for hangs, the restart budget and /health' },
   { name: 'HANG_TIMEOUT_MS', default: '5000', doc: 'an instance whose /system_stats does not answer within this long fails a probe' },
   { name: 'HANG_PROBES', default: '3', doc: 'probes failed in a row (PM2 online, the instance served since its start) after which it is hung and restarted, one instance at a time' },
-  { name: 'PROMPT_STALL_MS', default: '0 (off)', doc: 'an instance whose running prompt (/queue) has not changed for this long is hung and restarted' },
+  { name: 'PROMPT_STALL_MS', default: '0 (off)', doc: 'an instance whose running prompt (/queue) has not changed for this long is hung and restarted: in effect the longest a prompt may run, since /queue tells which prompt runs and not its progress' },
   { name: 'RESTART_LIMIT', default: '10', doc: 'restarts (crashes and hangs) within RESTART_WINDOW_MS after which the instance is failed: stopped and reported, no more restarts (0: PM2 restarts forever)' },
   { name: 'RESTART_WINDOW_MS', default: '600000', doc: 'the window of RESTART_LIMIT' },
   { name: 'ROTATION_DRAIN_MS', default: '60000', doc: 'before a rotation restarts an instance, it leaves readiness and its queue may empty for this long (0: no drain); prompts cut off are listed in /status' },

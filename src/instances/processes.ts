@@ -285,6 +285,8 @@ export class ProcessManager {
     this.restarting.add(name);
     try {
       await call((cb) => this.pm2.delete(name, cb));
+      // A stop began meanwhile: starting it again now would outlive the stop.
+      if (this.stopping) return undefined;
       await call((cb) => this.pm2.start(this.ecosystemFile, { only: name }, cb));
     } finally {
       this.restarting.delete(name);

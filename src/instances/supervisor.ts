@@ -156,7 +156,7 @@ export class Supervisor {
           const queue = readQueue(await getJson(this.deps.probeHost, plan.port, '/queue', settings.hangTimeoutMs, QUEUE_MAX_BYTES));
           if (queue) {
             const runningPrompt = queue.running[0] ?? null;
-            const runningSince = runningPrompt && health.queue?.runningPrompt === runningPrompt ? health.queue.runningSince : runningPrompt ? now : null;
+            const runningSince = runningPrompt && health.queue?.runningPrompt === runningPrompt ? (health.queue.runningSince ?? now) : runningPrompt ? now : null;
             health.queue = { running: queue.running.length, pending: queue.pending.length, runningPrompt, runningSince, ids: [...queue.running, ...queue.pending] };
           } else if (health.queue) {
             // Unreadable this round: the ids are still the last known (what a stop would cut), but no stall is timed on them.
