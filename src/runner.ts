@@ -453,6 +453,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     if (!(error instanceof StopRequested)) throw error;
     logger.info({ signal: stops.reason }, `${stops.reason} received during boot: stopping`);
   } finally {
+    const stopRequestedAt = Date.now();
     abort.abort();
     stopDaemonWatch();
     const drain = state.phase === 'running' && !daemonDied;
@@ -463,7 +464,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     stopLoopWatch();
     // A rotation in progress finishes its write first: a file is never cut in half.
     await rotator?.close();
-    exitCode = await shutdown(ctx, processes, knownPids, files, drain ? state.instances.filter((i) => !state.health.get(i.name)?.out) : []);
+    exitCode = await shutdown(ctx, processes, knownPids, files, drain ? state.instances.filter((i) => !state.health.get(i.name)?.out) : [], stopRequestedAt);
     // The instances are stopped: what they left in their own temp folders goes (ComfyUI empties it itself on a clean exit).
     if (instanceFolders) {
       const removal = removeInstanceTemp(instanceFolders);

@@ -15,10 +15,11 @@ import { probeHost, type InstancePlan } from './instances/plan.js';
 import { drainQueues, recordCutPrompts } from './instances/supervisor.js';
 
 /** The finish stage: stop instances within the budget, then wipe no matter what, then stop PM2. */
-export async function shutdown(ctx: RunContext, processes: ProcessManager, knownPids: KnownPid[], files: FileSession | undefined, drain: InstancePlan[] = []): Promise<number> {
+export async function shutdown(ctx: RunContext, processes: ProcessManager, knownPids: KnownPid[], files: FileSession | undefined, drain: InstancePlan[] = [], stopRequestedAt = Date.now()): Promise<number> {
   const { config, logger } = ctx;
   const started = performance.now();
-  const budgetEnd = Date.now() + config.shutdownTimeoutMs;
+  // The budget counts from the stop's start: what the runner did before calling here is inside it.
+  const budgetEnd = stopRequestedAt + config.shutdownTimeoutMs;
   let exitCode: number = ExitCode.ok;
 
   // Drain: readiness already says 503 (stopping); the running prompts may finish while the budget
