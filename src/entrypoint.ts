@@ -7,7 +7,7 @@ import { environmentSnapshot } from './env-snapshot.js';
 import type { Logger } from 'pino';
 
 const COMMANDS = {
-  start: 'detect GPUs, write each custom node its .env, start one ComfyUI per GPU under PM2, stay up (health server, rotation; SIGHUP re-reads secrets); wipe on SIGTERM/SIGINT (default)',
+  start: 'detect GPUs, write each custom node its .env, start one ComfyUI (or INSTANCES_PER_GPU) per GPU or MIG device under PM2, each pinned by UUID; stay up (health server, supervisor, GPU watchdog, rotation; SIGHUP re-reads secrets); drain, stop and wipe on SIGTERM/SIGINT (default)',
   check: 'pre-flight: validate configuration, manifest, secrets and GPUs; print a masked report; start and write nothing (exit 0 or 78)',
   detect: 'print the GPUs found, their MIG devices, and which devices are used and why (CUDA_VISIBLE_DEVICES, NVIDIA_VISIBLE_DEVICES); --json: only the JSON on stdout, logs on stderr',
   plan: 'print the layout and the PM2 apps that start would run: each instance\'s device (UUID, MIG profile), slot, port and arguments (JSON on stdout, no secrets; logs on stderr)',
@@ -25,7 +25,7 @@ function mainHelp(): string {
     'usage: gpu-boot [command] [--help]',
     '',
     'The entrypoint of a GPU container: GPUs detected, secrets resolved into per-node .env files,',
-    'one ComfyUI per GPU under PM2, everything wiped on stop.',
+    'ComfyUI per GPU or MIG device under PM2, watched and healed, everything wiped on stop.',
     '',
     'commands:',
     ...Object.entries(COMMANDS).map(([name, doc]) => `  ${name.padEnd(7)} ${doc}`),
