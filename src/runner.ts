@@ -6,6 +6,7 @@ import type { Config } from './config.js';
 import { BootError, ConfigError, ExitCode, describeError } from './errors.js';
 import type { SecretMasker } from './log.js';
 import { detectGpus, type GpuDetection } from './gpus/detect.js';
+import { describeUse } from './gpus/report.js';
 import { FileSession, StateDir } from './files/env-files.js';
 import { wipeRecord } from './files/wipe.js';
 import { loadManifestOrEmpty, nodeSummaries, prepareNodeFiles, withheldVariableNames, type PreparedNodes } from './secrets/node-files.js';
@@ -76,11 +77,6 @@ export async function detectPhase(ctx: RunContext, withHost = true): Promise<Gpu
   }), (g) => `${g.count} x ${g.model}, ${g.memoryGb} GiB each (${g.source}); ${describeUse(g)}`);
 }
 
-/** `2 of 8 devices used (CUDA_VISIBLE_DEVICES): gpu1, gpu3`: what the detect line and `detect` say. */
-export function describeUse(g: GpuDetection): string {
-  const by = g.selection.by === 'CUDA_VISIBLE_DEVICES' ? ' (CUDA_VISIBLE_DEVICES)' : '';
-  return `${g.used.length} of ${g.selection.devices.length} device(s) used${by}: ${g.used.map((d) => d.id).join(', ')}`;
-}
 
 export async function secretsPhase(ctx: RunContext): Promise<PreparedNodes> {
   return timed(ctx, 'secrets', () => prepareNodeFiles(ctx.config, ctx.env, ctx.masker, ctx.logger), (p) => ({
@@ -96,7 +92,7 @@ function capList(items: string[], limit = 50): string[] {
   return items.length <= limit ? items : [...items.slice(0, limit), `... and ${items.length - limit} more`];
 }
 
-export function supervisorSettings(config: Config): SupervisorSettings {
+function supervisorSettings(config: Config): SupervisorSettings {
   return {
     intervalMs: config.supervisorIntervalMs,
     hangTimeoutMs: config.hangTimeoutMs,

@@ -19,6 +19,7 @@ import {
   type GpuInfo,
   type Selection,
 } from '../src/gpus/detect.js';
+import { processGone } from './helpers/boot.js';
 import { detection, gpuList } from './helpers/gpus.js';
 import { captureLogger } from './helpers/logger.js';
 
@@ -127,13 +128,7 @@ function splitStandIn(queryMode: string, listMode: string): string {
 function expectKilled(pidFile: string): void {
   const pid = Number(readFileSync(pidFile, 'utf8').trim());
   expect(Number.isInteger(pid) && pid > 0).toBe(true);
-  let killError: NodeJS.ErrnoException | undefined;
-  try {
-    process.kill(pid, 0);
-  } catch (e) {
-    killError = e as NodeJS.ErrnoException;
-  }
-  expect(killError?.code).toBe('ESRCH');
+  expect(processGone(pid)).toBe(true);
 }
 
 function logged(lines: string[]): Array<{ level: number; msg: string }> {

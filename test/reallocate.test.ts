@@ -1,33 +1,16 @@
-import { createServer, type IncomingHttpHeaders, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { Server, ServerResponse } from 'node:http';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { capReason, detectPlatform, REALLOCATE_REASON_MAX, requestReallocation, SALAD_IMDS_URL } from '../src/gpus/reallocate.js';
+import { standInImds as sharedStandInImds } from './helpers/imds.js';
 
 /** What SaladCloud sets in every container instance (values made up). */
 const SALAD_ENV = { SALAD_MACHINE_ID: 'a1b2c3d4-machine', SALAD_CONTAINER_GROUP_ID: 'e5f6a7b8-group' };
 
-interface Seen {
-  method: string | undefined;
-  url: string | undefined;
-  headers: IncomingHttpHeaders;
-  body: string;
-}
-
-/** A stand-in IMDS on 127.0.0.1 (a free port): records each request, answers with `answer`. */
-async function standInImds(answer: (res: ServerResponse) => void): Promise<{ url: string; seen: Seen[]; server: Server }> {
-  const seen: Seen[] = [];
-  const server = createServer((req, res) => {
-    let body = '';
-    req.setEncoding('utf8');
-    req.on('data', (chunk: string) => (body += chunk));
-    req.on('end', () => {
-      seen.push({ method: req.method, url: req.url, headers: req.headers, body });
-      answer(res);
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  servers.push(server);
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, seen, server };
+/** The shared stand-in, each server closed after the test. */
+async function standInImds(answer: (res: ServerResponse) => void) {
+  const imds = await sharedStandInImds(answer);
+  servers.push(imds.server);
+  return imds;
 }
 
 const servers: Server[] = [];

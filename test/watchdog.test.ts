@@ -18,6 +18,7 @@ import {
   type WatchdogRunResult,
   type WatchdogSnapshot,
 } from '../src/gpus/watchdog.js';
+import { processGone } from './helpers/boot.js';
 
 const FIXTURES = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures');
 const FAKE_SMI = path.join(FIXTURES, 'nvidia-smi');
@@ -114,15 +115,6 @@ function harness(mode: string, options: Partial<GpuWatchdogOptions> = {}): Harne
     return found;
   };
   return { watchdog, cordons, findings, snap, gpu };
-}
-
-function expectGone(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return false;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'ESRCH';
-  }
 }
 
 describe('WATCHDOG_QUERY_ARGS', () => {
@@ -499,7 +491,7 @@ describe('GpuWatchdog with the stand-in nvidia-smi', () => {
     expect(readFileSync(log, 'utf8')).toBe(`${QUERY_LINE}\n`);
     const pid = Number(readFileSync(pidFile, 'utf8').trim());
     expect(Number.isInteger(pid) && pid > 0).toBe(true);
-    expect(expectGone(pid)).toBe(true);
+    expect(processGone(pid)).toBe(true);
   });
 
   it('nvidia-smi failing as a whole (driver gone, exit 9): one finding, every GPU failing, then cordoned', async () => {

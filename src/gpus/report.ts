@@ -43,7 +43,12 @@ export function formatDetection(g: GpuDetection): string {
   }
   lines.push(`CUDA_VISIBLE_DEVICES: ${g.selection.cudaVisibleDevices ?? '(not set)'}`);
   lines.push(`NVIDIA_VISIBLE_DEVICES: ${g.selection.nvidiaCheck}`);
-  const used = g.used;
-  lines.push(`${used.length} of ${g.selection.devices.length} device(s) used: ${used.map((d) => d.id).join(', ')}`);
+  lines.push(describeUse(g, false));
   return `${lines.join('\n')}\n`;
+}
+
+/** `2 of 8 device(s) used (CUDA_VISIBLE_DEVICES): gpu1, gpu3`: the detect phase's log line and `detect`'s last line (which names the variable above it). */
+export function describeUse(g: GpuDetection, namingTheChoice = true): string {
+  const by = namingTheChoice && g.selection.by === 'CUDA_VISIBLE_DEVICES' ? ' (CUDA_VISIBLE_DEVICES)' : '';
+  return `${g.used.length} of ${g.selection.devices.length} device(s) used${by}: ${g.used.map((d) => d.id).join(', ')}`;
 }

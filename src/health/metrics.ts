@@ -13,7 +13,11 @@ export async function buildRegistry(deps: HealthDeps): Promise<Registry> {
   // prom-client names its own `process_*`: with this prefix, `gpu_boot_process_cpu_seconds_total`.
   collectDefaultMetrics({ register: registry, prefix: 'gpu_boot_' });
   const { state } = deps;
-  const gauge = (name: string, help: string, labelNames: string[], collect: (g: { set: (labels: Record<string, string>, value: number) => void; reset: () => void }) => void | Promise<void>) =>
+  // Every series is filled anew at each scrape from what the state and PM2 know: the registry keeps
+  // nothing between scrapes. A counter is typed as one, its count (kept elsewhere) set by inc from 0.
+  type Sink = { set: (labels: Record<string, string>, value: number) => void };
+  type Collect = (sink: Sink) => void | Promise<void>;
+  const gauge = (name: string, help: string, labelNames: string[], collect: Collect) =>
     new Gauge({
       name,
       help,
@@ -21,11 +25,10 @@ export async function buildRegistry(deps: HealthDeps): Promise<Registry> {
       registers: [registry],
       async collect() {
         this.reset();
-        await collect({ set: (labels, value) => this.set(labels, value), reset: () => this.reset() });
+        await collect({ set: (labels, value) => this.set(labels, value) });
       },
     });
-  // A counter whose count lives elsewhere (PM2, the state): set at each scrape, typed as a counter.
-  const counter = (name: string, help: string, labelNames: string[], collect: (g: { set: (labels: Record<string, string>, value: number) => void }) => void | Promise<void>) =>
+  const counter = (name: string, help: string, labelNames: string[], collect: Collect) =>
     new Counter({
       name,
       help,
@@ -33,7 +36,7 @@ export async function buildRegistry(deps: HealthDeps): Promise<Registry> {
       registers: [registry],
       async collect() {
         this.reset();
-        await collect({ set: (labels, value) => (value > 0 ? this.inc(labels, value) : this.inc(labels, 0)) });
+        await collect({ set: (labels, value) => this.inc(labels, value) });
       },
     });
   const single = (name: string, help: string, value: () => number | Promise<number>) =>

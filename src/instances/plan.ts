@@ -121,10 +121,11 @@ export interface Plan {
 function memoryFit(config: Config, device: Device): { problem?: string; warning?: string } {
   const floor = config.minInstanceMemoryGb;
   const slots = config.instancesPerGpu;
+  const shareGib = device.memoryMiB / 1024 / slots;
   // Mock instances run on CPU: no device memory to share.
-  if (floor <= 0 || config.gpuMode === 'mock' || device.memoryMiB / 1024 / slots >= floor) return {};
+  if (floor <= 0 || config.gpuMode === 'mock' || shareGib >= floor) return {};
   // Rounded down, so a share just below the floor never reads as the floor itself.
-  const share = Math.floor((device.memoryMiB / 1024 / slots) * 10) / 10;
+  const share = Math.floor(shareGib * 10) / 10;
   const what = `${device.id} (${device.name}, ${gib(device.memoryMiB)} GiB)`;
   if (slots > 1) {
     return { problem: `INSTANCES_PER_GPU=${slots}: ${what} leaves ${share} GiB per instance, below MIN_INSTANCE_MEMORY_GB=${floor}; run fewer instances per device, or lower the floor` };

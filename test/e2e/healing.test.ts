@@ -1,10 +1,9 @@
 import { existsSync } from 'node:fs';
 import { rm, writeFile } from 'node:fs/promises';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import parsePrometheusTextFormat from 'parse-prometheus-text-format';
 import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
+import { standInImds } from '../helpers/imds.js';
 import { FAKE_NVIDIA_SMI, getJson, makeWorkspace, startBoot, waitFor, type Boot, type Workspace } from '../helpers/boot.js';
 
 /**
@@ -57,6 +56,17 @@ async function http200(port: number, urlPath: string): Promise<{ status: number;
 }
 
 const status = async (w: Workspace): Promise<Status> => (await getJson(w.healthPort, '/status')) as Status;
+
+/** Queue a prompt on the stand-in that runs for `seconds`; its prompt id. */
+async function queuePrompt(port: number, seconds: number): Promise<string> {
+  const response = await fetch(`http://127.0.0.1:${port}/prompt`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: { '1': { class_type: 'KSampler', inputs: {} } }, extra_data: { standin_seconds: seconds } }) });
+  return ((await response.json()) as { prompt_id: string }).prompt_id;
+}
+
+/** Until the stand-in on `port` runs a prompt. */
+async function untilRunning(port: number): Promise<void> {
+  await waitFor('a prompt running', async () => ((await getJson(port, '/queue')) as { queue_running: unknown[] }).queue_running.length > 0 || undefined);
+}
 
 /** Fast probes: a hang is found in about a second, not in fifteen. */
 const FAST = { SUPERVISOR_INTERVAL_MS: '300', HANG_TIMEOUT_MS: '1000', HANG_PROBES: '3', COMFYUI_RESTART_DELAY_MS: '100', CRASH_LOOP_LIMIT: '0' };
@@ -164,68 +174,51 @@ describe('a restart budget, and the exit when nothing is left', () => {
   it('an instance that crashes at every start is failed after RESTART_LIMIT restarts: stopped, in /status, the other serves; the last one failed ends the boot with 71 (no reallocation: no GPU failed)', async () => {
     const w = await workspace(2);
     // A loopback stand-in for SaladCloud's instance metadata service.
-    const calls: Array<{ method: string; url: string; metadata: string | undefined; body: string }> = [];
-    const imds = http.createServer((req, res) => {
-      let body = '';
-      req.on('data', (c: Buffer) => (body += c.toString()));
-      req.on('end', () => {
-        calls.push({ method: req.method ?? '', url: req.url ?? '', metadata: req.headers.metadata as string | undefined, body });
-        res.writeHead(202, { 'Content-Type': 'application/json' }).end('{}');
-      });
+    const imds = await standInImds((res) => res.writeHead(202, { 'Content-Type': 'application/json' }).end('{}'));
+    onTestFinished(imds.close);
+    const calls = imds.seen;
+    const fail = path.join(w.root, 'fail-{port}');
+    await writeFile(fail.replace('{port}', String(w.portStart + 1)), '');
+    boot = startBoot(['start'], { ...w.env, HF_TOKEN, STANDIN_FAIL_FILE: fail, ...FAST, RESTART_LIMIT: '2', RESTART_WINDOW_MS: '60000', READY_TIMEOUT_MS: '2000', SALAD_MACHINE_ID: 'test-machine', SALAD_CONTAINER_GROUP_ID: 'test-group', SALAD_IMDS_URL: imds.url });
+    const failed = await waitFor('gpu1 failed', async () => {
+      const s = await status(w).catch(() => undefined);
+      return s?.instances[1]?.health.out ? s : undefined;
+    }, 60_000);
+    expect(failed.instances[1]!.health.out).toMatchObject({ kind: 'failed', reason: expect.stringMatching(/^restarted \d+ times within 60 s \(RESTART_LIMIT=2\); last exit code 1: RuntimeError: CUDA error: an illegal memory access was encountered$/) });
+    expect(failed.instances[0]!.health.out).toBeNull();
+    expect((await http200(w.healthPort, '/ready/comfyui-gpu1')).body.reason).toMatch(/^out of service \(failed\): restarted/);
+    expect(failed.degraded.out.map((o) => o.instance)).toEqual(['comfyui-gpu1']);
+    // Stopped: PM2 restarts it no more.
+    const stopped = await waitFor('gpu1 stopped', async () => {
+      const s = (await status(w)) as Status & { instances: Array<InstanceStatus & { state: string }> };
+      return s.instances[1]!.state === 'stopped' ? s : undefined;
     });
-    await new Promise<void>((resolve) => imds.listen(0, '127.0.0.1', resolve));
-    const imdsPort = (imds.address() as AddressInfo).port;
-    try {
-      const fail = path.join(w.root, 'fail-{port}');
-      await writeFile(fail.replace('{port}', String(w.portStart + 1)), '');
-      boot = startBoot(['start'], { ...w.env, HF_TOKEN, STANDIN_FAIL_FILE: fail, ...FAST, RESTART_LIMIT: '2', RESTART_WINDOW_MS: '60000', READY_TIMEOUT_MS: '2000', SALAD_MACHINE_ID: 'test-machine', SALAD_CONTAINER_GROUP_ID: 'test-group', SALAD_IMDS_URL: `http://127.0.0.1:${imdsPort}` });
-      const failed = await waitFor('gpu1 failed', async () => {
-        const s = await status(w).catch(() => undefined);
-        return s?.instances[1]?.health.out ? s : undefined;
-      }, 60_000);
-      expect(failed.instances[1]!.health.out).toMatchObject({ kind: 'failed', reason: expect.stringMatching(/^restarted \d+ times within 60 s \(RESTART_LIMIT=2\); last exit code 1: RuntimeError: CUDA error: an illegal memory access was encountered$/) });
-      expect(failed.instances[0]!.health.out).toBeNull();
-      expect((await http200(w.healthPort, '/ready/comfyui-gpu1')).body.reason).toMatch(/^out of service \(failed\): restarted/);
-      expect(failed.degraded.out.map((o) => o.instance)).toEqual(['comfyui-gpu1']);
-      // Stopped: PM2 restarts it no more.
-      const stopped = await waitFor('gpu1 stopped', async () => {
-        const s = (await status(w)) as Status & { instances: Array<InstanceStatus & { state: string }> };
-        return s.instances[1]!.state === 'stopped' ? s : undefined;
-      });
-      expect(stopped.instances[1]!.pid === null || stopped.instances[1]!.pid === 0).toBe(true);
-      expect(calls).toEqual([]);
-      // The other one fails too: nothing is left, and the machine is given back.
-      await writeFile(fail.replace('{port}', String(w.portStart)), '');
-      await fetch(`http://127.0.0.1:${w.portStart}/system_stats`);
-      const { execa } = await import('execa');
-      const pids = (await status(w)).instances[0]!.pid;
-      if (pids) await execa('kill', ['-9', String(pids)], { reject: false });
-      const result = await boot.child;
-      expect(result.exitCode).toBe(71);
-      const line = boot.logs().find((l) => typeof l.msg === 'string' && l.msg.includes('this machine cannot serve'));
-      expect(line?.msg).toBe('no instance left in service: comfyui-gpu0 failed, comfyui-gpu1 failed: this machine cannot serve; stopping (exit 71)');
-      // Instances that crash are no GPU fault: no other machine is asked for.
-      expect(calls).toEqual([]);
-      expect(existsSync(w.envFile('hf_node'))).toBe(false);
-      expect(result.all ?? '').not.toContain(HF_TOKEN);
-    } finally {
-      await new Promise<void>((resolve) => imds.close(() => resolve()));
-    }
+    expect(stopped.instances[1]!.pid === null || stopped.instances[1]!.pid === 0).toBe(true);
+    expect(calls).toEqual([]);
+    // The other one fails too: nothing is left, and the machine is given back.
+    await writeFile(fail.replace('{port}', String(w.portStart)), '');
+    await fetch(`http://127.0.0.1:${w.portStart}/system_stats`);
+    const { execa } = await import('execa');
+    const pids = (await status(w)).instances[0]!.pid;
+    if (pids) await execa('kill', ['-9', String(pids)], { reject: false });
+    const result = await boot.child;
+    expect(result.exitCode).toBe(71);
+    const line = boot.logs().find((l) => typeof l.msg === 'string' && l.msg.includes('this machine cannot serve'));
+    expect(line?.msg).toBe('no instance left in service: comfyui-gpu0 failed, comfyui-gpu1 failed: this machine cannot serve; stopping (exit 71)');
+    // Instances that crash are no GPU fault: no other machine is asked for.
+    expect(calls).toEqual([]);
+    expect(existsSync(w.envFile('hf_node'))).toBe(false);
+    expect(result.all ?? '').not.toContain(HF_TOKEN);
   });
 });
 
 describe('drain before a stop', () => {
-  const queuePrompt = async (port: number, seconds: number): Promise<string> => {
-    const response = await fetch(`http://127.0.0.1:${port}/prompt`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: { '1': { class_type: 'KSampler', inputs: {} } }, extra_data: { standin_seconds: seconds } }) });
-    return ((await response.json()) as { prompt_id: string }).prompt_id;
-  };
-
   it('SIGTERM while a prompt runs: it finishes within the budget, then the instances stop and the files are wiped', async () => {
     const w = await workspace(1);
     boot = startBoot(['start'], { ...w.env, HF_TOKEN, SHUTDOWN_TIMEOUT_MS: '12000', COMFYUI_KILL_TIMEOUT_MS: '3000' });
     await boot.waitForLog((l) => l.phase === 'ready', 'ready');
     const id = await queuePrompt(w.portStart, 2);
-    await waitFor('running', async () => ((await getJson(w.portStart, '/queue')) as { queue_running: unknown[] }).queue_running.length > 0 || undefined);
+    await untilRunning(w.portStart);
     boot.child.kill('SIGTERM');
     const result = await boot.child;
     expect(result.exitCode).toBe(0);
@@ -244,7 +237,7 @@ describe('drain before a stop', () => {
     await boot.waitForLog((l) => l.phase === 'ready', 'ready');
     const id = await queuePrompt(w.portStart, 120);
     const pending = await queuePrompt(w.portStart, 1);
-    await waitFor('running', async () => ((await getJson(w.portStart, '/queue')) as { queue_running: unknown[] }).queue_running.length > 0 || undefined);
+    await untilRunning(w.portStart);
     const started = Date.now();
     boot.child.kill('SIGTERM');
     const result = await boot.child;
@@ -281,18 +274,10 @@ describe('the GPU watchdog', () => {
     const state = path.join(w.root, 'smi-state');
     await writeFile(state, '');
     // A loopback stand-in for SaladCloud's instance metadata service.
-    const calls: Array<{ method: string; url: string; metadata: string | undefined; body: string }> = [];
-    const imds = http.createServer((req, res) => {
-      let body = '';
-      req.on('data', (c: Buffer) => (body += c.toString()));
-      req.on('end', () => {
-        calls.push({ method: req.method ?? '', url: req.url ?? '', metadata: req.headers.metadata as string | undefined, body });
-        res.writeHead(202, { 'Content-Type': 'application/json' }).end('{}');
-      });
-    });
-    await new Promise<void>((resolve) => imds.listen(0, '127.0.0.1', resolve));
-    onTestFinished(() => new Promise<void>((resolve) => imds.close(() => resolve())));
-    const salad = { SALAD_MACHINE_ID: 'test-machine', SALAD_CONTAINER_GROUP_ID: 'test-group', SALAD_IMDS_URL: `http://127.0.0.1:${(imds.address() as AddressInfo).port}` };
+    const imds = await standInImds((res) => res.writeHead(202, { 'Content-Type': 'application/json' }).end('{}'));
+    onTestFinished(imds.close);
+    const calls = imds.seen;
+    const salad = { SALAD_MACHINE_ID: 'test-machine', SALAD_CONTAINER_GROUP_ID: 'test-group', SALAD_IMDS_URL: imds.url };
     boot = startBoot(['start'], gpuEnv(w, state, { READY_MIN_INSTANCES: '1', ...salad }));
     await boot.waitForLog((l) => l.phase === 'ready', 'ready');
     const first = await waitFor('watchdog sampled both', async () => {
@@ -324,7 +309,7 @@ describe('the GPU watchdog', () => {
     const line = boot.logs().find((l) => typeof l.msg === 'string' && l.msg.includes('this machine cannot serve'));
     expect(line?.msg).toMatch(/^no healthy GPU left \(GPU 0: .*ECC.*\): this machine cannot serve; stopping \(exit 71\)$/i);
     expect(calls).toHaveLength(1);
-    expect(calls[0]).toMatchObject({ method: 'POST', url: '/v1/reallocate', metadata: 'true' });
+    expect(calls[0]).toMatchObject({ method: 'POST', url: '/v1/reallocate', headers: expect.objectContaining({ metadata: 'true' }) });
     expect(JSON.parse(calls[0]!.body)).toEqual({ reason: expect.stringMatching(/^no healthy GPU left/) });
     expect(existsSync(w.envFile('hf_node'))).toBe(false);
   });
@@ -345,18 +330,13 @@ describe('the GPU watchdog', () => {
 });
 
 describe('a prompt that makes no progress, and a rotation that drains first', () => {
-  const queuePrompt = async (port: number, seconds: number): Promise<string> => {
-    const response = await fetch(`http://127.0.0.1:${port}/prompt`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: { '1': { class_type: 'KSampler', inputs: {} } }, extra_data: { standin_seconds: seconds } }) });
-    return ((await response.json()) as { prompt_id: string }).prompt_id;
-  };
-
   it('PROMPT_STALL_MS: a running prompt that does not change is a hang (its worker died): restarted, the reason names the prompt', async () => {
     const w = await workspace(1);
     const dead = path.join(w.root, 'worker-dead');
     boot = startBoot(['start'], { ...w.env, HF_TOKEN, ...FAST, PROMPT_STALL_MS: '1500', STANDIN_WORKER_DEAD_FILE: dead });
     await boot.waitForLog((l) => l.phase === 'ready', 'ready');
     const id = await queuePrompt(w.portStart, 600);
-    await waitFor('running', async () => ((await getJson(w.portStart, '/queue')) as { queue_running: unknown[] }).queue_running.length > 0 || undefined);
+    await untilRunning(w.portStart);
     // The rule is in effect a longest prompt time: /queue tells which prompt runs, not its progress.
     await writeFile(dead, '');
     const line = await boot.waitForLog((l) => typeof l.msg === 'string' && l.msg.startsWith('instance comfyui-gpu0 is hung'), 'stall restart', 30_000);
@@ -383,7 +363,7 @@ describe('a prompt that makes no progress, and a rotation that drains first', ()
     await boot.waitForLog((l) => l.phase === 'ready', 'ready');
     await rm(hold);
     await queuePrompt(w.portStart, 0.5);
-    await waitFor('running', async () => ((await getJson(w.portStart, '/queue')) as { queue_running: unknown[] }).queue_running.length > 0 || undefined);
+    await untilRunning(w.portStart);
     await writeFile(hold, '');
     await writeFile(secret, 'hf_second_value_5678\n');
     const draining = await waitFor('draining', async () => {

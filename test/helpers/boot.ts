@@ -135,6 +135,16 @@ export function mountTmpfs(dir: string, options: string): boolean {
 /** Running: the pid exists and is not a zombie (an exited process that a PID 1 has not reaped yet runs nothing). */
 export const alive = isAlive;
 
+/** No process has this pid any more, not even a zombie (kill(pid, 0) says ESRCH): stricter than `alive`. */
+export function processGone(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return false;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'ESRCH';
+  }
+}
+
 /** Wait for a condition, polling, up to a deadline; no fixed sleeps in the tests either. */
 export async function waitFor<T>(what: string, check: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 20_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
