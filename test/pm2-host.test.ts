@@ -3,6 +3,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import net from 'node:net';
 import path from 'node:path';
+import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
 import { Pm2Host, SERVE_TIMEOUT_MS } from '../src/instances/pm2-host.js';
 import { pm2HomeForThisFile } from './helpers/boot.js';
@@ -45,4 +46,24 @@ describe('Pm2Host', () => {
     for (const socket of connections) socket.destroy();
     await new Promise<void>((resolve) => squatter.close(() => resolve()));
   }, SERVE_TIMEOUT_MS + 5000);
+
+  it('leaves source maps as they were (PM2\'s Daemon.js turns them on for the whole process as it loads)', async () => {
+    const script = [
+      "const { Pm2Host } = await import('./dist/instances/pm2-host.js');",
+      "const { pino } = await import('pino');",
+      'const before = process.sourceMapsEnabled;',
+      "Pm2Host.load(pino({ level: 'silent' }));",
+      "const { createRequire } = await import('node:module');",
+      "const loaded = Boolean(createRequire(import.meta.url).cache[createRequire(import.meta.url).resolve('pm2/lib/Daemon.js')]);",
+      // Pm2Host.load sends console.* to the logger.
+      "process.stdout.write(JSON.stringify({ before, after: process.sourceMapsEnabled, loaded }) + '\\n');",
+      'process.exit(0);',
+    ].join('\n');
+    const env = { PATH: process.env.PATH!, HOME: home.root, PM2_HOME: path.join(home.root, 'maps') };
+    for (const flags of [[], ['--enable-source-maps']]) {
+      const { stdout } = await execa(process.execPath, [...flags, '--input-type=module', '-e', script], { cwd: path.resolve(import.meta.dirname, '..'), env, extendEnv: false });
+      const enabled = flags.length > 0;
+      expect(JSON.parse(stdout.trim().split('\n').pop()!)).toEqual({ before: enabled, after: enabled, loaded: true });
+    }
+  });
 });

@@ -48,6 +48,28 @@ describe('ProcessManager with a real PM2', () => {
     expect((await processes.currentPids()).sort()).toEqual(started.map((i) => i.pid).sort());
     await waitFor('output relayed', () => lines.some((l) => l.includes('"instance":"comfyui-gpu1"') && l.includes('"msg":"up"')));
 
+    // Lists asked at the same moment share one request to PM2; one asked after a stop began does not.
+    const api = (processes as unknown as { api: { list: (cb: unknown) => void } }).api;
+    const realList = api.list.bind(api);
+    let requests = 0;
+    api.list = (cb) => {
+      requests += 1;
+      realList(cb);
+    };
+    const together = await Promise.all([processes.list(), processes.list(), processes.list()]);
+    expect(requests).toBe(1);
+    expect(together[1]).toEqual(together[0]);
+    const before0 = processes.list();
+    const stopped = processes.stopOne('comfyui-gpu0');
+    const during0 = processes.list();
+    await stopped;
+    const after0 = await processes.list();
+    await Promise.all([before0, during0]);
+    expect(requests).toBe(4);
+    expect(after0.find((i) => i.name === 'comfyui-gpu0')?.status).toBe('stopped');
+    api.list = realList;
+    await processes.restartFresh('comfyui-gpu0');
+
     const before = started.find((i) => i.name === 'comfyui-gpu1')!;
     const after = await processes.restartFresh('comfyui-gpu1');
     expect(after?.pid).toBeGreaterThan(0);

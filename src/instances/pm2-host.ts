@@ -131,12 +131,17 @@ export class Pm2Host {
   static load(logger: Logger): Pm2Host {
     const require = createRequire(import.meta.url);
     const saved = Object.fromEntries(CONSOLE_METHODS.map((m) => [m, console[m]])) as Record<ConsoleMethod, (...args: unknown[]) => void>;
+    // PM2's Daemon.js turns source maps on for the whole process as it loads. Hosted here, that made
+    // every Error's stack (each refused connection of the readiness probes) look up dist/'s maps:
+    // ~190 ms of CPU while 16 instances start (bench/RESULTS.md). The setting is put back as it was.
+    const sourceMaps = process.sourceMapsEnabled;
     const host = new Pm2Host(
       require('pm2/constants.js') as Pm2Paths,
       require('pm2/lib/Daemon.js') as DaemonClass,
       require('pm2/lib/God.js') as Pm2God,
       saved,
     );
+    if (process.sourceMapsEnabled !== sourceMaps) process.setSourceMapsEnabled(sourceMaps);
     // Loading PM2 schedules its worker (system metrics, which run `df`) 500 ms later, and its
     // children inherit this process's environment: held back until `serve`, which the boot calls
     // only once the secrets are out of the environment.

@@ -66,32 +66,36 @@ function commandOf(pid: number): string {
   }
 }
 
+/** Does process `pid` hold one of the sockets `wanted` (as /proc/<pid>/fd's links name them)? False when unreadable. */
+function holdsSocket(pid: string, wanted: ReadonlySet<string>): boolean {
+  let fds: string[];
+  try {
+    fds = readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return false;
+  }
+  for (const fd of fds) {
+    try {
+      if (wanted.has(readlinkSync(`/proc/${pid}/fd/${fd}`))) return true;
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return false;
+}
+
+const socketLinks = (inodes: ReadonlySet<string>) => new Set([...inodes].map((i) => `socket:[${i}]`));
+
 /** The processes holding a socket that listens on `port` (those whose /proc/<pid>/fd this process can read). */
-export function portHolders(port: number): PortHolder[] {
-  const inodes = listeningInodes(port);
-  if (inodes.size === 0) return [];
-  const wanted = new Set([...inodes].map((i) => `socket:[${i}]`));
+export function portHolders(port: number, sockets = listeningSockets(port)): PortHolder[] {
+  if (!sockets || sockets.inodes.size === 0) return [];
+  const wanted = socketLinks(sockets.inodes);
   const holders: PortHolder[] = [];
   for (const name of readdirSync('/proc')) {
     if (!/^\d+$/.test(name)) continue;
-    let fds: string[];
-    try {
-      fds = readdirSync(`/proc/${name}/fd`);
-    } catch {
-      continue;
-    }
-    for (const fd of fds) {
-      let target: string;
-      try {
-        target = readlinkSync(`/proc/${name}/fd/${fd}`);
-      } catch {
-        continue;
-      }
-      if (wanted.has(target)) {
-        const pid = Number(name);
-        holders.push({ pid, command: commandOf(pid) });
-        break;
-      }
+    if (holdsSocket(name, wanted)) {
+      const pid = Number(name);
+      holders.push({ pid, command: commandOf(pid) });
     }
   }
   return holders;
@@ -118,7 +122,9 @@ export function portOwner(port: number, pid: number | undefined): { owner: 'inst
   if (sockets.inodes.size === 0) return { owner: 'none', holders: [] };
   // Without the instance's pid nothing can be told apart: not "someone else".
   if (pid === undefined || pid <= 0) return { owner: 'unknown', holders: [] };
-  const holders = portHolders(port);
+  // The usual answer first: the instance's own process holds it (one folder read, not all of /proc).
+  if (holdsSocket(String(pid), socketLinks(sockets.inodes))) return { owner: 'instance', holders: [{ pid, command: commandOf(pid) }] };
+  const holders = portHolders(port, sockets);
   if (holders.length === 0) {
     // Another user's /proc/<pid>/fd needs CAP_SYS_PTRACE (root in a default Docker container lacks it):
     // the socket's owner uid, which /proc/net/tcp shows to anyone, must then be the instance's.

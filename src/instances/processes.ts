@@ -127,6 +127,9 @@ export class ProcessManager {
   private bus: Pm2Bus | undefined;
   private loading: Promise<{ api: Pm2Api; host: Pm2Host }> | undefined;
   private connecting: Promise<void> | undefined;
+  /** The list request in flight, shared while `generation` is unchanged (see list). */
+  private listing: { generation: number; result: Promise<Pm2ProcessDescription[]> } | undefined;
+  private generation = 0;
   /** Set by close: a connect still under way stops at its next step instead of serving a closed host. */
   private closing = false;
   /** PM2's daemon code, loaded in this process; it serves PM2_HOME unless another daemon already did. */
@@ -220,13 +223,35 @@ export class ProcessManager {
     return this.connecting;
   }
 
+  /** A start, stop or delete through PM2: a list sent before it (or while it runs) is not shared after it. */
+  private async change<T>(fn: (cb: Callback<T>) => void): Promise<T> {
+    this.generation += 1;
+    try {
+      return await call(fn);
+    } finally {
+      this.generation += 1;
+    }
+  }
+
   private get pm2(): Pm2Api {
     if (!this.api) throw new Error('PM2 is not connected');
     return this.api;
   }
 
+  /**
+   * PM2's list, with its per-process CPU and memory reading (/proc for each): callers at the same
+   * moment (each instance's readiness, the supervisor) share one request, as long as no start, stop
+   * or delete began or ended since it was sent.
+   */
   async list(): Promise<InstanceState[]> {
-    const all = await call<Pm2ProcessDescription[]>((cb) => this.pm2.list(cb));
+    if (this.listing?.generation !== this.generation) {
+      const request = { generation: this.generation, result: call<Pm2ProcessDescription[]>((cb) => this.pm2.list(cb)) };
+      this.listing = request;
+      void request.result.finally(() => {
+        if (this.listing === request) this.listing = undefined;
+      }).catch(() => undefined);
+    }
+    const all = await this.listing!.result;
     return all
       .filter((p) => p.name?.startsWith(APP_PREFIX))
       .map((p) => ({
@@ -241,7 +266,7 @@ export class ProcessManager {
   /** Remove apps of ours left by an earlier run in the same PM2_HOME (a crash, a restart of the container). */
   async removeStaleApps(): Promise<string[]> {
     const stale = await this.list();
-    await Promise.all(stale.map((app) => call((cb) => this.pm2.delete(app.name, cb))));
+    await Promise.all(stale.map((app) => this.change((cb) => this.pm2.delete(app.name, cb))));
     return stale.map((a) => a.name);
   }
 
@@ -254,7 +279,7 @@ export class ProcessManager {
     process.env.GPU_BOOT_STATE_DIR = stateDir;
     // This process reads it through the state folder's handle: a folder renamed into the path's place changes nothing.
     if (planFile) process.env.GPU_BOOT_PLAN_FILE = planFile;
-    await call((cb) => this.pm2.start(this.ecosystemFile, cb));
+    await this.change((cb) => this.pm2.start(this.ecosystemFile, cb));
     const list = await this.list();
     this.started = list.map((i) => i.name);
     return list;
@@ -284,10 +309,10 @@ export class ProcessManager {
   async restartFresh(name: string): Promise<InstanceState | undefined> {
     this.restarting.add(name);
     try {
-      await call((cb) => this.pm2.delete(name, cb));
+      await this.change((cb) => this.pm2.delete(name, cb));
       // A stop began meanwhile: starting it again now would outlive the stop.
       if (this.stopping) return undefined;
-      await call((cb) => this.pm2.start(this.ecosystemFile, { only: name }, cb));
+      await this.change((cb) => this.pm2.start(this.ecosystemFile, { only: name }, cb));
     } finally {
       this.restarting.delete(name);
     }
@@ -301,7 +326,7 @@ export class ProcessManager {
   async stopOne(name: string): Promise<void> {
     this.restarting.add(name);
     try {
-      await call((cb) => this.pm2.stop(name, cb));
+      await this.change((cb) => this.pm2.stop(name, cb));
     } finally {
       this.restarting.delete(name);
     }
@@ -453,7 +478,7 @@ export class ProcessManager {
     // A run that started nothing (refused, or failed before) must not stop another run's apps.
     if (!this.api || !this.startedInstances) return;
     const apps = await this.list();
-    await Promise.all(apps.map((app) => call((cb) => this.pm2.delete(app.name, cb))));
+    await Promise.all(apps.map((app) => this.change((cb) => this.pm2.delete(app.name, cb))));
   }
 
   /** Our instances' pids as PM2 has them now, from $PM2_HOME/pids (readable even when the daemon hangs). */
