@@ -29,6 +29,9 @@ describe('Pm2Host', () => {
     expect(console.log).not.toBe(consoleLog);
     console.log('said by pm2');
     expect(lines.some((l) => l.includes('"component":"pm2"') && l.includes('said by pm2'))).toBe(true);
+    // Formatted as console.log formats: PM2's debug lines use printf-style placeholders.
+    console.log('pid=%d msg=process tree killed (%d pids)', 30086, 1);
+    expect(lines.map((l) => JSON.parse(l) as { msg: string }).map((l) => l.msg)).toContain('pid=30086 msg=process tree killed (1 pids)');
     // PM2's worker (system metrics: it spawns `df`, which would inherit this environment) waits for
     // serving: 500 ms after loading it has not run.
     const God = createRequire(import.meta.url)('pm2/lib/God.js') as { system_infos: object | null };

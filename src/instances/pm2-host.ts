@@ -6,6 +6,7 @@ import { createRequire } from 'node:module';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { format } from 'node:util';
 import type { Server } from 'node:net';
 import type { Logger } from 'pino';
 
@@ -23,6 +24,7 @@ import type { Logger } from 'pino';
  */
 
 interface Pm2Paths {
+  PM2_HOME: string;
   DAEMON_RPC_PORT: string;
   DAEMON_PUB_PORT: string;
   PM2_PID_FILE_PATH: string;
@@ -155,7 +157,8 @@ export class Pm2Host {
     const pm2Logger = logger.child({ component: 'pm2' });
     for (const method of CONSOLE_METHODS) {
       const level = method === 'warn' || method === 'error' ? 'warn' : 'debug';
-      console[method] = (...args: unknown[]) => pm2Logger[level](args.map(String).join(' '));
+      // As console.* formats them: PM2 writes `console.log('pid=%d msg=%s', pid, msg)`.
+      console[method] = (...args: unknown[]) => pm2Logger[level](format(...args));
     }
     return host;
   }
@@ -228,6 +231,13 @@ export class Pm2Host {
         resolve();
       });
     });
+    // PM2's own mark that this PM2_HOME is set up: without it the first `pm2 ls` in the container
+    // prints PM2's banner (and asks pm2.io about the install). Created, never overwritten or followed.
+    try {
+      writeFileSync(path.join(paths.PM2_HOME, 'touch'), String(Date.now()), { flag: 'wx', mode: 0o644 });
+    } catch {
+      // there already (or PM2_HOME read-only: only the banner is lost)
+    }
     // Serving: PM2's worker may run from now on (now if its timer already fired, else when it does).
     if (this.God.Worker && this.workerStart) {
       this.God.Worker.start = this.workerStart;

@@ -107,9 +107,14 @@ describe('start: the whole boot with real PM2', () => {
     expect(reports[0]!.pid).not.toBe(reports[1]!.pid);
 
     // PM2 with the same PM2_HOME lists the instances; its records hold no secret.
-    const jlist = await execa('node', [PM2_BIN, 'jlist'], { env: { PATH: env.PATH!, HOME: ws.root, PM2_HOME: ws.pm2Home }, extendEnv: false });
-    // A fresh PM2_HOME makes the CLI print its welcome banner first: the JSON is the last line.
-    const apps = JSON.parse(jlist.stdout.trim().split('\n').pop()!) as Array<{ name: string; pid: number; pm2_env: { status: string; kill_timeout: number; exp_backoff_restart_delay: number } }>;
+    // `pm2 ls` first: gpu-boot set PM2_HOME up as PM2 does, so the CLI prints no first-run banner.
+    const shell = { env: { PATH: env.PATH!, HOME: ws.root, PM2_HOME: ws.pm2Home }, extendEnv: false };
+    const ls = await execa('node', [PM2_BIN, 'ls'], shell);
+    expect(ls.stdout).not.toContain('Runtime Edition');
+    expect(ls.stdout.trimStart()).toMatch(/^┌/);
+    expect(ls.stdout).toContain('comfyui-gpu0');
+    const jlist = await execa('node', [PM2_BIN, 'jlist'], shell);
+    const apps = JSON.parse(jlist.stdout) as Array<{ name: string; pid: number; pm2_env: { status: string; kill_timeout: number; exp_backoff_restart_delay: number } }>;
     expect(apps.map((a) => a.name).sort()).toEqual(['comfyui-gpu0', 'comfyui-gpu1']);
     expect(apps.every((a) => a.pm2_env.status === 'online')).toBe(true);
     expect(apps[0]!.pm2_env.kill_timeout).toBe(3000);
