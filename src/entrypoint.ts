@@ -13,11 +13,12 @@ const COMMANDS = {
   plan: 'print the layout and the PM2 apps that start would run: each instance\'s device (UUID, MIG profile), slot, port and arguments (JSON on stdout, no secrets; logs on stderr)',
   wipe: 'remove every .env a previous run left (after a crash), restoring what they replaced; also dead runs\' secrets folders, a dead run\'s plan and PM2\'s stale sockets',
   demo: 'run start on the shipped demo workspace: mock GPUs, a ComfyUI stand-in, fake secrets',
+  status: 'what the running boot says on its health server (HEALTH_PORT): GPUs, instances (state, port, ready, restarts, last exit), nodes loaded or failed, rotation, phases; a table, --json for scripts; exit 0 ready, 1 not ready, 69 no boot answers',
   install: 'build time: clone each manifest node with a url at its branch or commit, pip install its requirements, run its custom_script; refuses to run with secrets set',
 } as const;
 type Command = keyof typeof COMMANDS;
 
-const EXIT_CODES = `exit codes: 0 ok, 1 install failed, 64 usage, 65 state folder or record not gpu-boot's (nothing touched), 69 no GPU (GPU_MODE=actual), 70 internal error, 71 no healthy GPU or instance left while running (replace the machine), 73 cannot write, 74 I/O or PM2 failure, 75 another gpu-boot runs on this workspace, 78 configuration, manifest or secret error`;
+const EXIT_CODES = `exit codes: 0 ok, 1 install failed or (status) not ready, 64 usage, 65 state folder or record not gpu-boot's (nothing touched), 69 no GPU (GPU_MODE=actual), 70 internal error, 71 no healthy GPU or instance left while running (replace the machine), 73 cannot write, 74 I/O or PM2 failure, 75 another gpu-boot runs on this workspace, 78 configuration, manifest or secret error`;
 
 function mainHelp(): string {
   const width = Math.max(...SETTINGS_DOC.map((s) => s.name.length));
@@ -45,6 +46,7 @@ function commandHelp(command: Command): string {
   const flags: Partial<Record<Command, string>> = {
     check: '  --json   print the report as JSON',
     detect: '  --json   print only {"count","model","source","gpus":[...],"devices":[{"id","uuid","used","why"}...],...} on stdout; logs go to stderr',
+    status: '  --json   print {"url","ready":<what /ready says>,"status":<what /status says>} instead of the table',
   };
   return [`usage: gpu-boot ${command}${flags[command] ? ' [--json]' : ''}`, '', COMMANDS[command], '', ...(flags[command] ? ['flags:', flags[command], ''] : []), 'settings: see `gpu-boot --help`', EXIT_CODES, ''].join('\n');
 }
@@ -61,7 +63,7 @@ function parseCommandLine(argv: string[]): { command: Command; json: boolean; he
   if (!(name in COMMANDS)) throw new UsageError(`unknown command "${name}"; commands: ${Object.keys(COMMANDS).join(', ')}`);
   if (rest.length) throw new UsageError(`unexpected argument "${rest[0]}"`);
   const command = name as Command;
-  if (parsed.values.json && command !== 'check' && command !== 'detect') throw new UsageError(`--json is only for check and detect`);
+  if (parsed.values.json && command !== 'check' && command !== 'detect' && command !== 'status') throw new UsageError(`--json is only for check, detect and status`);
   return { command, json: parsed.values.json === true, help: parsed.values.help === true };
 }
 
@@ -116,7 +118,7 @@ export async function main(argv: string[]): Promise<number> {
       Object.assign(process.env, demo.env);
     }
     // stdout is for the JSON alone: `plan` prints only JSON, `detect` and `check` with --json.
-    const quietStdout = command === 'plan' || (json && (command === 'detect' || command === 'check'));
+    const quietStdout = command === 'plan' || command === 'status' || (json && (command === 'detect' || command === 'check'));
     // A bad LOG_LEVEL must still be reported: log at info until the configuration is known.
     let config: Config;
     try {
@@ -144,6 +146,12 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 async function runCommand(command: Command, json: boolean, ctx: { config: Config; logger: Logger; masker: SecretMasker; env: NodeJS.ProcessEnv }): Promise<number> {
+  if (command === 'status') {
+    const { formatStatus, healthUrl, readStatus, statusExitCode } = await import('./status.js');
+    const result = await readStatus(healthUrl(ctx.config));
+    process.stdout.write(json ? `${JSON.stringify(result, null, 2)}\n` : formatStatus(result));
+    return statusExitCode(result);
+  }
   const runner = await import('./runner.js');
   switch (command) {
     case 'start':

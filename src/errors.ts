@@ -4,7 +4,7 @@
  */
 export const ExitCode = {
   ok: 0,
-  failed: 1, // `install`: a node could not be cloned, checked out or set up
+  failed: 1, // `install`: a node could not be cloned, checked out or set up; `status`: the boot answers, not ready
   usage: 64, // EX_USAGE: unknown subcommand or flag
   dataError: 65, // EX_DATAERR: the state folder or its record is not gpu-boot's (planted, forged): nothing touched
   unavailable: 69, // EX_UNAVAILABLE: no GPU where one was required

@@ -119,12 +119,12 @@ describe('command line', () => {
   it('--help describes the commands, every setting and the exit codes', async () => {
     const result = await runBoot(['--help'], { PATH: process.env.PATH! });
     expect(result.exitCode).toBe(0);
-    for (const word of ['start', 'check', 'detect', 'plan', 'wipe', 'demo', 'SECRETS_ENV_FILE', 'COMFYUI_PORT_START', 'SHUTDOWN_TIMEOUT_MS', '78 configuration']) {
+    for (const word of ['start', 'check', 'detect', 'plan', 'wipe', 'demo', 'status', 'SECRETS_ENV_FILE', 'COMFYUI_PORT_START', 'SHUTDOWN_TIMEOUT_MS', '78 configuration']) {
       expect(result.stdout).toContain(word);
     }
   });
 
-  it.each(['start', 'check', 'detect', 'plan', 'wipe', 'demo', 'install'])('%s --help answers without running', async (command) => {
+  it.each(['start', 'check', 'detect', 'plan', 'wipe', 'demo', 'install', 'status'])('%s --help answers without running', async (command) => {
     const result = await runBoot([command, '--help'], { PATH: process.env.PATH! });
     expect(result.exitCode).toBe(0);
     expect(result.stdout.split('\n')[0]).toMatch(new RegExp(`^usage: gpu-boot ${command}`));
