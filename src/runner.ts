@@ -428,7 +428,11 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
 
     // Readiness runs beside the wait for a signal: a SIGTERM during a slow start is honoured at once.
     // The boot's duration counts from the process's start (performance.now()'s origin), Node's own start included.
-    const ready = reportReadiness(logger, config, plan.instances, 0, abort.signal, (ms) => state.recordPhase('ready', ms), (name) => instancePid(processes, name), (name) => {
+    // Once all answer, PM2's worker (held back while they started) may run.
+    const ready = reportReadiness(logger, config, plan.instances, 0, abort.signal, (ms) => {
+      state.recordPhase('ready', ms);
+      processes.releasePm2Worker();
+    }, (name) => instancePid(processes, name), (name) => {
       processes.markServing(name);
       supervisor?.markServing(name);
       // Which custom nodes it actually serves classes of: /object_info, once it answers.

@@ -37,8 +37,11 @@ describe('ProcessManager with a real PM2', () => {
     // PM2 is served from this process, on the usual sockets: the pm2 CLI sees the apps.
     expect(processes.hostsPm2).toBe(true);
     expect(await processes.daemonPid()).toBe(process.pid);
-    // Serving lets PM2's worker run: its system metrics arrive.
+    // PM2's worker waits while the instances start; released, it runs: its system metrics arrive.
     const God = createRequire(import.meta.url)('pm2/lib/God.js') as { system_infos: object | null };
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    expect(God.system_infos).toEqual({});
+    processes.releasePm2Worker();
     await waitFor('PM2 worker ran', () => Object.keys(God.system_infos ?? {}).length > 0);
     await processes.watch();
 

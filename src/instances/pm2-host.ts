@@ -53,6 +53,9 @@ type DaemonClass = new (options: { pub_socket_file: string; rpc_socket_file: str
 const CONSOLE_METHODS = ['log', 'info', 'warn', 'error'] as const;
 type ConsoleMethod = (typeof CONSOLE_METHODS)[number];
 
+/** The latest PM2's worker starts after serving, when the boot has not released it (releaseWorker) before. */
+export const WORKER_RELEASE_MS = 30_000;
+
 /** How long binding PM2's two sockets may take before hosting is given up (it takes ~1 ms). */
 export const SERVE_TIMEOUT_MS = 5000;
 
@@ -117,6 +120,7 @@ export class Pm2Host {
   /** PM2's periodic worker, held back until this process serves (see load). */
   private workerStart: (() => void) | undefined;
   private workerWanted = false;
+  private workerTimer: NodeJS.Timeout | undefined;
 
   private constructor(
     private readonly paths: Pm2Paths,
@@ -238,11 +242,21 @@ export class Pm2Host {
     } catch {
       // there already (or PM2_HOME read-only: only the banner is lost)
     }
-    // Serving: PM2's worker may run from now on (now if its timer already fired, else when it does).
-    if (this.God.Worker && this.workerStart) {
-      this.God.Worker.start = this.workerStart;
-      if (this.workerWanted) this.workerStart();
-    }
+    // PM2's worker waits still: its first round (system metrics: /proc read through, `df`) is ~140 ms
+    // of CPU, which would fall on the instances' start. The boot releases it once they answer
+    // (releaseWorker); this timer is for a boot whose instances never all answer.
+    this.workerTimer = setTimeout(() => this.releaseWorker(), WORKER_RELEASE_MS);
+    this.workerTimer.unref();
+  }
+
+  /** Let PM2's worker run (now, if PM2 already wanted it to start, else when it does). Serving only; once. */
+  releaseWorker(): void {
+    clearTimeout(this.workerTimer);
+    if (!this.daemon || this.closed || !this.God.Worker || !this.workerStart) return;
+    const start = this.workerStart;
+    this.workerStart = undefined;
+    this.God.Worker.start = start;
+    if (this.workerWanted) start();
   }
 
   /** Stop serving (the apps must be gone already): sockets, PM2's timers, the pid file; console back. */
@@ -250,6 +264,7 @@ export class Pm2Host {
     if (this.closed) return;
     this.closed = true;
     const { God, daemon, paths } = this;
+    clearTimeout(this.workerTimer);
     if (God.Worker) {
       God.Worker.stop();
       // PM2 starts its worker 500 ms after loading: a close before then must not let it start later.

@@ -263,6 +263,11 @@ export class ProcessManager {
       }));
   }
 
+  /** The instances answer: PM2's periodic worker, held back while they started, may run (where this process serves PM2). */
+  releasePm2Worker(): void {
+    if (this.serving) this.host?.releaseWorker();
+  }
+
   /** Remove apps of ours left by an earlier run in the same PM2_HOME (a crash, a restart of the container). */
   async removeStaleApps(): Promise<string[]> {
     const stale = await this.list();

@@ -81,8 +81,9 @@ export class Supervisor {
     for (const plan of deps.state.instances) if (!deps.state.health.has(plan.name)) deps.state.health.set(plan.name, newInstanceHealth(plan));
   }
 
+  /** The first round after one interval: before that the instances are still starting, and a round would only take their CPU. */
   start(): void {
-    this.schedule(0);
+    this.schedule(this.deps.settings.intervalMs);
   }
 
   /** Stop acting at once (a round in flight does nothing more); waits at most `waitMs` for it. */
