@@ -143,6 +143,7 @@ function workspace(nodes) {
 function instanceTimes(root, spawnedAt, ports) {
   const times = ports.map((port) => JSON.parse(readFileSync(path.join(root, 'workspace', 'times', `${port}.json`), 'utf8')));
   return {
+    firstStartMs: Math.min(...times.map((t) => t.started * 1000 - spawnedAt)),
     lastStartMs: Math.max(...times.map((t) => t.started * 1000 - spawnedAt)),
     instanceMs: median(times.map((t) => (t.serving - t.started) * 1000)),
   };
@@ -364,10 +365,10 @@ function printScenarios() {
   console.log(`floor: node -e 0 = ${fmt(results.floor.nodeMs)} ms${results.floor.links500Ms ? `; links in fresh folders on the workspace disk: 100 = ${fmt(results.floor.links100Ms)} ms, 500 = ${fmt(results.floor.links500Ms)} ms` : ''}`);
   console.log(`floor: Node + zod + pino + PM2 (client and daemon code) loaded in one process = ${fmt(results.floor.librariesMs)} ms after its start, ${fmt(results.floor.librariesMb)} MB peak RSS`);
   console.log('\nagainst the peer (a shell entrypoint: printf each .env, exec pm2-runtime), same round, same stand-in:');
-  console.log('| GPUs | nodes | stand-ins bare | gpu-boot ready | peer ready | ratio | last instance started: gpu-boot / peer | instance start to serving: gpu-boot / peer | gpu-boot stop | peer stop | gpu-boot MB | peer MB |');
+  console.log('| GPUs | nodes | stand-ins bare | gpu-boot ready | peer ready | ratio | first / last instance started: gpu-boot / peer | instance start to serving: gpu-boot / peer | gpu-boot stop | peer stop | gpu-boot MB | peer MB |');
   console.log('|---|---|---|---|---|---|---|---|---|---|---|---|');
   for (const s of results.scenarios) {
-    console.log(`| ${s.gpus} | ${s.nodes} | ${fmt(s.standInFloorMs)} | ${fmt(s.readyMs)} | ${fmt(s.peer.readyMs)} | ${s.readyRatio.median.toFixed(2)} (${s.readyRatio.min.toFixed(2)}–${s.readyRatio.max.toFixed(2)}) | ${round1(s.lastStartMs.median)} / ${round1(s.peer.lastStartMs.median)} | ${round1(s.instanceMs.median)} / ${round1(s.peer.instanceMs.median)} | ${fmt(s.shutdownMs)} | ${fmt(s.peer.shutdownMs)} | ${fmt(s.totalRssMb)} | ${fmt(s.peer.rssMb)} |`);
+    console.log(`| ${s.gpus} | ${s.nodes} | ${fmt(s.standInFloorMs)} | ${fmt(s.readyMs)} | ${fmt(s.peer.readyMs)} | ${s.readyRatio.median.toFixed(2)} (${s.readyRatio.min.toFixed(2)}–${s.readyRatio.max.toFixed(2)}) | ${round1(s.firstStartMs.median)}, ${round1(s.lastStartMs.median)} / ${round1(s.peer.firstStartMs.median)}, ${round1(s.peer.lastStartMs.median)} | ${round1(s.instanceMs.median)} / ${round1(s.peer.instanceMs.median)} | ${fmt(s.shutdownMs)} | ${fmt(s.peer.shutdownMs)} | ${fmt(s.totalRssMb)} | ${fmt(s.peer.rssMb)} |`);
   }
   console.log('\ngpu-boot\'s phases:');
   console.log('| GPUs | nodes | overhead | config | detect | secrets | write | (pm2-load) | pm2-start | wipe | bootstrap MB | PM2 MB |');
@@ -421,9 +422,10 @@ for (const s of scenarios) {
     pm2RssMb: stats(runs.map((r) => r.rss.pm2Mb)),
     pm2InProcess: runs.every((r) => r.rss.pm2InProcess),
     totalRssMb: stats(runs.map((r) => r.rss.bootstrapMb + r.rss.pm2Mb)),
+    firstStartMs: stats(runs.map((r) => r.firstStartMs)),
     lastStartMs: stats(runs.map((r) => r.lastStartMs)),
     instanceMs: stats(runs.map((r) => r.instanceMs)),
-    peer: { readyMs: stats(peers.map((p) => p.readyMs)), lastStartMs: stats(peers.map((p) => p.lastStartMs)), instanceMs: stats(peers.map((p) => p.instanceMs)), shutdownMs: stats(peers.map((p) => p.shutdownMs)), rssMb: stats(peers.map((p) => p.rssMb)) },
+    peer: { readyMs: stats(peers.map((p) => p.readyMs)), firstStartMs: stats(peers.map((p) => p.firstStartMs)), lastStartMs: stats(peers.map((p) => p.lastStartMs)), instanceMs: stats(peers.map((p) => p.instanceMs)), shutdownMs: stats(peers.map((p) => p.shutdownMs)), rssMb: stats(peers.map((p) => p.rssMb)) },
     // Per round: both booted in the same round, one right after the other.
     readyRatio: stats(runs.map((r, i) => r.readyMs / peers[i].readyMs)),
   });

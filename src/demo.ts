@@ -2,8 +2,8 @@ import { cp, mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
+import { PACKAGE_ROOT } from './package-root.js';
 
 /**
  * `gpu-boot demo`: the whole boot on a shipped workspace, on any machine. The
@@ -12,7 +12,7 @@ import { execa } from 'execa';
  * source (a _FILE, an _ENCODED, a plain variable). Variables the user set win.
  */
 
-const DEMO_DIR = fileURLToPath(new URL('../demo/', import.meta.url));
+const DEMO_DIR = `${path.join(PACKAGE_ROOT, 'demo')}${path.sep}`;
 
 async function portFree(port: number): Promise<boolean> {
   return new Promise((resolve) => {

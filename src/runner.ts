@@ -1,6 +1,5 @@
 import { existsSync, lstatSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import type { Config } from './config.js';
 import { BootError, ConfigError, ExitCode, describeError } from './errors.js';
@@ -30,6 +29,7 @@ import { GpuWatchdog, type Finding } from './gpus/watchdog.js';
 import { requestReallocation } from './gpus/reallocate.js';
 import { watchEventLoop } from './health/event-loop.js';
 import { withTimeout } from './timeout.js';
+import { PACKAGE_ROOT } from './package-root.js';
 
 /**
  * The lifecycle, and the only place that knows the order of the phases:
@@ -37,7 +37,7 @@ import { withTimeout } from './timeout.js';
  * The wipe is a finish stage: it runs on every exit path once anything was written.
  */
 
-export const ECOSYSTEM_FILE = fileURLToPath(new URL('../ecosystem.config.cjs', import.meta.url));
+export const ECOSYSTEM_FILE = path.join(PACKAGE_ROOT, 'ecosystem.config.cjs');
 
 export interface RunContext {
   config: Config;

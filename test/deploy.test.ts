@@ -235,7 +235,7 @@ describe('.dockerignore', () => {
       .getCOPYs()
       .filter((c) => !c.getFlags().some((f) => f.getName() === 'from'))
       .flatMap((c) => c.getExpandedArguments().map((a) => a.getValue()).slice(0, -1));
-    expect(sources.sort()).toEqual(['docker/config_nodes.json', 'ecosystem.config.cjs', 'launcher/', 'package-lock.json', 'package.json', 'src/', 'tsconfig.json']);
+    expect(sources.sort()).toEqual(['docker/config_nodes.json', 'ecosystem.config.cjs', 'launcher/', 'package-lock.json', 'package.json', 'scripts/', 'src/', 'tsconfig.json']);
     for (const source of sources) {
       expect(existsSync(at(source))).toBe(true);
       const probe = source.endsWith('/') ? `${source}x.ts` : source;

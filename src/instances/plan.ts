@@ -1,10 +1,10 @@
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { Config } from '../config.js';
 import { ConfigError } from '../errors.js';
 import { parseComfyArgs, reservedFlagProblems } from './comfy-args.js';
 import { gib, type GpuDetection } from '../gpus/detect.js';
 import type { Device } from '../gpus/placement.js';
+import { PACKAGE_ROOT } from '../package-root.js';
 
 export { parseComfyArgs, probeHost } from './comfy-args.js';
 
@@ -19,7 +19,7 @@ export const APP_PREFIX = 'comfyui-gpu';
 export const PLAN_FILE_NAME = 'plan.json';
 
 /** The launcher that puts declared keys in an instance's environment without passing them through PM2. */
-export const LAUNCHER = fileURLToPath(new URL('../../launcher/exec-with-env.py', import.meta.url));
+export const LAUNCHER = path.join(PACKAGE_ROOT, 'launcher', 'exec-with-env.py');
 
 export interface ProcessEnvSource {
   /** A node's .env */
