@@ -146,6 +146,8 @@ function instanceTimes(root, spawnedAt, ports) {
     firstStartMs: Math.min(...times.map((t) => t.started * 1000 - spawnedAt)),
     lastStartMs: Math.max(...times.map((t) => t.started * 1000 - spawnedAt)),
     instanceMs: median(times.map((t) => (t.serving - t.started) * 1000)),
+    // CPU the instance itself used until it served (its interpreter's start excluded).
+    instanceCpuMs: median(times.map((t) => t.cpu * 1000)),
   };
 }
 
@@ -365,10 +367,10 @@ function printScenarios() {
   console.log(`floor: node -e 0 = ${fmt(results.floor.nodeMs)} ms${results.floor.links500Ms ? `; links in fresh folders on the workspace disk: 100 = ${fmt(results.floor.links100Ms)} ms, 500 = ${fmt(results.floor.links500Ms)} ms` : ''}`);
   console.log(`floor: Node + zod + pino + PM2 (client and daemon code) loaded in one process = ${fmt(results.floor.librariesMs)} ms after its start, ${fmt(results.floor.librariesMb)} MB peak RSS`);
   console.log('\nagainst the peer (a shell entrypoint: printf each .env, exec pm2-runtime), same round, same stand-in:');
-  console.log('| GPUs | nodes | stand-ins bare | gpu-boot ready | peer ready | ratio | first / last instance started: gpu-boot / peer | instance start to serving: gpu-boot / peer | gpu-boot stop | peer stop | gpu-boot MB | peer MB |');
+  console.log('| GPUs | nodes | stand-ins bare | gpu-boot ready | peer ready | ratio | first / last instance started: gpu-boot / peer | instance start to serving (its own CPU): gpu-boot / peer | gpu-boot stop | peer stop | gpu-boot MB | peer MB |');
   console.log('|---|---|---|---|---|---|---|---|---|---|---|---|');
   for (const s of results.scenarios) {
-    console.log(`| ${s.gpus} | ${s.nodes} | ${fmt(s.standInFloorMs)} | ${fmt(s.readyMs)} | ${fmt(s.peer.readyMs)} | ${s.readyRatio.median.toFixed(2)} (${s.readyRatio.min.toFixed(2)}–${s.readyRatio.max.toFixed(2)}) | ${round1(s.firstStartMs.median)}, ${round1(s.lastStartMs.median)} / ${round1(s.peer.firstStartMs.median)}, ${round1(s.peer.lastStartMs.median)} | ${round1(s.instanceMs.median)} / ${round1(s.peer.instanceMs.median)} | ${fmt(s.shutdownMs)} | ${fmt(s.peer.shutdownMs)} | ${fmt(s.totalRssMb)} | ${fmt(s.peer.rssMb)} |`);
+    console.log(`| ${s.gpus} | ${s.nodes} | ${fmt(s.standInFloorMs)} | ${fmt(s.readyMs)} | ${fmt(s.peer.readyMs)} | ${s.readyRatio.median.toFixed(2)} (${s.readyRatio.min.toFixed(2)}–${s.readyRatio.max.toFixed(2)}) | ${round1(s.firstStartMs.median)}, ${round1(s.lastStartMs.median)} / ${round1(s.peer.firstStartMs.median)}, ${round1(s.peer.lastStartMs.median)} | ${round1(s.instanceMs.median)} (${round1(s.instanceCpuMs.median)}) / ${round1(s.peer.instanceMs.median)} (${round1(s.peer.instanceCpuMs.median)}) | ${fmt(s.shutdownMs)} | ${fmt(s.peer.shutdownMs)} | ${fmt(s.totalRssMb)} | ${fmt(s.peer.rssMb)} |`);
   }
   console.log('\ngpu-boot\'s phases:');
   console.log('| GPUs | nodes | overhead | config | detect | secrets | write | (pm2-load) | pm2-start | wipe | bootstrap MB | PM2 MB |');
@@ -425,7 +427,8 @@ for (const s of scenarios) {
     firstStartMs: stats(runs.map((r) => r.firstStartMs)),
     lastStartMs: stats(runs.map((r) => r.lastStartMs)),
     instanceMs: stats(runs.map((r) => r.instanceMs)),
-    peer: { readyMs: stats(peers.map((p) => p.readyMs)), firstStartMs: stats(peers.map((p) => p.firstStartMs)), lastStartMs: stats(peers.map((p) => p.lastStartMs)), instanceMs: stats(peers.map((p) => p.instanceMs)), shutdownMs: stats(peers.map((p) => p.shutdownMs)), rssMb: stats(peers.map((p) => p.rssMb)) },
+    instanceCpuMs: stats(runs.map((r) => r.instanceCpuMs)),
+    peer: { readyMs: stats(peers.map((p) => p.readyMs)), firstStartMs: stats(peers.map((p) => p.firstStartMs)), lastStartMs: stats(peers.map((p) => p.lastStartMs)), instanceMs: stats(peers.map((p) => p.instanceMs)), instanceCpuMs: stats(peers.map((p) => p.instanceCpuMs)), shutdownMs: stats(peers.map((p) => p.shutdownMs)), rssMb: stats(peers.map((p) => p.rssMb)) },
     // Per round: both booted in the same round, one right after the other.
     readyRatio: stats(runs.map((r, i) => r.readyMs / peers[i].readyMs)),
   });

@@ -41,5 +41,5 @@ server = HTTPServer((host, port), Handler)
 times = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "times")
 if os.path.isdir(times):
     with open(os.path.join(times, f"{port}.json"), "w") as out:
-        json.dump({"started": STARTED, "serving": time.time()}, out)
+        json.dump({"started": STARTED, "serving": time.time(), "cpu": time.process_time()}, out)
 server.serve_forever()
