@@ -5,6 +5,8 @@
 // per module stays beside it in dist/ for the bench and the type declarations. Left outside: PM2
 // (CommonJS that requires its own files by path, pinned and loaded through createRequire), and
 // what loads only on demand from node_modules (execa, pino-pretty, prom-client, systeminformation).
+// pino is inside: its transports (worker threads that load files by __dirname) do not work from the
+// bundle; gpu-boot uses none (its log is a stream, pino-pretty a stream too).
 import { build } from 'esbuild';
 import { readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';

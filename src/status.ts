@@ -52,26 +52,68 @@ export function healthUrl(config: Pick<Config, 'healthPort' | 'healthBind'>): st
     throw new ConfigError('invalid configuration', ['HEALTH_PORT: 0 turns the health server off, and status reads it: set the port the boot serves on']);
   }
   const bind = config.healthBind;
-  const host = bind === '0.0.0.0' || bind === '' ? '127.0.0.1' : bind === '::' ? '::1' : bind;
+  // Node's `::` listener takes IPv4 too, and ::1 is missing where IPv6 is turned off: both wildcards on 127.0.0.1.
+  const host = bind === '0.0.0.0' || bind === '' || bind === '::' ? '127.0.0.1' : bind;
   return `http://${net.isIPv6(host) ? `[${host}]` : host}:${config.healthPort}`;
 }
 
 async function getJson(url: string, timeoutMs: number): Promise<{ status: number; body: unknown }> {
   const response = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
-  return { status: response.status, body: await response.json() };
+  const text = await response.text();
+  try {
+    return { status: response.status, body: JSON.parse(text) as unknown };
+  } catch {
+    return { status: response.status, body: undefined };
+  }
 }
 
-/** /ready and /status of the boot at `base`; a boot that does not answer is exit 69 (EX_UNAVAILABLE). */
+const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
+
+/** The bodies as gpu-boot's health server sends them: the fields the table reads, of the right kinds. */
+function looksLikeReady(body: unknown): body is ReadyReport {
+  return isObject(body) && typeof body.ready === 'boolean' && typeof body.reason === 'string' && isObject(body.instances);
+}
+
+function looksLikeStatus(body: unknown): body is StatusReport {
+  return (
+    isObject(body) &&
+    typeof body.phase === 'string' &&
+    typeof body.uptimeSeconds === 'number' &&
+    Array.isArray(body.phases) &&
+    Array.isArray(body.instances) &&
+    body.instances.every((i) => isObject(i) && Array.isArray(i.nodes)) &&
+    isObject(body.rotation)
+  );
+}
+
+/**
+ * /ready and /status of the boot at `base`. No answer, or an answer that is not gpu-boot's
+ * (another server on the port, or the boot's own 500), is exit 69 (EX_UNAVAILABLE), saying which.
+ */
 export async function readStatus(base: string, timeoutMs = 5000): Promise<StatusResult> {
+  let ready: { status: number; body: unknown };
+  let status: { status: number; body: unknown };
   try {
-    const [ready, status] = await Promise.all([getJson(`${base}/ready`, timeoutMs), getJson(`${base}/status`, timeoutMs)]);
-    if (status.status !== 200) throw new Error(`/status answered ${status.status}`);
-    return { url: base, ready: ready.body as ReadyReport, status: status.body as StatusReport };
+    [ready, status] = await Promise.all([getJson(`${base}/ready`, timeoutMs), getJson(`${base}/status`, timeoutMs)]);
   } catch (error) {
     const cause = (error as { cause?: { code?: string } }).cause?.code ?? (error as Error).name;
     throw new BootError(ExitCode.unavailable, `no gpu-boot answers at ${base} (${cause === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : cause ?? 'error'}): is it running, on HEALTH_PORT=${new URL(base).port}?`);
   }
+  const bad = [
+    ...((ready.status === 200 || ready.status === 503) && looksLikeReady(ready.body) ? [] : [`/ready (HTTP ${ready.status})`]),
+    ...(status.status === 200 && looksLikeStatus(status.body) ? [] : [`/status (HTTP ${status.status})`]),
+  ];
+  if (bad.length) throw new BootError(ExitCode.unavailable, `the server at ${base} answered ${bad.join(' and ')}, but not as gpu-boot's health server does: another process on HEALTH_PORT, or the boot failed to say (its log tells)`);
+  return { url: base, ready: ready.body as ReadyReport, status: status.body as StatusReport };
 }
+
+/**
+ * Texts in the table come from the instances' own output (an exception's message, a node's name as
+ * its import lines give it; masked by the boot): control and direction-changing characters, which a
+ * terminal would obey (clear the screen, print a fake table), are shown as `?`. One for one, so the
+ * columns stay aligned.
+ */
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
 
 /** Columns padded to their widest cell; the last column is not padded. */
 function table(header: string[], rows: string[][]): string[] {
@@ -169,7 +211,7 @@ export function formatStatus({ url, ready, status }: StatusResult): string {
   out.push('', 'Phases');
   out.push(status.phases.length ? `  ${status.phases.map((p) => `${p.name} ${p.ms} ms`).join(', ')}` : '  (none yet)');
   if (status.lastError) out.push('', `Last error: ${shorten(status.lastError, 200)}`);
-  return `${out.join('\n')}\n`;
+  return `${out.map((line) => line.replace(CONTROL, '?')).join('\n')}\n`;
 }
 
 /** Exit status of `gpu-boot status`: 0 ready, 1 answering but not ready. */

@@ -107,6 +107,9 @@ export async function appPidFiles(pm2Home: string): Promise<Array<{ app: string;
     .map((n) => ({ app: n.replace(/-\d+\.pid$/, ''), file: path.join(dir, n) }));
 }
 
+/** How long one list request to PM2 may be shared by later callers (see ProcessManager.list). */
+const LIST_SHARE_MS = 2000;
+
 function call<T>(fn: (cb: Callback<T>) => void): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     fn((error, value) => (error ? reject(error) : resolve(value)));
@@ -128,7 +131,7 @@ export class ProcessManager {
   private loading: Promise<{ api: Pm2Api; host: Pm2Host }> | undefined;
   private connecting: Promise<void> | undefined;
   /** The list request in flight, shared while `generation` is unchanged (see list). */
-  private listing: { generation: number; result: Promise<Pm2ProcessDescription[]> } | undefined;
+  private listing: { generation: number; sentAt: number; result: Promise<Pm2ProcessDescription[]> } | undefined;
   private generation = 0;
   /** Set by close: a connect still under way stops at its next step instead of serving a closed host. */
   private closing = false;
@@ -244,8 +247,9 @@ export class ProcessManager {
    * or delete began or ended since it was sent.
    */
   async list(): Promise<InstanceState[]> {
-    if (this.listing?.generation !== this.generation) {
-      const request = { generation: this.generation, result: call<Pm2ProcessDescription[]>((cb) => this.pm2.list(cb)) };
+    // A request PM2 never answers is shared for LIST_SHARE_MS at most: later callers then ask anew.
+    if (this.listing?.generation !== this.generation || performance.now() - this.listing.sentAt > LIST_SHARE_MS) {
+      const request = { generation: this.generation, sentAt: performance.now(), result: call<Pm2ProcessDescription[]>((cb) => this.pm2.list(cb)) };
       this.listing = request;
       void request.result.finally(() => {
         if (this.listing === request) this.listing = undefined;

@@ -81,9 +81,9 @@ export class Supervisor {
     for (const plan of deps.state.instances) if (!deps.state.health.has(plan.name)) deps.state.health.set(plan.name, newInstanceHealth(plan));
   }
 
-  /** The first round after one interval: before that the instances are still starting, and a round would only take their CPU. */
+  /** The first round at once: it takes each instance's pid and PM2's restart count as they are at the start. */
   start(): void {
-    this.schedule(this.deps.settings.intervalMs);
+    this.schedule(0);
   }
 
   /** Stop acting at once (a round in flight does nothing more); waits at most `waitMs` for it. */
