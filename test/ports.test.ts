@@ -1,7 +1,7 @@
 import net from 'node:net';
 import { execa } from 'execa';
 import { afterEach, describe, expect, it } from 'vitest';
-import { descendsFrom, instancePortProblems, listeningInodes, portHolders, portIsFree, portOwner } from '../src/instances/ports.js';
+import { descendsFrom, instancePortProblems, listeningSockets, portHolders, portIsFree, portOwner } from '../src/instances/ports.js';
 import { freePorts, waitFor } from './helpers/boot.js';
 import { PYTHON } from './helpers/python.js';
 
@@ -19,11 +19,11 @@ async function hold(port: number, host = '127.0.0.1'): Promise<void> {
 describe('who holds a port', () => {
   it('finds the listening socket and its process; a free port has none', async () => {
     const port = await freePorts(1);
-    expect(listeningInodes(port).size).toBe(0);
+    expect(listeningSockets(port)!.inodes.size).toBe(0);
     expect(portOwner(port, process.pid)).toEqual({ owner: 'none', holders: [] });
     expect(await portIsFree(['127.0.0.1'], port)).toBe(true);
     await hold(port);
-    expect(listeningInodes(port).size).toBe(1);
+    expect(listeningSockets(port)!.inodes.size).toBe(1);
     expect(portHolders(port).map((h) => h.pid)).toEqual([process.pid]);
     expect(portHolders(port)[0]!.command).toContain('node');
     expect(portOwner(port, process.pid).owner).toBe('instance');
@@ -41,7 +41,7 @@ describe('who holds a port', () => {
     const port = await freePorts(1);
     const child = execa(PYTHON, ['-c', `import socket,time\ns=socket.socket(); s.bind(("127.0.0.1", ${port})); s.listen(); time.sleep(60)`], { reject: false });
     try {
-      await waitFor('the child listening', () => listeningInodes(port).size > 0);
+      await waitFor('the child listening', () => listeningSockets(port)!.inodes.size > 0);
       expect(portHolders(port).map((h) => h.pid)).toEqual([child.pid]);
       expect(descendsFrom(child.pid!, process.pid)).toBe(true);
       expect(portOwner(port, process.pid).owner).toBe('instance');

@@ -16,11 +16,6 @@ export interface PortHolder {
 
 const LISTEN = '0A';
 
-/** Inodes of the sockets listening on `port`, IPv4 and IPv6; undefined when the kernel's tables cannot be read. */
-export function listeningInodes(port: number): Set<string> {
-  return listeningSockets(port)?.inodes ?? new Set();
-}
-
 /** The sockets listening on `port`: their inodes and owners' uids. Undefined when /proc/net cannot be read. */
 export function listeningSockets(port: number): { inodes: Set<string>; uids: Set<number> } | undefined {
   const inodes = new Set<string>();
