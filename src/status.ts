@@ -1,6 +1,7 @@
 import net from 'node:net';
 import type { Config } from './config.js';
 import { BootError, ConfigError, ExitCode } from './errors.js';
+import type { StatusReport } from './health/health.js';
 import type { Readiness } from './health/rules.js';
 
 /**
@@ -10,39 +11,9 @@ import type { Readiness } from './health/rules.js';
  * It only reads: nothing is started, stopped or written, and /status holds no secret value.
  */
 
-/** The parts of /status this command prints (health.ts's statusReport). */
-export interface StatusReport {
-  phase: string;
-  uptimeSeconds: number;
-  phases: Array<{ name: string; ms: number }>;
-  gpus: {
-    model?: string;
-    driver?: string | null;
-    source?: string;
-    devices: Array<{ id: string; kind: string; gpu: number; mig: number | null; profile: string | null; uuid: string; name: string; memoryMiB: number; used: boolean; why: string }>;
-  } | null;
-  instances: Array<{
-    name: string;
-    device: string;
-    port: number;
-    pid: number | null;
-    state: string;
-    restarts: number | null;
-    nodes: Array<{ name: string; loaded: boolean; error?: string }>;
-    lastExit: { code: number | null; signal: string | null; at: string } | null;
-    lastError: string | null;
-    health: { out?: { kind: string; reason: string } | null; hungRestarts?: number } | null;
-  }>;
-  rotation: { ok: number; failed: number; rotating: unknown; last: { at: string; reason: string; ok: boolean; variables: string[]; instances: string[]; error?: string } | null };
-  lastError: string | null;
-}
-
-/** What /ready answers (health/rules.ts). */
-export type ReadyReport = Readiness;
-
 export interface StatusResult {
   url: string;
-  ready: ReadyReport;
+  ready: Readiness;
   status: StatusReport;
 }
 
@@ -70,7 +41,7 @@ async function getJson(url: string, timeoutMs: number): Promise<{ status: number
 const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
 
 /** The bodies as gpu-boot's health server sends them: the fields the table reads, of the right kinds. */
-function looksLikeReady(body: unknown): body is ReadyReport {
+function looksLikeReady(body: unknown): body is Readiness {
   return isObject(body) && typeof body.ready === 'boolean' && typeof body.reason === 'string' && isObject(body.instances);
 }
 
@@ -104,7 +75,7 @@ export async function readStatus(base: string, timeoutMs = 5000): Promise<Status
     ...(status.status === 200 && looksLikeStatus(status.body) ? [] : [`/status (HTTP ${status.status})`]),
   ];
   if (bad.length) throw new BootError(ExitCode.unavailable, `the server at ${base} answered ${bad.join(' and ')}, but not as gpu-boot's health server does: another process on HEALTH_PORT, or the boot failed to say (its log tells)`);
-  return { url: base, ready: ready.body as ReadyReport, status: status.body as StatusReport };
+  return { url: base, ready: ready.body as Readiness, status: status.body as StatusReport };
 }
 
 /**

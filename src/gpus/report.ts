@@ -1,7 +1,7 @@
 import type { GpuDetection } from './detect.js';
 
 /** What `detect --json` prints and /status shows under `gpus`: the machine, and which devices are used and why. */
-export function detectionReport(g: GpuDetection): object {
+export function detectionReport(g: GpuDetection) {
   return {
     count: g.count,
     model: g.model,

@@ -24,7 +24,7 @@ function portIdentity(port: number, pid: number | undefined): { owner: string; h
   return identity.owner === 'other' ? { owner: 'other', heldBy: describeHolders(identity.holders) } : { owner: identity.owner };
 }
 
-function instanceHealthReport(state: BootState, name: string): object | null {
+function instanceHealthReport(state: BootState, name: string) {
   const h = state.health.get(name);
   if (!h) return null;
   return {
@@ -40,7 +40,7 @@ function instanceHealthReport(state: BootState, name: string): object | null {
   };
 }
 
-export async function statusReport(deps: HealthDeps): Promise<object> {
+export async function statusReport(deps: HealthDeps) {
   const { state } = deps;
   const pm2 = await withTimeout(deps.listInstances().catch(() => undefined), 2000);
   return {
@@ -98,6 +98,9 @@ export async function statusReport(deps: HealthDeps): Promise<object> {
     lastError: state.lastError ?? state.crashLoop?.message ?? null,
   };
 }
+
+/** What /status answers, as `gpu-boot status` reads it back. */
+export type StatusReport = Awaited<ReturnType<typeof statusReport>>;
 
 export interface HealthServer {
   port: number;
