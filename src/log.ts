@@ -8,8 +8,13 @@ import { pino, type Logger, type DestinationStream } from 'pino';
 export class SecretMasker {
   /** Shorter values would mask ordinary words; `start` and `check` refuse them unless ALLOW_SHORT_SECRETS. */
   static readonly minLength = 4;
+  /** Values this long or longer are indexed by their first LONG_KEY characters, shorter ones by their first minLength. */
+  private static readonly LONG_KEY = 16;
   private readonly patterns = new Map<string, string>();
-  private byPrefix = new Map<string, Array<[string, string]>>();
+  private short = new Map<string, Array<[string, string]>>();
+  private long = new Map<string, Array<[string, string]>>();
+  /** A bit for each pair of first two characters some value starts with (hashed into 64 Ki): most positions stop at it. */
+  private pairs = new Uint8Array(1 << 16);
   /** Indexed on the next mask(), not on every add(): 500 nodes x 5 keys would re-index 2,500 times. */
   private dirty = false;
 
@@ -28,35 +33,53 @@ export class SecretMasker {
     }
   }
 
-  /** Patterns by their first 4 characters, each list longest first: one pass over a line finds every candidate. */
-  private index(): Map<string, Array<[string, string]>> {
-    if (this.dirty) {
-      this.byPrefix = new Map();
-      for (const entry of this.patterns.entries()) {
-        const key = entry[0].slice(0, SecretMasker.minLength);
-        const list = this.byPrefix.get(key) ?? [];
-        list.push(entry);
-        this.byPrefix.set(key, list);
-      }
-      for (const list of this.byPrefix.values()) list.sort((x, y) => y[0].length - x[0].length);
-      this.dirty = false;
-    }
-    return this.byPrefix;
+  private static pair(text: string, at: number): number {
+    return (text.charCodeAt(at) * 31 + text.charCodeAt(at + 1)) & 0xffff;
   }
 
   /**
-   * Replace every known value. Scans the line once, looking up each 4-character window,
-   * so the cost follows the line's length, not the number of secrets times the length.
-   * At each position the longest value wins, so a value that contains another is masked whole.
+   * Patterns by their first 16 characters (or 4, when shorter), each list longest first. Values
+   * of one provider share their first characters (`sk-proj-`, `hf_`, `bench-secret-`): keyed by
+   * 4 alone, a line with such a prefix was compared with every one of 2,500 values (2.2 s of
+   * CPU while 16 instances printed their start, bench/RESULTS.md).
+   */
+  private index(): void {
+    if (!this.dirty) return;
+    this.short = new Map();
+    this.long = new Map();
+    this.pairs = new Uint8Array(1 << 16);
+    for (const entry of this.patterns.entries()) {
+      const [form] = entry;
+      const byKey = form.length >= SecretMasker.LONG_KEY ? this.long : this.short;
+      const key = form.slice(0, form.length >= SecretMasker.LONG_KEY ? SecretMasker.LONG_KEY : SecretMasker.minLength);
+      const list = byKey.get(key) ?? [];
+      list.push(entry);
+      byKey.set(key, list);
+      this.pairs[SecretMasker.pair(form, 0)] = 1;
+    }
+    for (const list of [...this.short.values(), ...this.long.values()]) list.sort((x, y) => y[0].length - x[0].length);
+    this.dirty = false;
+  }
+
+  /**
+   * Replace every known value. Scans the line once: at each position a bit for its first two
+   * characters, then one lookup of the window, so the cost follows the line's length, not the
+   * number of secrets times the length. At each position the longest value wins, so a value that
+   * contains another is masked whole.
    */
   mask(text: string): string {
     if (this.patterns.size === 0) return text;
-    const index = this.index();
+    this.index();
+    const { pairs, short, long } = this;
+    const { minLength, LONG_KEY } = SecretMasker;
+    const found = (list: Array<[string, string]> | undefined, at: number) => list?.find(([value]) => text.startsWith(value, at));
     let out = '';
     let last = 0;
-    for (let i = 0; i + SecretMasker.minLength <= text.length; ) {
-      const candidates = index.get(text.slice(i, i + SecretMasker.minLength));
-      const hit = candidates?.find(([value]) => text.startsWith(value, i));
+    for (let i = 0; i + minLength <= text.length; ) {
+      const hit =
+        pairs[SecretMasker.pair(text, i)] === 1
+          ? ((i + LONG_KEY <= text.length ? found(long.get(text.slice(i, i + LONG_KEY)), i) : undefined) ?? found(short.get(text.slice(i, i + minLength)), i))
+          : undefined;
       if (hit) {
         out += text.slice(last, i) + hit[1];
         i += hit[0].length;

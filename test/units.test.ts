@@ -33,12 +33,25 @@ describe('SecretMasker', () => {
     masker.add('SHORT', 'xyz');
     expect(masker.mask('abcd abcdefgh xyz')).toBe('[masked:A] [masked:B] xyz');
   });
+
+  it('tells apart 2,500 values of one provider (one long prefix), short and long at one position, the longest whole', () => {
+    const masker = new SecretMasker();
+    for (let n = 0; n < 500; n += 1) for (let k = 0; k < 5; k += 1) masker.add(`S_${n}_${k}`, `sk-proj-shared-prefix-${n}-${k}-tail`);
+    masker.add('SHORT', 'sk-proj-sh');
+    masker.add('LONGER', 'sk-proj-shared-prefix-7-3-tail-and-more');
+    const line = 'x sk-proj-shared-prefix-499-4-tail y sk-proj-shared-prefix-7-3-tail-and-more z sk-proj-shx sk-proj-shared-prefix-12-';
+    expect(masker.mask(line)).toBe('x [masked:S_499_4] y [masked:LONGER] z [masked:SHORT]x [masked:SHORT]ared-prefix-12-');
+    // A path that shares the prefix and no value is left whole.
+    expect(masker.mask('/tmp/sk-proj-shared-prefix/node_1')).toBe('/tmp/[masked:SHORT]ared-prefix/node_1');
+    expect(masker.mask('/tmp/sk-proj-s/node_1')).toBe('/tmp/sk-proj-s/node_1');
+  });
 });
 
 describe('SecretMasker property', () => {
   it('no registered value survives whole in a masked line, whatever overlaps', () => {
     // A tiny alphabet makes values overlap and contain each other often.
-    const value = fc.string({ unit: fc.constantFrom('a', 'b', 'c', '"', '\\', '\n'), minLength: 4, maxLength: 10 });
+    // Up to 24 characters: values of 16 and more are indexed apart from shorter ones.
+    const value = fc.string({ unit: fc.constantFrom('a', 'b', 'c', '"', '\\', '\n'), minLength: 4, maxLength: 24 });
     fc.assert(
       fc.property(fc.array(value, { minLength: 1, maxLength: 6 }), fc.array(fc.oneof(value, fc.string({ maxLength: 5 })), { maxLength: 12 }), (secrets, parts) => {
         const masker = new SecretMasker();
@@ -121,6 +134,39 @@ describe('readiness', () => {
     setTimeout(() => server.listen(port, '127.0.0.1'), 100);
     expect(await waiting).toBe(true);
     expect((server.address() as AddressInfo).port).toBe(port);
+    server.close();
+  });
+
+  it('asks the port at once when the instance says it serves (the wake), not at its next poll', async () => {
+    const port = await freePorts(1);
+    let accepted = 0;
+    const server = http.createServer((_req, res) => res.end());
+    server.on('connection', () => (accepted += 1));
+    let wakeUp: (() => void) | undefined;
+    let unsubscribed = false;
+    const wake = (listener: () => void) => {
+      wakeUp = listener;
+      return () => (unsubscribed = true);
+    };
+    // Polls 60 s apart here: after the first refusal the next poll is a minute away, so only the wake
+    // can make it answer within this test's time (a mutation that ignores the wake times out).
+    const waiting = waitForHttp('127.0.0.1', port, Date.now() + 120_000, undefined, wake, { firstMs: 60_000, wokenMaxMs: 60_000 });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
+    wakeUp!();
+    expect(await waiting).toBe(true);
+    // The probe's own connections after the wake (TCP first, then the HTTP request), no more.
+    expect(accepted).toBeLessThanOrEqual(2);
+    expect(unsubscribed).toBe(true);
+    server.close();
+  }, 20_000);
+
+  it('with a wake source that never fires, still finds the port by polling, every WOKEN_POLL_MAX_MS at most', async () => {
+    const port = await freePorts(1);
+    const server = http.createServer((_req, res) => res.end());
+    const waiting = waitForHttp('127.0.0.1', port, Date.now() + 30_000, undefined, () => () => undefined);
+    setTimeout(() => server.listen(port, '127.0.0.1'), 1500);
+    expect(await waiting).toBe(true);
     server.close();
   });
 
