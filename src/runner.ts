@@ -443,7 +443,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
           if (classes && record) record.classes = classes;
         });
       }
-    });
+    }, (name) => (listener) => processes.onServerUp(name, listener));
 
     const signal = await stops.requested;
     abort.abort();

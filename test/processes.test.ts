@@ -20,7 +20,7 @@ describe('ProcessManager with a real PM2', () => {
   it('starts the plan\'s apps, lists them and their pids, restarts one with a new process, stops them and stops serving PM2_HOME', async () => {
     const workspace = path.join(home.root, 'workspace');
     await mkdir(path.join(workspace, 'ComfyUI'), { recursive: true });
-    await writeFile(path.join(workspace, 'ComfyUI', 'main.py'), tinyServerMain(['print("up", flush=True)']));
+    await writeFile(path.join(workspace, 'ComfyUI', 'main.py'), tinyServerMain(['print("up", flush=True)', 'print("To see the GUI go to: http://127.0.0.1", flush=True)']));
     const port = await freePorts(2);
     const config = loadConfig({ WORKSPACE_PATH: workspace, GPU_MODE: 'mock', NUM_GPUS: '2', COMFYUI_PYTHON: PYTHON, COMFYUI_LISTEN: '127.0.0.1', COMFYUI_PORT_START: String(port) });
     const gpus = detection(2, { gpus: gpuList(2, 'Mock', 1024), source: 'mock' });
@@ -45,13 +45,18 @@ describe('ProcessManager with a real PM2', () => {
     await waitFor('PM2 worker ran', () => Object.keys(God.system_infos ?? {}).length > 0);
     await processes.watch();
 
+    // Readiness is woken by each instance's own "To see the GUI go to:" line.
+    const up: string[] = [];
+    const stopListening = processes.onServerUp('comfyui-gpu1', () => up.push('comfyui-gpu1'));
     const started = await processes.startFromEcosystem(config.stateDir);
     expect(started.map((i) => i.name)).toEqual(['comfyui-gpu0', 'comfyui-gpu1']);
     expect(started.every((i) => i.pid > 0 && i.status === 'online' && i.restarts === 0)).toBe(true);
     expect((await processes.currentPids()).sort()).toEqual(started.map((i) => i.pid).sort());
     await waitFor('output relayed', () => lines.some((l) => l.includes('"instance":"comfyui-gpu1"') && l.includes('"msg":"up"')));
+    await waitFor('server-up line heard', () => up.length > 0);
+    expect(up).toEqual(['comfyui-gpu1']);
+    stopListening();
 
-    // Lists asked at the same moment share one request to PM2; one asked after a stop began does not.
     const api = (processes as unknown as { api: { list: (cb: unknown) => void } }).api;
     const realList = api.list.bind(api);
     let requests = 0;
@@ -59,9 +64,19 @@ describe('ProcessManager with a real PM2', () => {
       requests += 1;
       realList(cb);
     };
+    // Served from this process, the list is PM2's own table, read here: no request over its socket.
+    const hosted = await processes.list();
+    expect(requests).toBe(0);
+    expect(hosted).toEqual(started.map((i) => ({ ...i, startedAt: expect.any(Number) })));
+    // From a daemon that is not this process's (no table here), lists asked at the same moment share
+    // one request to PM2; one asked after a stop began does not.
+    const host = (processes as unknown as { host: { apps: () => unknown } }).host;
+    const apps = host.apps;
+    host.apps = () => undefined;
     const together = await Promise.all([processes.list(), processes.list(), processes.list()]);
     expect(requests).toBe(1);
     expect(together[1]).toEqual(together[0]);
+    expect(together[0]).toEqual(hosted);
     const before0 = processes.list();
     const stopped = processes.stopOne('comfyui-gpu0');
     const during0 = processes.list();
@@ -70,6 +85,8 @@ describe('ProcessManager with a real PM2', () => {
     await Promise.all([before0, during0]);
     expect(requests).toBe(4);
     expect(after0.find((i) => i.name === 'comfyui-gpu0')?.status).toBe('stopped');
+    host.apps = apps;
+    expect((await processes.list()).find((i) => i.name === 'comfyui-gpu0')?.status).toBe('stopped');
     api.list = realList;
     await processes.restartFresh('comfyui-gpu0');
 

@@ -43,7 +43,16 @@ interface Pm2Daemon {
   pub_socket?: AxonSocket;
 }
 
+/** One app in PM2's own table (God.clusters_db), as its RPC `list` sends it, before CPU and memory. */
+export interface Pm2App {
+  pid?: number;
+  name?: string;
+  pm_id?: number;
+  pm2_env?: { status?: string; restart_time?: number; pm_uptime?: number; exit_code?: number };
+}
+
 interface Pm2God {
+  getFormatedProcesses(): Pm2App[];
   Worker?: { start(): void; stop(): void };
   system_infos_proc?: { kill(): void } | null;
 }
@@ -247,6 +256,16 @@ export class Pm2Host {
     // (releaseWorker); this timer is for a boot whose instances never all answer.
     this.workerTimer = setTimeout(() => this.releaseWorker(), WORKER_RELEASE_MS);
     this.workerTimer.unref();
+  }
+
+  /**
+   * The apps in PM2's table, read in this process, as PM2's `list` finds them before it reads every
+   * process's CPU and memory through /proc (pidusage) and sends the whole over its RPC socket: the
+   * boot's readiness and supervisor ask often, and read neither (bench/RESULTS.md). Serving only.
+   */
+  apps(): Pm2App[] | undefined {
+    if (!this.daemon || this.closed) return undefined;
+    return this.God.getFormatedProcesses();
   }
 
   /** Let PM2's worker run (now, if PM2 already wanted it to start, else when it does). Serving only; once. */

@@ -3,10 +3,10 @@ import { readdir } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { InstanceMonitor, type LogEntry } from './instance-output.js';
+import { InstanceMonitor, isServerUpLine, type LogEntry } from './instance-output.js';
 import { readRegularFile } from '../files/owned.js';
 import { APP_PREFIX } from './plan.js';
-import { daemonAnswers, Pm2Host, pm2HomeOf } from './pm2-host.js';
+import { daemonAnswers, Pm2Host, pm2HomeOf, type Pm2App } from './pm2-host.js';
 import { BootState } from '../health/state.js';
 
 /**
@@ -14,12 +14,8 @@ import { BootState } from '../health/state.js';
  * PM2 is imported lazily, after PM2_HOME is final (it reads it at load time).
  */
 
-export interface Pm2ProcessDescription {
-  name?: string;
-  pid?: number;
-  pm_id?: number;
-  pm2_env?: { status?: string; restart_time?: number; pm_uptime?: number; exit_code?: number };
-}
+/** An app as PM2's list gives it (what of it this reads). */
+export type Pm2ProcessDescription = Pm2App;
 
 interface BusPacket {
   process?: { name?: string; restart_time?: number; exit_code?: number; pm_id?: number; pm_uptime?: number };
@@ -142,6 +138,7 @@ export class ProcessManager {
   private killReason: string | undefined;
   private killedBy: ((reason: string) => void) | undefined;
   private stopping = false;
+  private readonly serverUpListeners = new Map<string, Set<() => void>>();
   private readonly partialLines = new Map<string, string>();
   /** Characters of an over-long line dropped so far, per instance and stream. */
   private readonly droppedChars = new Map<string, number>();
@@ -242,11 +239,14 @@ export class ProcessManager {
   }
 
   /**
-   * PM2's list, with its per-process CPU and memory reading (/proc for each): callers at the same
-   * moment (each instance's readiness, the supervisor) share one request, as long as no start, stop
-   * or delete began or ended since it was sent.
+   * PM2's apps. Where this process serves PM2, read from its table here (Pm2Host.apps). Else PM2's
+   * list, with its per-process CPU and memory reading (/proc for each): callers at the same moment
+   * (each instance's readiness, the supervisor) share one request, as long as no start, stop or
+   * delete began or ended since it was sent.
    */
   async list(): Promise<InstanceState[]> {
+    const hosted = this.serving ? this.host?.apps() : undefined;
+    if (hosted) return this.instancesOf(hosted);
     // A request PM2 never answers is shared for LIST_SHARE_MS at most: later callers then ask anew.
     if (this.listing?.generation !== this.generation || performance.now() - this.listing.sentAt > LIST_SHARE_MS) {
       const request = { generation: this.generation, sentAt: performance.now(), result: call<Pm2ProcessDescription[]>((cb) => this.pm2.list(cb)) };
@@ -255,7 +255,10 @@ export class ProcessManager {
         if (this.listing === request) this.listing = undefined;
       }).catch(() => undefined);
     }
-    const all = await this.listing!.result;
+    return this.instancesOf(await this.listing!.result);
+  }
+
+  private instancesOf(all: Pm2ProcessDescription[]): InstanceState[] {
     return all
       .filter((p) => p.name?.startsWith(APP_PREFIX))
       .map((p) => ({
@@ -418,8 +421,23 @@ export class ProcessManager {
     this.logger[entry.level]({ instance, ...(stream ? { stream } : {}), ...entry.fields }, entry.msg);
   }
 
+  /**
+   * Call `listener` each time `instance` prints ComfyUI's `To see the GUI go to:` (its server
+   * listens): readiness asks its port then, instead of waiting for its next poll. Returns the
+   * function that stops listening.
+   */
+  onServerUp(instance: string, listener: () => void): () => void {
+    let listeners = this.serverUpListeners.get(instance);
+    if (!listeners) this.serverUpListeners.set(instance, (listeners = new Set()));
+    listeners.add(listener);
+    return () => {
+      listeners.delete(listener);
+    };
+  }
+
   private relayLine(instance: string, stream: 'stdout' | 'stderr', line: string): void {
     for (const entry of this.monitor.line(instance, stream, line)) this.write(instance, stream, entry);
+    if (isServerUpLine(line)) for (const listener of this.serverUpListeners.get(instance) ?? []) listener();
     // An instance came up: whatever loop there was is over.
     if (this.state.crashLoop && !this.monitor.crashLoop()) this.state.crashLoop = undefined;
   }

@@ -42,30 +42,72 @@ function accepts(host: string, port: number, timeoutMs: number): Promise<boolean
 }
 
 /**
+ * Subscribes to "the instance says it serves now" (ComfyUI's `To see the GUI go to:` line); returns
+ * the function that unsubscribes.
+ */
+export type WakeSource = (listener: () => void) => () => void;
+
+/** The longest gap between two probes while the instance's own line is waited for too (a ComfyUI run with --dont-print-server). */
+export const WOKEN_POLL_MAX_MS = 250;
+
+/**
  * Poll until the port answers or the deadline passes: every 20 ms for the first
  * 2 s (a growing interval let a 140 ms start be noticed up to 80 ms late), then
  * growing to 500 ms, so a slow instance is not hammered.
+ *
+ * With `wake`, the port is asked at once each time the instance says it serves, and the polls
+ * grow from 20 ms to WOKEN_POLL_MAX_MS at once: 16 instances polled every 20 ms while they start
+ * cost gpu-boot's one thread about 0.45 ms a refused connection, CPU the instances need
+ * (bench/RESULTS.md).
  */
 export async function waitForHttp(
   host: string,
   port: number,
   deadline: number,
   signal?: AbortSignal,
+  wake?: WakeSource,
+  /** The first gap between polls, and the longest with `wake` (tests make them long, to see the wake alone answer). */
+  poll: { firstMs: number; wokenMaxMs: number } = { firstMs: 20, wokenMaxMs: WOKEN_POLL_MAX_MS },
 ): Promise<boolean> {
   const started = Date.now();
-  let interval = 20;
-  while (!signal?.aborted) {
-    const left = deadline - Date.now();
-    if (left <= 0) return false;
-    if (await probeHttp(host, port, Math.min(2000, left))) return true;
-    try {
-      await delay(Math.min(interval, Math.max(0, deadline - Date.now())), undefined, { signal });
-    } catch {
-      return false;
+  let interval = poll.firstMs;
+  let woken = false;
+  let onWake: (() => void) | undefined;
+  const unsubscribe = wake?.(() => {
+    woken = true;
+    onWake?.();
+  });
+  try {
+    while (!signal?.aborted) {
+      const left = deadline - Date.now();
+      if (left <= 0) return false;
+      woken = false;
+      if (await probeHttp(host, port, Math.min(2000, left))) return true;
+      if (!woken && !(await pause(Math.min(interval, Math.max(0, deadline - Date.now())), signal, (resume) => (onWake = resume)))) return false;
+      onWake = undefined;
+      if (wake) interval = Math.min(poll.wokenMaxMs, Math.round(interval * 1.5));
+      else if (Date.now() - started > 2000) interval = Math.min(500, Math.round(interval * 1.5));
     }
-    if (Date.now() - started > 2000) interval = Math.min(500, Math.round(interval * 1.5));
+    return false;
+  } finally {
+    unsubscribe?.();
   }
-  return false;
+}
+
+/** Wait `ms`, or less when `setResume`'s function is called; false when `signal` aborts. */
+function pause(ms: number, signal: AbortSignal | undefined, setResume: (resume: () => void) => void): Promise<boolean> {
+  if (signal?.aborted) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    const finish = (ok: boolean) => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', aborted);
+      resolve(ok);
+    };
+    const aborted = () => finish(false);
+    const timer = setTimeout(() => finish(true), ms);
+    signal?.addEventListener('abort', aborted, { once: true });
+    setResume(() => finish(true));
+  });
 }
 
 /** What a port's answer is worth: this instance serving it, or someone else who took the port. */
@@ -126,10 +168,11 @@ export async function waitForInstance(
   pidOf: (() => Promise<number | undefined>) | undefined,
   onForeign: (holders: PortHolder[]) => void = () => undefined,
   onServing: () => void = () => undefined,
+  wake?: WakeSource,
 ): Promise<boolean> {
   let reported = false;
   while (!signal?.aborted) {
-    if (!(await waitForHttp(host, port, deadline, signal))) return false;
+    if (!(await waitForHttp(host, port, deadline, signal, wake))) return false;
     if (!pidOf) return true;
     // PM2 that does not answer must not hold readiness (or the shutdown after it) forever.
     const pid = await Promise.race([withTimeout(pidOf(), 2000), new Promise<undefined>((resolve) => signal?.addEventListener('abort', () => resolve(undefined), { once: true }))]);
@@ -168,6 +211,8 @@ export async function reportReadiness(
   pidOf?: (name: string) => Promise<number | undefined>,
   /** An instance served its port (it came up, whatever it printed). */
   onServing: (name: string) => void = () => undefined,
+  /** When an instance says it serves (its output), for the port to be asked at once. */
+  wakeOf?: (name: string) => WakeSource,
 ): Promise<void> {
   const started = performance.now();
   const deadline = Date.now() + config.readyTimeoutMs;
@@ -181,7 +226,7 @@ export async function reportReadiness(
   setMaxListeners(Math.max(10, instances.length + 2), signal);
   const results = await Promise.all(
     instances.map(async (instance) => {
-      const ok = await waitForInstance(host, instance.port, deadline, signal, pidOf && (() => pidOf(instance.name)), foreign(instance), () => onServing(instance.name));
+      const ok = await waitForInstance(host, instance.port, deadline, signal, pidOf && (() => pidOf(instance.name)), foreign(instance), () => onServing(instance.name), wakeOf?.(instance.name));
       if (ok) logger.info({ instance: instance.name, port: instance.port, gpu: instance.gpuIndex }, `${instance.name} answers on port ${instance.port}`);
       return ok;
     }),
@@ -201,7 +246,7 @@ export async function reportReadiness(
   );
   await Promise.all(
     late.map(async (instance) => {
-      if (await waitForInstance(host, instance.port, Number.POSITIVE_INFINITY, signal, pidOf && (() => pidOf(instance.name)), foreign(instance), () => onServing(instance.name))) {
+      if (await waitForInstance(host, instance.port, Number.POSITIVE_INFINITY, signal, pidOf && (() => pidOf(instance.name)), foreign(instance), () => onServing(instance.name), wakeOf?.(instance.name))) {
         logger.info({ instance: instance.name, port: instance.port, late: true }, `${instance.name} answers on port ${instance.port}, late`);
       }
     }),
