@@ -1,5 +1,5 @@
 import type { Stats } from 'node:fs';
-import { lstat, stat } from 'node:fs/promises';
+import { lstatSync, statSync } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { isNeverSecret, type Config } from '../config.js';
@@ -91,24 +91,24 @@ function kindOf(stats: Stats): string {
 /**
  * A node's folder and what is at its .env now, before anything is written: the .env must be nothing,
  * a file or a link (those are kept aside and put back); anything else would be replaced and lost.
- * lstat only: opening a FIFO would block. Returns the folder's identity (device and inode, links
+ * lstat only: opening a FIFO would block (synchronous, as nodeEnvPath). Returns the folder's identity (device and inode, links
  * followed), so that two entries reaching one folder are caught.
  */
-async function inspectNodeFolder(node: string, target: string): Promise<{ id?: string; error?: string }> {
+function inspectNodeFolder(node: string, target: string): { id?: string; error?: string } {
   const dir = path.dirname(target);
   let folder;
   try {
-    folder = await stat(dir);
+    folder = statSync(dir);
   } catch (error) {
     return { error: `node "${node}": cannot inspect ${dir}: ${errnoText(error)}` };
   }
   try {
-    const existing = await lstat(target);
-    if (!existing.isFile() && !existing.isSymbolicLink()) {
+    const existing = lstatSync(target, { throwIfNoEntry: false });
+    if (existing && !existing.isFile() && !existing.isSymbolicLink()) {
       return { error: `node "${node}": ${target} is ${kindOf(existing)}, not a file or a link; move it away (gpu-boot would replace it)` };
     }
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') return { error: `node "${node}": cannot inspect ${target}: ${errnoText(error)}` };
+    return { error: `node "${node}": cannot inspect ${target}: ${errnoText(error)}` };
   }
   return { id: `${folder.dev}:${folder.ino}` };
 }
@@ -127,23 +127,21 @@ export async function prepareNodeFiles(
   const skipped: string[] = [];
   const targets = new Map<string, string>();
   const folders = new Map<string, string>();
-  await Promise.all(
-    manifest.nodes.map(async (node) => {
-      const target = await nodeEnvPath(config.customNodesPath, node.name);
-      if (target.error) problems.push(target.error);
-      else if (target.path) {
-        const inspected = await inspectNodeFolder(node.name, target.path);
-        if (inspected.error) problems.push(inspected.error);
-        else {
-          targets.set(node.name, target.path);
-          if (inspected.id) folders.set(node.name, inspected.id);
-        }
-      } else {
-        skipped.push(node.name);
-        logger.warn({ node: node.name }, `custom node "${node.name}" is in the manifest but ${target.skip}; skipped`);
+  for (const node of manifest.nodes) {
+    const target = nodeEnvPath(config.customNodesPath, node.name);
+    if (target.error) problems.push(target.error);
+    else if (target.path) {
+      const inspected = inspectNodeFolder(node.name, target.path);
+      if (inspected.error) problems.push(inspected.error);
+      else {
+        targets.set(node.name, target.path);
+        if (inspected.id) folders.set(node.name, inspected.id);
       }
-    }),
-  );
+    } else {
+      skipped.push(node.name);
+      logger.warn({ node: node.name }, `custom node "${node.name}" is in the manifest but ${target.skip}; skipped`);
+    }
+  }
   // Two entries whose folders are one (a link to the other, or both links to a third) would write one .env.
   const byFolder = new Map<string, string>();
   for (const node of manifest.nodes) {
