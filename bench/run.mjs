@@ -2,7 +2,7 @@
 // npm run bench: boot, shutdown, memory and scale of the real built entrypoint with real PM2,
 // mock GPUs and a ComfyUI stand-in that answers at once, against the floor measured in the same run.
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, copyFileSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, copyFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -11,12 +11,16 @@ import { fileURLToPath } from 'node:url';
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const ENTRYPOINT = process.env.BENCH_ENTRYPOINT ?? path.join(ROOT, 'dist', 'entrypoint.js');
 const STAND_IN = path.join(ROOT, 'bench', 'standin_main.py');
+/** USER_HZ, what /proc/<pid>/stat counts CPU in. */
+const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
 const OUT = path.join(ROOT, 'bench', 'out');
 // The peer's verdicts are medians of at least 5 rounds (issue 14).
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 // The file-only figures are cheap and the disk is noisy (bench/RESULTS.md): more rounds for a steadier median.
 const FILE_ROUNDS = Math.max(ROUNDS, 9);
-const PYTHON = process.env.BENCH_PYTHON ?? 'python3';
+// The interpreter itself, not a version manager's shim on PATH (pyenv's is a bash script that runs
+// pyenv before python: ~140 ms and its CPU on every instance's start, as no image has it).
+const PYTHON = process.env.BENCH_PYTHON ?? execFileSync('python3', ['-c', 'import sys; print(sys.executable)']).toString().trim();
 
 /** The Node flags the image gives gpu-boot (docker/Dockerfile's ENTRYPOINT), so the bench measures what runs. */
 async function imageNodeFlags() {
@@ -151,6 +155,17 @@ function instanceTimes(root, spawnedAt, ports) {
   };
 }
 
+/** A process's own CPU so far (user + system, ms), from /proc/<pid>/stat; its children not counted. */
+function cpuMsOf(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS;
+  } catch {
+    return NaN;
+  }
+}
+
 function readHwmKb(pid) {
   try {
     const line = readFileSync(`/proc/${pid}/status`, 'utf8').split('\n').find((l) => l.startsWith('VmHWM:'));
@@ -185,48 +200,57 @@ async function boot(gpus, nodes) {
   const spawnedAt = Date.now();
   // BENCH_CPU_PROF=<folder>: a CPU profile of every boot (open in Chrome DevTools), to see where the time goes.
   const profile = process.env.BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${path.resolve(process.env.BENCH_CPU_PROF)}`] : [];
-  const child = spawn(process.execPath, [...NODE_FLAGS, ...profile, ENTRYPOINT, 'start'], { env, stdio: ['ignore', 'pipe', 'inherit'] });
-  const logs = [];
-  let buffer = '';
-  const waiters = [];
+  // Its output goes to a file, as a container runtime's log driver takes it, and the peer's too: the
+  // bench reads it only after every instance answers, so reading it takes no CPU from the boot.
+  const logFile = path.join(root, 'gpu-boot.log');
+  const out = openSync(logFile, 'w');
+  const child = spawn(process.execPath, [...NODE_FLAGS, ...profile, ENTRYPOINT, 'start'], { env, stdio: ['ignore', out, 'inherit'] });
+  closeSync(out);
+  // BENCH_CPU_TRACE=1: gpu-boot's own CPU sampled every 5 ms, printed at each of its log lines until ready.
+  const trace = [];
+  const tracer = process.env.BENCH_CPU_TRACE ? setInterval(() => trace.push([Date.now(), cpuMsOf(child.pid)]), 5) : undefined;
   let exitedEarly = false;
   child.once('exit', () => {
     exitedEarly = true;
-    for (const w of waiters) w();
   });
-  child.stdout.on('data', (chunk) => {
-    buffer += chunk.toString();
-    const lines = buffer.split('\n');
-    buffer = lines.pop();
-    for (const line of lines) {
-      try {
-        const entry = JSON.parse(line);
-        entry.receivedAt = now();
-        logs.push(entry);
-        for (const w of waiters) w();
-      } catch {
-        // not a log line
-      }
+  const readLogs = () =>
+    readFileSync(logFile, 'utf8')
+      .split('\n')
+      .flatMap((line) => {
+        try {
+          return [JSON.parse(line)];
+        } catch {
+          return []; // not a log line (or the last, half written)
+        }
+      });
+  const waitLog = async (match) => {
+    for (;;) {
+      const found = readLogs().find(match);
+      if (found) return found;
+      if (exitedEarly) throw new Error('the boot exited before it was ready');
+      await new Promise((r) => setTimeout(r, 100));
     }
-  });
-  const waitLog = (match) =>
-    new Promise((resolve, reject) => {
-      const check = () => {
-        const found = logs.find(match);
-        if (found) resolve(found);
-        else if (exitedEarly) reject(new Error('the boot exited before it was ready'));
-      };
-      waiters.push(check);
-      check();
-    });
+  };
   await waitAll(ports, () => exitedEarly && 'gpu-boot exited before every instance answered');
   const readyMs = now() - started;
+  // What the launcher's own thread took from the cores the instances start on, until all answer.
+  const cpuMs = cpuMsOf(child.pid);
   const times = instanceTimes(root, spawnedAt, ports);
   // An outlier is reported with what gpu-boot said about it, not just averaged away.
   if (readyMs > 5000) {
-    for (const l of logs.filter((e) => e.level >= 40 || e.stream === 'stderr')) process.stderr.write(`slow boot (${Math.round(readyMs)} ms): ${JSON.stringify(l)}\n`);
+    for (const l of readLogs().filter((e) => e.level >= 40)) process.stderr.write(`slow boot (${Math.round(readyMs)} ms): ${JSON.stringify(l)}\n`);
   }
   await waitLog((l) => l.phase === 'ready');
+  const logs = readLogs();
+  if (tracer) {
+    clearInterval(tracer);
+    const cpuAt = (t) => trace.filter(([at]) => at <= t).at(-1)?.[1] ?? 0;
+    for (const l of logs.slice(0, logs.findIndex((e) => e.phase === 'ready') + 1)) {
+      if (l.stream) continue;
+      process.stderr.write(`  +${String(l.time - spawnedAt).padStart(5)} ms  cpu ${String(cpuAt(l.time)).padStart(4)}  ${String(l.msg).slice(0, 90)}\n`);
+    }
+    process.stderr.write(`  first instance started +${Math.round(times.firstStartMs)} ms, last +${Math.round(times.lastStartMs)} ms\n`);
+  }
   const phases = Object.fromEntries(logs.filter((l) => typeof l.phase === 'string' && typeof l.ms === 'number').map((l) => [l.phase, l.ms]));
   // PM2 loads beside detect, secrets and write (one thread): its own figure, overlapping theirs.
   phases['pm2-load'] = logs.find((l) => l.phase === 'pm2-start')?.pm2LoadMs ?? NaN;
@@ -240,10 +264,10 @@ async function boot(gpus, nodes) {
   await exited;
   const shutdownMs = now() - stopAt;
   await assertStopped(ports, 'gpu-boot');
-  const wipe = logs.find((l) => l.phase === 'wipe');
+  const wipe = readLogs().find((l) => l.phase === 'wipe');
   rmSync(root, { recursive: true, force: true });
   rmSync(env.SECRETS_TMPFS, { recursive: true, force: true });
-  return { readyMs, ...times, phases, rss, shutdownMs, wipeAfterInstancesMs: wipe?.ms ?? NaN };
+  return { readyMs, cpuMs, ...times, phases, rss, shutdownMs, wipeAfterInstancesMs: wipe?.ms ?? NaN };
 }
 
 
@@ -293,13 +317,15 @@ async function peerBoot(gpus, nodes) {
   const started = now();
   const spawnedAt = Date.now();
   // sh execs pm2-runtime: one pid throughout, Node's after the exec.
-  const child = spawn('/bin/sh', [path.join(root, 'peer.sh')], { env, stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr.on('data', (c) => (stderr += c));
+  const logFile = path.join(root, 'peer.log');
+  const out = openSync(logFile, 'w');
+  const child = spawn('/bin/sh', [path.join(root, 'peer.sh')], { env, stdio: ['ignore', out, out] });
+  closeSync(out);
   let exited = false;
   child.once('exit', () => (exited = true));
-  await waitAll(ports, () => exited && `the peer exited before it was ready: ${stderr}`);
+  await waitAll(ports, () => exited && `the peer exited before it was ready: ${readFileSync(logFile, 'utf8').slice(-4000)}`);
   const readyMs = now() - started;
+  const cpuMs = cpuMsOf(child.pid);
   const times = instanceTimes(root, spawnedAt, ports);
   const rssMb = readHwmKb(child.pid) / 1024;
   const stopAt = now();
@@ -309,7 +335,7 @@ async function peerBoot(gpus, nodes) {
   const shutdownMs = now() - stopAt;
   await assertStopped(ports, 'the peer');
   rmSync(root, { recursive: true, force: true });
-  return { readyMs, ...times, shutdownMs, rssMb };
+  return { readyMs, cpuMs, ...times, shutdownMs, rssMb };
 }
 
 /** After an exit, no instance may still answer: a stop that leaves them running is no stop. */
@@ -367,10 +393,10 @@ function printScenarios() {
   console.log(`floor: node -e 0 = ${fmt(results.floor.nodeMs)} ms${results.floor.links500Ms ? `; links in fresh folders on the workspace disk: 100 = ${fmt(results.floor.links100Ms)} ms, 500 = ${fmt(results.floor.links500Ms)} ms` : ''}`);
   console.log(`floor: Node + zod + pino + PM2 (client and daemon code) loaded in one process = ${fmt(results.floor.librariesMs)} ms after its start, ${fmt(results.floor.librariesMb)} MB peak RSS`);
   console.log('\nagainst the peer (a shell entrypoint: printf each .env, exec pm2-runtime), same round, same stand-in:');
-  console.log('| GPUs | nodes | stand-ins bare | gpu-boot ready | peer ready | ratio | first / last instance started: gpu-boot / peer | instance start to serving (its own CPU): gpu-boot / peer | gpu-boot stop | peer stop | gpu-boot MB | peer MB |');
-  console.log('|---|---|---|---|---|---|---|---|---|---|---|---|');
+  console.log('| GPUs | nodes | stand-ins bare | gpu-boot ready | peer ready | ratio | first / last instance started: gpu-boot / peer | instance start to serving (its own CPU): gpu-boot / peer | launcher CPU until ready: gpu-boot / peer | gpu-boot stop | peer stop | gpu-boot MB | peer MB |');
+  console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
   for (const s of results.scenarios) {
-    console.log(`| ${s.gpus} | ${s.nodes} | ${fmt(s.standInFloorMs)} | ${fmt(s.readyMs)} | ${fmt(s.peer.readyMs)} | ${s.readyRatio.median.toFixed(2)} (${s.readyRatio.min.toFixed(2)}–${s.readyRatio.max.toFixed(2)}) | ${round1(s.firstStartMs.median)}, ${round1(s.lastStartMs.median)} / ${round1(s.peer.firstStartMs.median)}, ${round1(s.peer.lastStartMs.median)} | ${round1(s.instanceMs.median)} (${round1(s.instanceCpuMs.median)}) / ${round1(s.peer.instanceMs.median)} (${round1(s.peer.instanceCpuMs.median)}) | ${fmt(s.shutdownMs)} | ${fmt(s.peer.shutdownMs)} | ${fmt(s.totalRssMb)} | ${fmt(s.peer.rssMb)} |`);
+    console.log(`| ${s.gpus} | ${s.nodes} | ${fmt(s.standInFloorMs)} | ${fmt(s.readyMs)} | ${fmt(s.peer.readyMs)} | ${s.readyRatio.median.toFixed(2)} (${s.readyRatio.min.toFixed(2)}–${s.readyRatio.max.toFixed(2)}) | ${round1(s.firstStartMs.median)}, ${round1(s.lastStartMs.median)} / ${round1(s.peer.firstStartMs.median)}, ${round1(s.peer.lastStartMs.median)} | ${round1(s.instanceMs.median)} (${round1(s.instanceCpuMs.median)}) / ${round1(s.peer.instanceMs.median)} (${round1(s.peer.instanceCpuMs.median)}) | ${round1(s.cpuMs.median)} / ${round1(s.peer.cpuMs.median)} | ${fmt(s.shutdownMs)} | ${fmt(s.peer.shutdownMs)} | ${fmt(s.totalRssMb)} | ${fmt(s.peer.rssMb)} |`);
   }
   console.log('\ngpu-boot\'s phases:');
   console.log('| GPUs | nodes | overhead | config | detect | secrets | write | (pm2-load) | pm2-start | wipe | bootstrap MB | PM2 MB |');
@@ -428,7 +454,8 @@ for (const s of scenarios) {
     lastStartMs: stats(runs.map((r) => r.lastStartMs)),
     instanceMs: stats(runs.map((r) => r.instanceMs)),
     instanceCpuMs: stats(runs.map((r) => r.instanceCpuMs)),
-    peer: { readyMs: stats(peers.map((p) => p.readyMs)), firstStartMs: stats(peers.map((p) => p.firstStartMs)), lastStartMs: stats(peers.map((p) => p.lastStartMs)), instanceMs: stats(peers.map((p) => p.instanceMs)), instanceCpuMs: stats(peers.map((p) => p.instanceCpuMs)), shutdownMs: stats(peers.map((p) => p.shutdownMs)), rssMb: stats(peers.map((p) => p.rssMb)) },
+    cpuMs: stats(runs.map((r) => r.cpuMs)),
+    peer: { readyMs: stats(peers.map((p) => p.readyMs)), firstStartMs: stats(peers.map((p) => p.firstStartMs)), lastStartMs: stats(peers.map((p) => p.lastStartMs)), instanceMs: stats(peers.map((p) => p.instanceMs)), instanceCpuMs: stats(peers.map((p) => p.instanceCpuMs)), cpuMs: stats(peers.map((p) => p.cpuMs)), shutdownMs: stats(peers.map((p) => p.shutdownMs)), rssMb: stats(peers.map((p) => p.rssMb)) },
     // Per round: both booted in the same round, one right after the other.
     readyRatio: stats(runs.map((r, i) => r.readyMs / peers[i].readyMs)),
   });

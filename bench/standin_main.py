@@ -1,6 +1,9 @@
 """Benchmark stand-in for ComfyUI: loads every custom node's .env with python-dotenv, as real nodes
-do when ComfyUI imports them (before it serves), then answers HTTP at once on --port and exits on
-SIGINT/SIGTERM. The same stand-in runs under gpu-boot and under the hand-written peer."""
+do when ComfyUI imports them (before it serves), prints what ComfyUI prints on stderr as it starts
+(../shared/fixtures/comfyui/startup.log: its device lines, one "Import times" line per node, then
+"To see the GUI go to:" once it listens), then answers HTTP on --port and exits on SIGINT/SIGTERM.
+The same stand-in runs under gpu-boot and under the hand-written peer, whose launchers relay that
+output alike."""
 import time
 
 STARTED = time.time()
@@ -30,13 +33,30 @@ args = sys.argv[1:]
 port = int(args[args.index("--port") + 1])
 host = args[args.index("--listen") + 1] if "--listen" in args else "127.0.0.1"
 nodes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "custom_nodes")
+
+
+def say(line):
+    # ComfyUI's logging handler writes each record to stderr and flushes it.
+    print(line, file=sys.stderr, flush=True)
+
+
+for line in ("Total VRAM 24105 MB, total RAM 24105 MB", "pytorch version: 2.3.1", "Set vram state to: NORMAL_VRAM",
+             "Device: cuda:0 NVIDIA A100-SXM4-40GB : cudaMallocAsync", "VAE dtype: torch.bfloat16", "Using pytorch cross attention"):
+    say(line)
+imported = []
 # Every node of the bench's workspaces declares secrets: a node without its .env is a failed boot.
 if os.path.isdir(nodes):
     for name in sorted(os.listdir(nodes)):
         env = os.path.join(nodes, name, ".env")
         if not dotenv_values(env):
             sys.exit(f"{env}: missing or empty")
+        imported.append(os.path.join(nodes, name))
+say("\nImport times for custom nodes:")
+for node in imported:
+    say(f"   0.0 seconds: {node}")
 server = HTTPServer((host, port), Handler)
+say("\nStarting server\n")
+say(f"To see the GUI go to: http://{host}:{port}")
 # When it started and when it began to serve, for the bench's breakdown (launcher vs instance).
 times = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "times")
 if os.path.isdir(times):
