@@ -93,7 +93,8 @@ describe('docker/Dockerfile', () => {
     ['a shell-form ENTRYPOINT', (t) => t.replace(/^ENTRYPOINT .*$/m, 'ENTRYPOINT /usr/bin/tini -- node /opt/gpu-boot/dist/entrypoint.js'), 'ENTRYPOINT is not in exec (JSON) form: a shell would be PID 1'],
     ['no STOPSIGNAL', (t) => t.replace('STOPSIGNAL SIGTERM\n', ''), 'no STOPSIGNAL'],
     ['STOPSIGNAL SIGKILL', (t) => t.replace('STOPSIGNAL SIGTERM', 'STOPSIGNAL SIGKILL'), 'STOPSIGNAL is SIGKILL, not SIGTERM'],
-    ['a HEALTHCHECK on /health', (t) => t.replace('9090/ready', '9090/health'), 'HEALTHCHECK does not probe /ready on port 9090'],
+    ['a HEALTHCHECK on /health', (t) => t.replace('9090}/ready', '9090}/health'), 'HEALTHCHECK does not probe /ready'],
+    ['a HEALTHCHECK on a fixed port', (t) => t.replace('${HEALTH_PORT:-9090}/ready', '9090/ready'), 'HEALTHCHECK does not probe the port HEALTH_PORT names (${HEALTH_PORT:-9090})'],
     ['HEALTHCHECK NONE', (t) => t.replace(/^HEALTHCHECK [\s\S]*?\|\| exit 1\n/m, 'HEALTHCHECK NONE\n'), 'HEALTHCHECK has no CMD'],
     ['one stage', (t) => t.slice(t.indexOf('FROM nvidia/cuda')), 'not multi-stage: 1 FROM'],
   ];
@@ -267,7 +268,8 @@ describe('docker/docker-compose.yml', () => {
       expect(shutdownMs).toBe(8000);
       expect(durationMs(service.stop_grace_period)).toBe(15_000);
       expect(durationMs(service.stop_grace_period)).toBeGreaterThan(shutdownMs);
-      expect(asDict(service.healthcheck).test).toEqual(['CMD', 'curl', '-fsS', '-o', '/dev/null', `http://127.0.0.1:${HEALTH_PORT}/ready`]);
+      // Through a shell, so the port is the container's HEALTH_PORT ($$ is compose's escape for $).
+      expect(asDict(service.healthcheck).test).toEqual(['CMD-SHELL', `curl -fsS -o /dev/null http://127.0.0.1:$\${HEALTH_PORT:-${HEALTH_PORT}}/ready || exit 1`]);
       expect(service.tmpfs).toEqual(['/run']);
       expect(service.init).toBeUndefined();
       expect(asList(service.ports)).toContain(`127.0.0.1:${HEALTH_PORT}:${HEALTH_PORT}`);

@@ -66,8 +66,11 @@ export function dockerfileProblems(text: string): string[] {
   const healthcheck = last('HEALTHCHECK') as Healthcheck | undefined;
   if (!healthcheck) problems.push('no HEALTHCHECK');
   else if (healthcheck.getSubcommand()?.getValue().toUpperCase() !== 'CMD') problems.push('HEALTHCHECK has no CMD');
-  else if (!/https?:\/\/(127\.0\.0\.1|localhost):9090\/ready\b/.test(healthcheck.getRawArgumentsContent() ?? '')) {
-    problems.push('HEALTHCHECK does not probe /ready on port 9090');
+  else if (!/https?:\/\/(127\.0\.0\.1|localhost):[^/\s"]*\/ready\b/.test(healthcheck.getRawArgumentsContent() ?? '')) {
+    problems.push('HEALTHCHECK does not probe /ready');
+  } else if (!/https?:\/\/(127\.0\.0\.1|localhost):\$\{HEALTH_PORT:-9090\}\/ready\b/.test(healthcheck.getRawArgumentsContent() ?? '')) {
+    // A fixed port is never healthy once HEALTH_PORT is changed (`-e HEALTH_PORT=9191`).
+    problems.push('HEALTHCHECK does not probe the port HEALTH_PORT names (${HEALTH_PORT:-9090})');
   }
   return problems;
 }
