@@ -13,7 +13,7 @@ import { buildPlan, probeHost, type Plan, type ProcessEnvSource } from './instan
 import { chooseOwner, chooseStorage, procStartTime, runStatus, storageBases, sweepDeadRuns, type RunId } from './files/storage.js';
 import { ProcessManager } from './instances/processes.js';
 import { stopOrphanedInstances } from './instances/orphans.js';
-import { pm2HomeOf, removeStalePm2Files } from './instances/pm2-host.js';
+import { pm2HomeOf, preparePm2Home, removeStalePm2Files } from './instances/pm2-host.js';
 import { StopRequested, StopRequests } from './stop-requests.js';
 import { shutdown, type KnownPid } from './shutdown.js';
 import { startConfiguredHealthServer, type HealthServer } from './health/health.js';
@@ -300,6 +300,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
   const abort = new AbortController();
 
   try {
+    preparePm2Home(processes.pm2Home);
     await timed(ctx, 'recover', () => recoverPhase(ctx));
     // After recover: a second boot refused on a live workspace must not take the first one's port.
     if (config.healthPort > 0) {

@@ -1,4 +1,5 @@
-import { readFileSync, unlinkSync, writeFileSync } from 'node:fs';
+import { accessSync, constants as fsConstants, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
+import { BootError, ExitCode } from '../errors.js';
 import { lstat, unlink } from 'node:fs/promises';
 import { readRegularFile } from '../files/owned.js';
 import type { Stats } from 'node:fs';
@@ -116,6 +117,24 @@ export async function removeStalePm2Files(pm2Home: string): Promise<string[]> {
     }
   }
   return removed;
+}
+
+/**
+ * PM2_HOME made (0700, as PM2 makes it) and proved writable before PM2 loads: PM2 that cannot
+ * write there prints stack traces and never serves, and the boot would wait on it. Throws a
+ * BootError (73) naming the folder and what to set instead.
+ */
+export function preparePm2Home(home: string): void {
+  try {
+    mkdirSync(home, { recursive: true, mode: 0o700 });
+    accessSync(home, fsConstants.W_OK | fsConstants.X_OK);
+  } catch (error) {
+    const uid = process.geteuid?.();
+    throw new BootError(
+      ExitCode.cantCreate,
+      `PM2_HOME ${home} cannot be used by this user (uid ${uid}): ${(error as NodeJS.ErrnoException).code ?? String(error)}; set PM2_HOME to a folder it can write (the image's is /home/comfy/.pm2)`,
+    );
+  }
 }
 
 /** PM2_HOME as PM2 itself resolves it: the variable if not empty, else ~/.pm2 of the user (os.homedir()). */
