@@ -30,8 +30,7 @@
 // never its environment) is kept in $GPU_BOOT_IMAGE_STATE/<name> (default: the temp folder's
 // gpu-boot-image/), named volumes in its volumes/ folder.
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { chmodSync, chownSync, cpSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -41,11 +40,19 @@ import { quote } from 'shell-quote';
 import YAML from 'yaml';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const STATE_ROOT = process.env.GPU_BOOT_IMAGE_STATE || path.join(os.tmpdir(), 'gpu-boot-image');
+// Root's alone (checked in stateRoot): whoever could write it could make this harness, as root, run their setup or signal any pid.
+const STATE_ROOT = process.env.GPU_BOOT_IMAGE_STATE || '/run/gpu-boot-image';
+/** What the host's own tools (unshare, mount, chroot) run with: never the container's PATH or LD_LIBRARY_PATH. */
+const HOST_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
+/**
+ * PID 1's last step inside the chroot: the container's environment, argv and workdir arrive on fd 3
+ * (a pipe: never a file or an argv), then it becomes the ENTRYPOINT, found on the container's PATH.
+ */
+const EXEC_SHIM = 'import json, os\nwith os.fdopen(3) as f:\n    spec = json.load(f)\nos.chdir(spec["workdir"])\nos.execvpe(spec["argv"][0], spec["argv"], spec["env"])\n';
 const DEFAULT_DOCKERFILE = path.join(ROOT, 'docker', 'Dockerfile');
 const DEFAULT_COMPOSE = path.join(ROOT, 'docker', 'docker-compose.yml');
 const STAND_IN_COMFYUI = path.join(ROOT, 'demo', 'workspace', 'ComfyUI');
-const STAND_IN_NVIDIA_SMI = path.join(ROOT, 'test', 'fixtures', 'nvidia-smi');
+const STAND_IN_FIXTURES = path.join(ROOT, 'test', 'fixtures');
 /** Where the toolkit puts nvidia-smi in a container started with GPUs. */
 const NVIDIA_SMI_IN_CONTAINER = '/usr/bin/nvidia-smi';
 /** The interpreter the image's /opt/venv/bin/python3 stands for: the system one (the image user cannot reach one under /root). */
@@ -215,27 +222,68 @@ export function composeService(composeFile, profile) {
   };
 }
 
+/**
+ * A mount target as Docker resolves it, inside the container's root: absolute, no `..`, and no
+ * component that is a link in the base (this machine's /), which would lead the mount outside.
+ */
+function containerPath(target) {
+  if (!target.startsWith('/') || target.split('/').includes('..')) throw new UsageError(`mount target ${target}: an absolute path without ..`);
+  const clean = path.posix.normalize(target);
+  let at = '';
+  for (const part of clean.split('/').filter(Boolean)) {
+    at += `/${part}`;
+    const stat = lstatSync(at, { throwIfNoEntry: false });
+    if (!stat) break;
+    if (stat.isSymbolicLink()) throw new UsageError(`mount target ${target}: ${at} is a link in the base; give the path it leads to`);
+  }
+  return clean;
+}
+
 /** SRC:DST[:ro|rw]; SRC a path (a bind mount) or a name (a named volume). */
 function parseVolume(spec) {
   const parts = typeof spec === 'string' ? spec.split(':') : [spec.source, spec.target, spec.read_only ? 'ro' : 'rw'];
   if (parts.length < 2 || !parts[1]?.startsWith('/')) throw new UsageError(`volume ${JSON.stringify(spec)}: expected SRC:DST[:ro]`);
   const [source, target, mode] = parts;
   const named = !source.includes('/') && !source.startsWith('.');
-  return { source: named ? source : path.resolve(source), target, readOnly: mode === 'ro', named };
+  return { source: named ? source : path.resolve(source), target: containerPath(target), readOnly: mode === 'ro', named };
 }
 
 // ---- The container ------------------------------------------------------------------------------
 
-function stateDir(name) {
-  return path.join(STATE_ROOT, name);
+/** The state folder, made root's alone (0700), or refused when it is someone else's, a link, or open to others. */
+function stateRoot() {
+  mkdirSync(STATE_ROOT, { recursive: true, mode: 0o700 });
+  const stat = lstatSync(STATE_ROOT);
+  if (!stat.isDirectory() || stat.uid !== 0 || (stat.mode & 0o077) !== 0) {
+    throw new UsageError(`${STATE_ROOT} must be a folder of root's alone (mode 0700): refused`);
+  }
+  return STATE_ROOT;
 }
 
-function readSpec(name) {
+function stateDir(name) {
+  return path.join(stateRoot(), name);
+}
+
+/** A process's start time (clock ticks since boot, /proc/<pid>/stat field 22): with the pid, its identity. */
+function startTime(pid) {
   try {
-    return JSON.parse(readFileSync(path.join(stateDir(name), 'spec.json'), 'utf8'));
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
+}
+
+/** The running container's spec; refused when its PID 1 is gone or the pid is now another process's. */
+function readSpec(name) {
+  let spec;
+  try {
+    spec = JSON.parse(readFileSync(path.join(stateDir(name), 'spec.json'), 'utf8'));
   } catch {
     throw new UsageError(`no container named ${name} is running (${stateDir(name)})`);
   }
+  if (startTime(spec.pid) !== spec.startTime) throw new UsageError(`container ${name} is not running (its PID 1, ${spec.pid}, is gone)`);
+  return spec;
 }
 
 function alive(pid) {
@@ -248,12 +296,12 @@ function alive(pid) {
 }
 
 /** uid:gid of a USER value: a name of the container's passwd (the image's user, or this machine's), or numbers. */
-function resolveUser(user, account) {
+function resolveUser(user, account, root = '/') {
   const [who, group] = String(user ?? 'root').split(':');
   const lookup = (field, file, value) => {
     if (/^\d+$/.test(value)) return Number(value);
     if (account && value === account.name) return field === 'uid' ? account.uid : account.gid;
-    const line = readFileSync(file, 'utf8').split('\n').find((l) => l.split(':')[0] === value);
+    const line = readFileSync(path.join(root, file), 'utf8').split('\n').find((l) => l.split(':')[0] === value);
     if (!line) throw new UsageError(`USER ${user}: no ${field === 'uid' ? 'user' : 'group'} ${value} in the container`);
     return Number(line.split(':')[2]);
   };
@@ -262,7 +310,7 @@ function resolveUser(user, account) {
   if (group !== undefined) gid = lookup('gid', '/etc/group', group);
   else if (account && (who === account.name || uid === account.uid)) gid = account.gid;
   else if (/^\d+$/.test(who)) gid = uid === 0 ? 0 : uid;
-  else gid = Number(readFileSync('/etc/passwd', 'utf8').split('\n').find((l) => l.split(':')[0] === who).split(':')[3]);
+  else gid = Number(readFileSync(path.join(root, '/etc/passwd'), 'utf8').split('\n').find((l) => l.split(':')[0] === who).split(':')[3]);
   const home = account && uid === account.uid ? account.home : uid === 0 ? '/root' : '/';
   return { uid, gid, home };
 }
@@ -338,18 +386,24 @@ function setupScript(spec, image, account, mounts) {
   lines.push(`printf '#!/bin/sh\\nexec node /opt/gpu-boot/dist/entrypoint.js "$@"\\n' > ${q(`${R}/usr/local/bin/gpu-boot`)}`);
   lines.push(q('chmod', '0755', `${R}/usr/local/bin/gpu-boot`));
   lines.push(q('ln', '-sfn', '/opt/gpu-boot/node_modules/pm2/bin/pm2', `${R}/usr/local/bin/pm2`));
-  // The toolkit's nvidia-smi: the stand-in, which reads its answers beside itself (test/fixtures/gpus).
-  if (spec.gpus) lines.push(`printf '#!/bin/sh\\nexec %s "$@"\\n' ${q(STAND_IN_NVIDIA_SMI)} > ${q(`${R}${NVIDIA_SMI_IN_CONTAINER}`)} && ${q('chmod', '0755', `${R}${NVIDIA_SMI_IN_CONTAINER}`)}`);
+  // The toolkit's nvidia-smi: the stand-in, copied in with the answers it reads beside itself (gpus/).
+  if (spec.gpus) {
+    lines.push(q('mkdir', '-p', `${R}/opt/nvidia-standin`));
+    lines.push(q('cp', '-r', path.join(STAND_IN_FIXTURES, 'nvidia-smi'), path.join(STAND_IN_FIXTURES, 'gpus'), `${R}/opt/nvidia-standin/`));
+    // A script, not a link: the stand-in finds its answers from its own path ($0).
+    lines.push(`printf '#!/bin/sh\\nexec /opt/nvidia-standin/nvidia-smi "$@"\\n' > ${q(`${R}${NVIDIA_SMI_IN_CONTAINER}`)}`);
+    lines.push(q('chmod', '0755', `${R}${NVIDIA_SMI_IN_CONTAINER}`));
+  }
   for (const mount of mounts) {
     const target = `${R}${mount.target}`;
-    if (mount.kind === 'tmpfs') lines.push(`${q('mkdir', '-p', target)} && ${q('mount', '-t', 'tmpfs', '-o', 'mode=0755', 'tmpfs', target)}`);
+    // Docker's defaults for --tmpfs and compose's tmpfs: anyone may write (1777), nothing runs from it.
+    if (mount.kind === 'tmpfs') lines.push(`${q('mkdir', '-p', target)} && ${q('mount', '-t', 'tmpfs', '-o', 'mode=1777,nosuid,nodev,noexec', 'tmpfs', target)}`);
     else if (mount.kind === 'file') lines.push(`${q('mkdir', '-p', path.dirname(target))} && ${q('touch', target)} && ${q('mount', '--bind', '-o', 'ro', mount.source, target)}`);
     else lines.push(`${q('mkdir', '-p', target)} && ${q('mount', '--bind', ...(mount.readOnly ? ['-o', 'ro'] : []), mount.source, target)}`);
   }
   if (!spec.hostNetwork) lines.push('ip link set lo up');
   lines.push(q('hostname', spec.name.slice(0, 63)));
-  const argv = [...image.entrypoint, ...(spec.command.length ? spec.command : image.cmd)];
-  lines.push(`exec ${q('chroot', `--userspec=${spec.uid}:${spec.gid}`, `--groups=${spec.gid}`, R, '/usr/bin/env', '-C', image.workdir, ...argv)}`);
+  lines.push(`exec ${q('chroot', `--userspec=${spec.uid}:${spec.gid}`, `--groups=${spec.gid}`, R, SYSTEM_PYTHON, '-c', EXEC_SHIM)}`);
   return `${lines.join('\n')}\n`;
 }
 
@@ -434,7 +488,7 @@ async function run(argv) {
     if (volume.target === '/workspace' && values.workspace) source = path.resolve(values.workspace);
     else if (volume.named) {
       // A named volume starts as a copy of what the image has there (Docker copies it on first use).
-      source = path.join(STATE_ROOT, 'volumes', volume.source);
+      source = path.join(stateRoot(), 'volumes', volume.source);
       if (!existsSync(source)) {
         if (volume.target === '/workspace') layOutWorkspace(source, image, account);
         else mkdirSync(source, { recursive: true });
@@ -452,8 +506,8 @@ async function run(argv) {
       mounts.unshift({ kind: 'dir', source: layer, target: '/workspace' });
     }
   }
-  for (const target of [...(service?.tmpfs ?? []), ...(values.tmpfs ?? [])]) mounts.unshift({ kind: 'tmpfs', target });
-  for (const secret of service?.secrets ?? []) mounts.push({ kind: 'file', source: secret.source, target: secret.target });
+  for (const target of [...(service?.tmpfs ?? []), ...(values.tmpfs ?? [])]) mounts.push({ kind: 'tmpfs', target: containerPath(target) });
+  for (const secret of service?.secrets ?? []) mounts.push({ kind: 'file', source: secret.source, target: containerPath(secret.target) });
   const gpus = values.gpus !== undefined ? values.gpus === 'all' : Boolean(service?.gpus);
   const hostNetwork = values.network === 'host';
   const healthcheck = service?.healthcheck ?? image.healthcheck;
@@ -470,24 +524,52 @@ async function run(argv) {
     stopGraceMs: service?.stopGraceMs ?? 10_000,
     healthcheck,
   };
+  // Docker mounts parents before children: a tmpfs at /workspace/scratch lies on the /workspace volume, not under it.
+  mounts.sort((a, b) => a.target.split('/').length - b.target.split('/').length);
   const script = setupScript(spec, image, account, mounts);
   writeFileSync(path.join(dir, 'setup.sh'), script, { mode: 0o600 });
 
   const namespaces = ['--mount', '--propagation', 'private', '--pid', '--fork', '--uts', ...(hostNetwork ? [] : ['--net'])];
-  const child = spawn('unshare', [...namespaces, '--', '/bin/sh', path.join(dir, 'setup.sh')], { env, stdio: 'inherit' });
+  // The host's tools run with the host's PATH; the container's environment reaches PID 1 on fd 3 only.
+  // As with Docker, the container does not die with its client: a harness killed with SIGKILL leaves
+  // it running, and `stop NAME` or `kill NAME` still reach it (spec.json stays). A harness told to
+  // stop (SIGINT, SIGTERM, SIGHUP, its output closed) stops it first.
+  const child = spawn('/usr/bin/unshare', [...namespaces, '--', '/bin/sh', path.join(dir, 'setup.sh')], {
+    env: HOST_ENV,
+    stdio: ['inherit', 'inherit', 'inherit', 'pipe'],
+  });
+  child.stdio[3].on('error', () => undefined);
+  child.stdio[3].end(JSON.stringify({ env, argv: [...image.entrypoint, ...(positionals.length ? positionals : image.cmd)], workdir: image.workdir }));
   const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve(signal ? 128 + osConstants.signals[signal] : code ?? 0)));
+  // spec.json (what exec, health, stop and kill act on) exists only once PID 1 is in its own root:
+  // before that, an exec would enter the host's.
+  const rootDir = path.join(dir, 'root');
   let pid1;
-  for (let i = 0; i < 500 && !pid1; i += 1) {
-    pid1 = hostPidOfChild(child.pid);
-    if (!pid1) await new Promise((r) => setTimeout(r, 10));
+  for (let i = 0; i < 1000 && !pid1; i += 1) {
+    const candidate = hostPidOfChild(child.pid);
+    let root = '';
+    try {
+      root = candidate ? readlinkSync(`/proc/${candidate}/root`) : '';
+    } catch {
+      // not yet
+    }
+    if (root === rootDir) pid1 = candidate;
+    else if (child.exitCode !== null) break;
+    else await new Promise((r) => setTimeout(r, 10));
   }
   if (!pid1) {
+    const code = await Promise.race([exited, new Promise((r) => setTimeout(() => r(undefined), 100))]);
+    if (code !== undefined) {
+      rmSync(dir, { recursive: true, force: true });
+      return code;
+    }
     child.kill('SIGKILL');
-    throw new UsageError('the container did not start (unshare made no PID 1)');
+    throw new UsageError('the container did not start (its PID 1 never entered its root)');
   }
-  writeFileSync(path.join(dir, 'spec.json'), JSON.stringify({ ...spec, pid: pid1 }, null, 2));
-  // The harness is the `docker run` in front: a signal to it stops the container, as Ctrl-C does.
-  for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => stopContainer(name, spec.stopGraceMs));
+  writeFileSync(path.join(dir, 'spec.json'), JSON.stringify({ ...spec, pid: pid1, startTime: startTime(pid1), startedAt: Date.now() }, null, 2));
+  // The harness is the `docker run` in front: a signal to it, or its terminal gone, stops the container, as Ctrl-C does.
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(signal, () => void stopContainer(name, spec.stopGraceMs).catch(() => undefined));
+  process.stdout.on('error', () => void stopContainer(name, spec.stopGraceMs).catch(() => undefined));
   let code = await exited;
   // unshare reports a PID 1 killed by SIGKILL as its own failure (1): Docker says 137.
   if (code !== 0 && existsSync(path.join(dir, 'killed'))) code = 128 + osConstants.signals.SIGKILL;
@@ -520,7 +602,7 @@ function containerEnv(pid) {
 }
 
 function execArgs(spec, user, command) {
-  const who = user ? resolveUser(user, undefined) : { uid: spec.uid, gid: spec.gid };
+  const who = user ? resolveUser(user, undefined, `/proc/${spec.pid}/root`) : { uid: spec.uid, gid: spec.gid };
   return ['--target', String(spec.pid), '--mount', '--pid', ...(spec.hostNetwork ? [] : ['--net']), '--root', '--wd', `--setuid=${who.uid}`, `--setgid=${who.gid}`, '--', ...command];
 }
 
@@ -529,7 +611,7 @@ function runHealthTest(spec, timeoutMs) {
   const test = spec.healthcheck.test;
   const command = test[0] === 'CMD-SHELL' ? ['/bin/sh', '-c', test[1]] : test[0] === 'CMD' ? test.slice(1) : test;
   return new Promise((resolve) => {
-    const child = spawn('nsenter', execArgs(spec, undefined, command), { env: containerEnv(spec.pid), stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn('/usr/bin/nsenter', execArgs(spec, undefined, command), { env: containerEnv(spec.pid), stdio: ['ignore', 'pipe', 'pipe'] });
     let output = '';
     child.stdout.on('data', (c) => (output += c));
     child.stderr.on('data', (c) => (output += c));
@@ -545,7 +627,8 @@ function runHealthTest(spec, timeoutMs) {
 async function health(name, intervalMs) {
   const spec = readSpec(name);
   if (!spec.healthcheck) throw new UsageError(`${name} has no healthcheck`);
-  const started = Date.now();
+  // The start period counts from the container's start, as Docker counts it.
+  const started = spec.startedAt;
   const interval = intervalMs ?? spec.healthcheck.intervalMs;
   let failures = 0;
   for (;;) {
@@ -567,7 +650,7 @@ async function main(argv) {
     const [name, ...cmd] = positionals;
     if (!name || !cmd.length) throw new UsageError('exec NAME [--user U] -- CMD...');
     const spec = readSpec(name);
-    const result = spawnSync('nsenter', execArgs(spec, values.user, cmd), { env: containerEnv(spec.pid), stdio: 'inherit' });
+    const result = spawnSync('/usr/bin/nsenter', execArgs(spec, values.user, cmd), { env: containerEnv(spec.pid), stdio: 'inherit' });
     return result.status ?? 128 + (osConstants.signals[result.signal] ?? 0);
   }
   if (command === 'health') {
@@ -584,6 +667,7 @@ async function main(argv) {
   }
   if (command === 'kill') {
     const spec = readSpec(rest[0]);
+    // readSpec has checked the pid is still this container's PID 1 (its start time).
     writeFileSync(path.join(stateDir(rest[0]), 'killed'), 'SIGKILL');
     process.kill(spec.pid, 'SIGKILL');
     return 0;

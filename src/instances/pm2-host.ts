@@ -120,13 +120,18 @@ export async function removeStalePm2Files(pm2Home: string): Promise<string[]> {
 }
 
 /**
- * PM2_HOME made (0700, as PM2 makes it) and proved writable before PM2 loads: PM2 that cannot
+ * PM2_HOME made (as PM2 makes it) and proved writable before PM2 loads, for a user other
+ * than root (the image's): PM2 that cannot
  * write there prints stack traces and never serves, and the boot would wait on it. Throws a
  * BootError (73) naming the folder and what to set instead.
  */
 export function preparePm2Home(home: string): void {
+  // Root can write anywhere, and must create nothing through a path someone else may have laid
+  // (checkPm2Home in the runner refuses a PM2_HOME that is not root's alone): PM2 makes it then.
+  if (process.geteuid?.() === 0) return;
   try {
-    mkdirSync(home, { recursive: true, mode: 0o700 });
+    // As PM2 makes it (its mode from the umask): someone else may read it (`docker exec -u other pm2 ls`).
+    mkdirSync(home, { recursive: true });
     accessSync(home, fsConstants.W_OK | fsConstants.X_OK);
   } catch (error) {
     const uid = process.geteuid?.();
