@@ -203,7 +203,8 @@ export function composeService(composeFile, profile) {
   const gpus = (service.deploy?.resources?.reservations?.devices ?? []).some((d) => d.driver === 'nvidia' || (d.capabilities ?? []).includes('gpu'));
   return {
     name,
-    environment: Object.fromEntries(Object.entries(service.environment ?? {}).map(([k, v]) => [k, v === null ? '' : String(v)])),
+    // `- NAME` with NAME unset here is printed as null: compose leaves it unset in the container.
+    environment: Object.fromEntries(Object.entries(service.environment ?? {}).filter(([, v]) => v !== null).map(([k, v]) => [k, String(v)])),
     user: service.user,
     volumes: (service.volumes ?? []).map(parseVolume),
     tmpfs: [service.tmpfs ?? []].flat(),
