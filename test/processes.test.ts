@@ -43,7 +43,17 @@ describe('ProcessManager with a real PM2', () => {
     expect(God.system_infos).toEqual({});
     processes.releasePm2Worker();
     await waitFor('PM2 worker ran', () => Object.keys(God.system_infos ?? {}).length > 0);
+    // Served here, the instances' output and events come from PM2's own bus in this process, not a bus client on its socket.
+    const client = (processes as unknown as { api: { launchBus: (cb: unknown) => void } }).api;
+    const realLaunchBus = client.launchBus.bind(client);
+    let busClients = 0;
+    client.launchBus = (cb) => {
+      busClients += 1;
+      realLaunchBus(cb);
+    };
     await processes.watch();
+    expect(busClients).toBe(0);
+    client.launchBus = realLaunchBus;
 
     // Readiness is woken by each instance's own "To see the GUI go to:" line.
     const up: string[] = [];

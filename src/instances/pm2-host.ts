@@ -52,8 +52,15 @@ export interface Pm2App {
   pm2_env?: { status?: string; restart_time?: number; pm_uptime?: number; exit_code?: number };
 }
 
+/** PM2's in-process event bus (EventEmitter2): what its daemon publishes on pub.sock, before serialization. */
+export interface Pm2EventBus {
+  on(event: string, listener: (packet: never) => void): void;
+  off(event: string, listener: (packet: never) => void): void;
+}
+
 interface Pm2God {
   getFormatedProcesses(): Pm2App[];
+  bus: Pm2EventBus;
   Worker?: { start(): void; stop(): void };
   system_infos_proc?: { kill(): void } | null;
 }
@@ -290,6 +297,28 @@ export class Pm2Host {
   apps(): Pm2App[] | undefined {
     if (!this.daemon || this.closed) return undefined;
     return this.God.getFormatedProcesses();
+  }
+
+  /**
+   * PM2's events (each app's output, its starts and exits), heard in this process where it is served:
+   * the same packets its pub socket sends `pm2 logs` and the API's bus, without each line being
+   * packed, written to a socket, read back and parsed (8,000 start-up lines at 16 x 500). Delivered
+   * on setImmediate, in order, as the socket delivered them: after PM2's own handling. Serving only.
+   */
+  events(): { on(event: string, listener: (packet: never) => void): void; close(): void } | undefined {
+    if (!this.daemon || this.closed) return undefined;
+    const bus = this.God.bus;
+    const added: Array<[string, (packet: never) => void]> = [];
+    return {
+      on: (event, listener) => {
+        const deferred = (packet: never) => void setImmediate(() => listener(packet));
+        added.push([event, deferred]);
+        bus.on(event, deferred);
+      },
+      close: () => {
+        for (const [event, listener] of added.splice(0)) bus.off(event, listener);
+      },
+    };
   }
 
   /** Let PM2's worker run (now, if PM2 already wanted it to start, else when it does). Serving only; once. */

@@ -346,7 +346,8 @@ export class ProcessManager {
 
   /** Relay each instance's output (line by line, through the masking logger) and report crashes. */
   async watch(): Promise<void> {
-    const bus = await call<Pm2Bus>((cb) => this.pm2.launchBus(cb));
+    // Served here: PM2's own event bus, in process; else a bus client on its pub socket.
+    const bus: Pm2Bus = (this.serving ? this.host?.events() : undefined) ?? (await call<Pm2Bus>((cb) => this.pm2.launchBus(cb)));
     this.bus = bus;
     const relay = (stream: 'stdout' | 'stderr') => (packet: BusPacket) => {
       const name = packet.process?.name;
