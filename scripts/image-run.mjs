@@ -461,7 +461,7 @@ async function run(argv) {
   const dir = stateDir(name);
   if (existsSync(path.join(dir, 'spec.json'))) {
     const old = JSON.parse(readFileSync(path.join(dir, 'spec.json'), 'utf8'));
-    if (alive(old.pid)) throw new UsageError(`a container named ${name} is running (pid ${old.pid})`);
+    if (startTime(old.pid) === old.startTime) throw new UsageError(`a container named ${name} is running (pid ${old.pid})`);
   }
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(path.join(dir, 'layer'), { recursive: true });

@@ -16,6 +16,17 @@ import { PYTHON } from './helpers/python.js';
 // One PM2_HOME for this file: the pm2 module reads it once, when it is first imported.
 const home = pm2HomeForThisFile('gpu-boot-pm2-');
 
+/** Count calls of `object[method]` (passed through to it) until `restore`. */
+function countCalls<K extends string>(object: Record<K, (cb: unknown) => void>, method: K): { readonly count: number; restore(): void } {
+  const real = object[method].bind(object);
+  const counter = { count: 0, restore: () => void (object[method] = real) };
+  object[method] = (cb) => {
+    counter.count += 1;
+    real(cb);
+  };
+  return counter;
+}
+
 describe('ProcessManager with a real PM2', () => {
   it('starts the plan\'s apps, lists them and their pids, restarts one with a new process, stops them and stops serving PM2_HOME', async () => {
     const workspace = path.join(home.root, 'workspace');
@@ -44,16 +55,11 @@ describe('ProcessManager with a real PM2', () => {
     processes.releasePm2Worker();
     await waitFor('PM2 worker ran', () => Object.keys(God.system_infos ?? {}).length > 0);
     // Served here, the instances' output and events come from PM2's own bus in this process, not a bus client on its socket.
-    const client = (processes as unknown as { api: { launchBus: (cb: unknown) => void } }).api;
-    const realLaunchBus = client.launchBus.bind(client);
-    let busClients = 0;
-    client.launchBus = (cb) => {
-      busClients += 1;
-      realLaunchBus(cb);
-    };
+    const api = (processes as unknown as { api: Record<'launchBus' | 'list', (cb: unknown) => void> }).api;
+    const busClients = countCalls(api, 'launchBus');
     await processes.watch();
-    expect(busClients).toBe(0);
-    client.launchBus = realLaunchBus;
+    expect(busClients.count).toBe(0);
+    busClients.restore();
 
     // Readiness is woken by each instance's own "To see the GUI go to:" line.
     const up: string[] = [];
@@ -67,16 +73,10 @@ describe('ProcessManager with a real PM2', () => {
     expect(up).toEqual(['comfyui-gpu1']);
     stopListening();
 
-    const api = (processes as unknown as { api: { list: (cb: unknown) => void } }).api;
-    const realList = api.list.bind(api);
-    let requests = 0;
-    api.list = (cb) => {
-      requests += 1;
-      realList(cb);
-    };
+    const requests = countCalls(api, 'list');
     // Served from this process, the list is PM2's own table, read here: no request over its socket.
     const hosted = await processes.list();
-    expect(requests).toBe(0);
+    expect(requests.count).toBe(0);
     expect(hosted).toEqual(started.map((i) => ({ ...i, startedAt: expect.any(Number) })));
     // From a daemon that is not this process's (no table here), lists asked at the same moment share
     // one request to PM2; one asked after a stop began does not.
@@ -84,7 +84,7 @@ describe('ProcessManager with a real PM2', () => {
     const apps = host.apps;
     host.apps = () => undefined;
     const together = await Promise.all([processes.list(), processes.list(), processes.list()]);
-    expect(requests).toBe(1);
+    expect(requests.count).toBe(1);
     expect(together[1]).toEqual(together[0]);
     expect(together[0]).toEqual(hosted);
     const before0 = processes.list();
@@ -93,11 +93,11 @@ describe('ProcessManager with a real PM2', () => {
     await stopped;
     const after0 = await processes.list();
     await Promise.all([before0, during0]);
-    expect(requests).toBe(4);
+    expect(requests.count).toBe(4);
     expect(after0.find((i) => i.name === 'comfyui-gpu0')?.status).toBe('stopped');
     host.apps = apps;
     expect((await processes.list()).find((i) => i.name === 'comfyui-gpu0')?.status).toBe('stopped');
-    api.list = realList;
+    requests.restore();
     await processes.restartFresh('comfyui-gpu0');
 
     const before = started.find((i) => i.name === 'comfyui-gpu1')!;

@@ -127,10 +127,9 @@ export async function removeStalePm2Files(pm2Home: string): Promise<string[]> {
 }
 
 /**
- * PM2_HOME made (as PM2 makes it) and proved writable before PM2 loads, for a user other
- * than root (the image's): PM2 that cannot
- * write there prints stack traces and never serves, and the boot would wait on it. Throws a
- * BootError (73) naming the folder and what to set instead.
+ * PM2_HOME made (as PM2 makes it) and proved writable before PM2 loads, for a user other than root
+ * (the image's): PM2 that cannot write there prints stack traces and never serves, and the boot
+ * would wait on it. Throws a BootError (73) naming the folder and what to set instead.
  */
 export function preparePm2Home(home: string): void {
   // Root can write anywhere, and must create nothing through a path someone else may have laid

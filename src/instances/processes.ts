@@ -14,9 +14,6 @@ import { BootState } from '../health/state.js';
  * PM2 is imported lazily, after PM2_HOME is final (it reads it at load time).
  */
 
-/** An app as PM2's list gives it (what of it this reads). */
-export type Pm2ProcessDescription = Pm2App;
-
 interface BusPacket {
   process?: { name?: string; restart_time?: number; exit_code?: number; pm_id?: number; pm_uptime?: number };
   event?: string;
@@ -34,7 +31,7 @@ interface Pm2Api {
   connect(callback: Callback<{ new_pm2_instance?: boolean }>): void;
   start(configFile: string, callback: Callback<unknown>): void;
   start(configFile: string, options: { only: string }, callback: Callback<unknown>): void;
-  list(callback: Callback<Pm2ProcessDescription[]>): void;
+  list(callback: Callback<Pm2App[]>): void;
   delete(name: string, callback: Callback<unknown>): void;
   stop(name: string, callback: Callback<unknown>): void;
   launchBus(callback: Callback<Pm2Bus>): void;
@@ -127,7 +124,7 @@ export class ProcessManager {
   private loading: Promise<{ api: Pm2Api; host: Pm2Host }> | undefined;
   private connecting: Promise<void> | undefined;
   /** The list request in flight, shared while `generation` is unchanged (see list). */
-  private listing: { generation: number; sentAt: number; result: Promise<Pm2ProcessDescription[]> } | undefined;
+  private listing: { generation: number; sentAt: number; result: Promise<Pm2App[]> } | undefined;
   private generation = 0;
   /** Set by close: a connect still under way stops at its next step instead of serving a closed host. */
   private closing = false;
@@ -249,7 +246,7 @@ export class ProcessManager {
     if (hosted) return this.instancesOf(hosted);
     // A request PM2 never answers is shared for LIST_SHARE_MS at most: later callers then ask anew.
     if (this.listing?.generation !== this.generation || performance.now() - this.listing.sentAt > LIST_SHARE_MS) {
-      const request = { generation: this.generation, sentAt: performance.now(), result: call<Pm2ProcessDescription[]>((cb) => this.pm2.list(cb)) };
+      const request = { generation: this.generation, sentAt: performance.now(), result: call<Pm2App[]>((cb) => this.pm2.list(cb)) };
       this.listing = request;
       void request.result.finally(() => {
         if (this.listing === request) this.listing = undefined;
@@ -258,7 +255,7 @@ export class ProcessManager {
     return this.instancesOf(await this.listing!.result);
   }
 
-  private instancesOf(all: Pm2ProcessDescription[]): InstanceState[] {
+  private instancesOf(all: Pm2App[]): InstanceState[] {
     return all
       .filter((p) => p.name?.startsWith(APP_PREFIX))
       .map((p) => ({

@@ -4,7 +4,7 @@ import path from 'node:path';
 import parsePrometheusTextFormat from 'parse-prometheus-text-format';
 import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
 import { standInImds } from '../helpers/imds.js';
-import { FAKE_NVIDIA_SMI, getJson, makeWorkspace, startBoot, waitFor, type Boot, type Workspace } from '../helpers/boot.js';
+import { endBoot, FAKE_NVIDIA_SMI, getJson, makeWorkspace, startBoot, waitFor, type Boot, type Workspace } from '../helpers/boot.js';
 
 /**
  * Health and healing end to end: real boots under real PM2 with the stand-in ComfyUI made to fail on
@@ -36,10 +36,7 @@ interface Status {
 let ws: Workspace | undefined;
 let boot: Boot | undefined;
 afterEach(async () => {
-  if (boot && boot.child.exitCode === null) {
-    boot.child.kill('SIGKILL');
-    await boot.child;
-  }
+  await endBoot(boot, 'SIGKILL');
   boot = undefined;
   await ws?.cleanup();
   ws = undefined;

@@ -1,16 +1,13 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { freePorts, makeWorkspace, runBoot, startBoot, waitFor, type Boot, type Workspace } from '../helpers/boot.js';
+import { endBoot, freePorts, makeWorkspace, runBoot, startBoot, waitFor, type Boot, type Workspace } from '../helpers/boot.js';
 
 const TOKEN = 'hf_canarySTATUS-5c5c';
 let ws: Workspace | undefined;
 let boot: Boot | undefined;
 afterEach(async () => {
-  if (boot && boot.child.exitCode === null) {
-    boot.child.kill('SIGTERM');
-    await boot.child;
-  }
+  await endBoot(boot, 'SIGTERM');
   boot = undefined;
   await ws?.cleanup();
   ws = undefined;

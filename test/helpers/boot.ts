@@ -244,6 +244,14 @@ export function startBoot(args: string[], env: Record<string, string>): Boot {
   };
 }
 
+/** End a boot a test left running (by its pid, with `signal`) and wait for its exit. */
+export async function endBoot(boot: Boot | undefined, signal: NodeJS.Signals): Promise<void> {
+  if (boot && boot.child.exitCode === null) {
+    boot.child.kill(signal);
+    await boot.child;
+  }
+}
+
 /** Run a command to completion. */
 export async function runBoot(args: string[], env: Record<string, string>) {
   return execa('node', [ENTRYPOINT, ...args], { env, extendEnv: false, reject: false, stdin: 'ignore' });
