@@ -166,6 +166,7 @@ describe('an unreadable secret file', () => {
     process.getuid?.() === 0 &&
     existsSync('/usr/sbin/runuser') &&
     spawnSync('/usr/sbin/runuser', ['-u', 'nobody', '--', 'test', '-r', path.resolve('dist/entrypoint.js')]).status === 0;
+  if (!canRunAsNobody) console.warn('test/e2e/failures.test.ts: the unreadable _FILE case is skipped: it needs root, runuser, and dist/ readable by nobody (a checkout under a 0700 folder is not)');
   it.skipIf(!canRunAsNobody)('is refused with exit 78, naming the variable and the path', async () => {
     const { chmod } = await import('node:fs/promises');
     const { execa } = await import('execa');
