@@ -53,13 +53,14 @@ const withheld = new Set(plan.withheldVariables);
 for (const name of withheld) delete process.env[name];
 // PM2's own bookkeeping variables of a calling process must not leak into the apps.
 const internal = /^(pm_|PM2_(?!HOME$))/;
+// gpu-boot's own settings (HEALTH_PORT, GPU_MODE...) are not the instances': left out (an older plan has none).
+// So is the plan's location: the instances never read it.
+const own = new Set([...(plan.ownSettings || []), 'GPU_BOOT_PLAN_FILE']);
 
 function instanceEnv(extra) {
   const env = {};
   for (const [name, value] of Object.entries(process.env)) {
-    if (value === undefined || withheld.has(name) || internal.test(name)) continue;
-    // gpu-boot reads the plan through its own handle (/proc/self/fd/N): meaningless in any other process.
-    if (name === 'GPU_BOOT_PLAN_FILE' && value.startsWith('/proc/self/')) continue;
+    if (value === undefined || withheld.has(name) || own.has(name) || internal.test(name)) continue;
     env[name] = value;
   }
   return Object.assign(env, extra);
@@ -93,7 +94,6 @@ module.exports = {
     out_file: '/dev/null',
     error_file: '/dev/null',
     merge_logs: true,
-    time: false,
     vizion: false,
     autostart: true,
   })),

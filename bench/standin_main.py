@@ -36,8 +36,10 @@ nodes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "custom_nodes")
 
 
 def say(line):
-    # ComfyUI's logging handler writes each record to stderr and flushes it.
-    print(line, file=sys.stderr, flush=True)
+    # ComfyUI logs through logging.StreamHandler on stderr: one write of the record and its newline,
+    # then a flush (print() would make two writes, the text and then "\n").
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 for line in ("Total VRAM 24105 MB, total RAM 24105 MB", "pytorch version: 2.3.1", "Set vram state to: NORMAL_VRAM",

@@ -171,6 +171,19 @@ export const PROCESS_VARIABLES: readonly string[] = ['HOME', 'PATH', 'USER', 'LO
 const NEVER_SECRET = new Set([...SETTING_NAMES, ...PROCESS_VARIABLES]);
 
 /**
+ * gpu-boot's settings an instance may use too: where things are (the workspace, ComfyUI, PM2's
+ * folder, nvidia-smi), the log level, and the devices' variables (the instances get their own CUDA_* anyway).
+ */
+const SETTINGS_FOR_INSTANCES = new Set(['WORKSPACE_PATH', 'COMFYUI_PATH', 'PM2_HOME', 'NVIDIA_SMI_PATH', 'LOG_LEVEL', 'CUDA_VISIBLE_DEVICES', 'CUDA_DEVICE_ORDER', 'NVIDIA_VISIBLE_DEVICES']);
+
+/**
+ * gpu-boot's own settings that no instance is given (HEALTH_PORT, GPU_MODE, COMFY_ARGS...): they are
+ * gpu-boot's, and every variable in an instance's environment costs each node's load_dotenv()
+ * (python-dotenv copies the whole environment for every key it reads: bench/RESULTS.md).
+ */
+export const SETTINGS_NOT_FOR_INSTANCES: readonly string[] = SETTING_NAMES.filter((name) => !SETTINGS_FOR_INSTANCES.has(name));
+
+/**
  * gpu-boot's own settings and the basic process variables (LC_* included) are never secrets, even when
  * the manifest references them: never withheld from the instances, never masked in logs, never
  * refused as too short to mask.

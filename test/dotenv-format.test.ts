@@ -5,7 +5,7 @@ import path from 'node:path';
 import dotenv from 'dotenv';
 import fc from 'fast-check';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { HEADER, quoteValue, renderEnvFile, UnrepresentableValueError } from '../src/secrets/dotenv-format.js';
+import { EARLIER_HEADER, HEADER, hasGpuBootHeader, quoteValue, renderEnvFile, UnrepresentableValueError } from '../src/secrets/dotenv-format.js';
 import { PYTHON } from './helpers/python.js';
 
 let dir: string;
@@ -36,7 +36,7 @@ function roundTrip(entries: Array<{ key: string; value: string }>): {
   python: Record<string, string | null>;
   node: Record<string, string>;
 } {
-  const text = renderEnvFile('some_node', entries);
+  const text = renderEnvFile(entries);
   const file = path.join(dir, `rt-${fileCounter++}.env`);
   writeFileSync(file, text, { encoding: 'utf8' });
   const python = readWithPython(file);
@@ -59,33 +59,39 @@ function isRepresentable(value: string): boolean {
 }
 
 describe('renderEnvFile', () => {
-  it('writes the header, the node line, KEY=value lines in order and a trailing newline', () => {
-    const text = renderEnvFile('emprops_custom_nodes', [
+  it('writes the one header line, KEY=value lines in order and a trailing newline', () => {
+    const text = renderEnvFile([
       { key: 'ZED', value: 'plain' },
       { key: 'ALPHA', value: "it's" },
       { key: 'MIDDLE', value: '' },
     ]);
     expect(text).toBe(
-      [HEADER, '# node: emprops_custom_nodes', "ZED='plain'", 'ALPHA="it\'s"', "MIDDLE=''", ''].join('\n'),
+      [HEADER, "ZED='plain'", 'ALPHA="it\'s"', "MIDDLE=''", ''].join('\n'),
     );
     expect(text.split('\n')[0]).toBe(HEADER);
     expect(HEADER.startsWith('# ')).toBe(true);
+    // One line, and a short one: every node's load_dotenv() parses it.
+    expect(HEADER.includes('\n')).toBe(false);
+    expect(HEADER.length).toBeLessThanOrEqual(60);
     expect(text.endsWith('\n')).toBe(true);
     expect(text.endsWith('\n\n')).toBe(false);
   });
 
-  it('writes only the header lines for a node with no values', () => {
-    expect(renderEnvFile('n', [])).toBe(`${HEADER}\n# node: n\n`);
+  it('writes only the header line for a node with no values', () => {
+    expect(renderEnvFile([])).toBe(`${HEADER}\n`);
+    expect(dotenv.parse(renderEnvFile([]))).toEqual({});
   });
 
-  it('keeps a newline in the node name from breaking out of the comment', () => {
-    const text = renderEnvFile('a\nEVIL=1\rb', [{ key: 'K', value: 'v' }]);
-    expect(text).toBe(`${HEADER}\n# node: a EVIL=1 b\nK='v'\n`);
-    expect(dotenv.parse(text)).toEqual({ K: 'v' });
+  it("recognises gpu-boot's header, and the two-line one it wrote before, as its mark (and nothing else)", () => {
+    expect(hasGpuBootHeader(renderEnvFile([{ key: 'K', value: 'v' }]))).toBe(true);
+    expect(hasGpuBootHeader(`${EARLIER_HEADER} Do not edit; change the manifest or the secret instead.\n# node: n\nK='v'\n`)).toBe(true);
+    expect(hasGpuBootHeader(`${HEADER}K=1\n`)).toBe(false);
+    expect(hasGpuBootHeader(`# my own .env\n${HEADER}\n`)).toBe(false);
+    expect(hasGpuBootHeader('K=1\n')).toBe(false);
   });
 
   it('throws UnrepresentableValueError when any value cannot be written', () => {
-    expect(() => renderEnvFile('n', [{ key: 'OK', value: 'x' }, { key: 'BAD', value: 'canary-51\u0000' }])).toThrow(
+    expect(() => renderEnvFile([{ key: 'OK', value: 'x' }, { key: 'BAD', value: 'canary-51\u0000' }])).toThrow(
       UnrepresentableValueError,
     );
   });
@@ -221,7 +227,7 @@ describe('values that are refused', () => {
     expect(error.name).toBe('UnrepresentableValueError');
     expect(error.message).not.toContain('canary');
     expect(error.message).not.toContain(value);
-    expect(() => renderEnvFile('n', [{ key: 'K', value }])).toThrow(UnrepresentableValueError);
+    expect(() => renderEnvFile([{ key: 'K', value }])).toThrow(UnrepresentableValueError);
   });
 
   it('names the reason', () => {

@@ -1,6 +1,6 @@
 import { readlinkSync } from 'node:fs';
 import path from 'node:path';
-import { HEADER } from '../secrets/dotenv-format.js';
+import { hasGpuBootHeader } from '../secrets/dotenv-format.js';
 import { ENV_FILE_NAME, errnoText, PLAN_FILE_NAME, RECORD_FILE_NAME, type RecordEntry, type StateDir, type WriteRecord } from './env-files.js';
 import { DirHandle, euid, fileId, SHRED_LIMIT } from './owned.js';
 import { emptySecretsFolder, openOwnSecretsFolder } from './storage.js';
@@ -58,7 +58,7 @@ function wipeEntry(entry: RecordEntry, record: WriteRecord, result: WipeResult, 
         // recorded name, and only a link into its secrets folder or a file of its users with its header.
         if (stat.isSymbolicLink()) {
           if (linkTarget !== undefined && readlinkSync(dir.at(name)) === linkTarget) removed = dir.unlinkIf(name, fileId(stat)) || removed;
-        } else if (stat.isFile() && stat.nlink === 1n && stat.size <= BigInt(SHRED_LIMIT) && uids.includes(Number(stat.uid)) && dir.readFile(name).text.startsWith(HEADER)) {
+        } else if (stat.isFile() && stat.nlink === 1n && stat.size <= BigInt(SHRED_LIMIT) && uids.includes(Number(stat.uid)) && hasGpuBootHeader(dir.readFile(name).text)) {
           removed = dir.shred(name, (s) => fileId(s) === fileId(stat), durable) === 'shredded' || removed;
         }
       }

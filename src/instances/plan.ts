@@ -1,5 +1,5 @@
 import path from 'node:path';
-import type { Config } from '../config.js';
+import { SETTINGS_NOT_FOR_INSTANCES, type Config } from '../config.js';
 import { ConfigError } from '../errors.js';
 import { parseComfyArgs, reservedFlagProblems } from './comfy-args.js';
 import { gib, type GpuDetection } from '../gpus/detect.js';
@@ -107,6 +107,8 @@ export interface Plan {
   };
   /** Names (never values) of the variables that carried secrets: filtered out of every instance's environment. */
   withheldVariables: string[];
+  /** gpu-boot's own settings (names), left out of every instance's environment: not secrets, just not theirs. */
+  ownSettings: readonly string[];
   /** How the instances are laid out on the devices, and what does not fit well. */
   layout: {
     instancesPerGpu: number;
@@ -207,6 +209,7 @@ export function buildPlan(config: Config, gpus: GpuDetection, withheldVariables:
       maxRestarts: 1_000_000,
     },
     withheldVariables,
+    ownSettings: SETTINGS_NOT_FOR_INSTANCES,
     layout: { instancesPerGpu: slots, devices: gpus.used.length, minInstanceMemoryGb: config.minInstanceMemoryGb, warnings },
     instances,
   };

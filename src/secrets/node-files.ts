@@ -194,7 +194,7 @@ export async function prepareNodeFiles(
         problems.push(`node "${node.name}" key ${key}: the value ${error.message}`);
       }
     }
-    if (valid) files.push({ node: node.name, path: target, text: renderEnvFile(node.name, entries) });
+    if (valid) files.push({ node: node.name, path: target, text: renderEnvFile(entries) });
   }
   if (problems.length) {
     // The manifest's own message when it is the only trouble; else one message for every problem.

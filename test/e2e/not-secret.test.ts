@@ -43,7 +43,16 @@ describe('what is not a secret', () => {
     const environ = (await readFile(`/proc/${pid}/environ`, 'utf8')).split('\0');
     expect(environ).toContain(`HOME=${ws.root}`);
     expect(environ).toContain(`WORKSPACE_PATH=${ws.workspace}`);
+    expect(environ).toContain(`PM2_HOME=${ws.pm2Home}`);
+    expect(environ).toContain('LOG_LEVEL=debug');
     expect(environ).toContain('STAGE=dev');
+    // gpu-boot's own settings are not the instance's: not passed (each variable costs every node's load_dotenv()).
+    const names = environ.map((e) => e.slice(0, e.indexOf('=')));
+    for (const own of ['GPU_MODE', 'NUM_GPUS', 'COMFYUI_PYTHON', 'COMFYUI_LISTEN', 'COMFYUI_PORT_START', 'HEALTH_PORT', 'HEALTH_BIND', 'COMFYUI_KILL_TIMEOUT_MS', 'SECRETS_TMPFS', 'GPU_BOOT_STATE_DIR', 'GPU_BOOT_PLAN_FILE']) {
+      expect(names).not.toContain(own);
+    }
+    // Nor is the PM2 option `time` (false is PM2's default): one variable fewer.
+    expect(names).not.toContain('time');
     expect(environ.filter((e) => /^(HF_TOKEN|DATA_DIR|CACHE|BUCKET)=/.test(e))).toEqual([]);
     expect(environ.join('\n')).not.toContain(SECRET);
 
