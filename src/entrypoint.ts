@@ -131,7 +131,8 @@ export async function main(argv: string[]): Promise<number> {
       }
       throw error;
     }
-    logger = await createLogger({ level: config.logLevel, masker, fd: quietStdout ? 2 : 1 });
+    // start and demo run long and relay every instance's output: their lines go out once a turn.
+    logger = await createLogger({ level: config.logLevel, masker, fd: quietStdout ? 2 : 1, batched: command === 'start' || command === 'demo' });
     for (const warning of config.warnings) logger.warn(warning);
     if (config.pm2Home) process.env.PM2_HOME = config.pm2Home;
     const ctx = { config, logger, masker, env };

@@ -101,6 +101,45 @@ export interface LoggerOptions {
   pretty?: boolean;
   /** Tests pass a stream to read what was logged. */
   destination?: DestinationStream;
+  /** The lines of one turn of the event loop in one write (see TurnBatch): for `start`, whose instances print thousands. */
+  batched?: boolean;
+}
+
+/**
+ * The lines logged in one turn of the event loop, written together at its end (setImmediate) by one
+ * synchronous write of `sink` (sonic-boom, which retries EAGAIN), and at once on process exit:
+ * nothing waits longer than the turn, nothing is lost to process.exit(). 8,000 start-up lines at
+ * 16 x 500 were as many write(2) calls (~30 us each on 2 busy cores: bench/RESULTS.md).
+ */
+export class TurnBatch implements DestinationStream {
+  private pending: string[] = [];
+  private scheduled = false;
+  private readonly flushNow = (): void => this.flush();
+
+  constructor(private readonly sink: { write(text: string): unknown }) {
+    process.on('exit', this.flushNow);
+  }
+
+  write(line: string): void {
+    this.pending.push(line);
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(this.flushNow);
+  }
+
+  flush(): void {
+    this.scheduled = false;
+    if (!this.pending.length) return;
+    const text = this.pending.length === 1 ? this.pending[0]! : this.pending.join('');
+    this.pending = [];
+    this.sink.write(text);
+  }
+
+  /** Write what is pending and stop listening for the exit. */
+  end(): void {
+    this.flush();
+    process.off('exit', this.flushNow);
+  }
 }
 
 export async function createLogger(options: LoggerOptions): Promise<Logger> {
@@ -112,7 +151,8 @@ export async function createLogger(options: LoggerOptions): Promise<Logger> {
       const { default: pinoPretty } = await import('pino-pretty');
       destination = pinoPretty({ destination: fd, colorize: true, sync: true, singleLine: true, ignore: 'pid,hostname' });
     } else {
-      destination = pino.destination({ fd, sync: true });
+      const sink = pino.destination({ fd, sync: true });
+      destination = options.batched ? new TurnBatch(sink) : sink;
     }
   }
   return pino(

@@ -417,6 +417,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
       restart: (name) => processes.restartFresh(name),
       stop: (name) => processes.stopOne(name),
       onNothingLeft: (reason) => giveUp(reason, [...state.health.values()].some((h) => h.out?.kind === 'cordoned')),
+      readinessWaiting: () => readinessWaiting,
     });
     supervisor.start();
     watchdog = startWatchdog(ctx, gpus, (gpu, reason) => {
@@ -430,6 +431,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     // Readiness runs beside the wait for a signal: a SIGTERM during a slow start is honoured at once.
     // The boot's duration counts from the process's start (performance.now()'s origin), Node's own start included.
     // Once all answer, PM2's worker (held back while they started) may run.
+    let readinessWaiting = true;
     const ready = reportReadiness(logger, config, plan.instances, 0, abort.signal, (ms) => {
       state.recordPhase('ready', ms);
       processes.releasePm2Worker();
@@ -445,6 +447,11 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
         });
       }
     }, (name) => (listener) => processes.onServerUp(name, listener));
+    // From here (all answer, or READY_TIMEOUT_MS passed) the supervisor probes the ones that have not served too.
+    const readinessDone = (): void => {
+      readinessWaiting = false;
+    };
+    ready.then(readinessDone, readinessDone);
 
     const signal = await stops.requested;
     abort.abort();

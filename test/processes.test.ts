@@ -16,14 +16,14 @@ import { PYTHON } from './helpers/python.js';
 // One PM2_HOME for this file: the pm2 module reads it once, when it is first imported.
 const home = pm2HomeForThisFile('gpu-boot-pm2-');
 
-/** Count calls of `object[method]` (passed through to it) until `restore`. */
-function countCalls<K extends string>(object: Record<K, (cb: unknown) => void>, method: K): { readonly count: number; restore(): void } {
-  const real = object[method].bind(object);
+/** Count calls of `object[method]` (passed through to it, with its `this` and its result) until `restore`. */
+function countCalls<K extends string>(object: Record<K, (...args: never[]) => unknown>, method: K): { readonly count: number; restore(): void } {
+  const real = object[method];
   const counter = { count: 0, restore: () => void (object[method] = real) };
-  object[method] = (cb) => {
+  object[method] = function (this: unknown, ...args: never[]) {
     counter.count += 1;
-    real(cb);
-  };
+    return real.apply(this ?? object, args);
+  } as (typeof object)[K];
   return counter;
 }
 
@@ -61,6 +61,11 @@ describe('ProcessManager with a real PM2', () => {
     expect(busClients.count).toBe(0);
     busClients.restore();
 
+    // PM2's broadcaster on pub.sock (what `pm2 logs` reads) packs an event only for a subscriber.
+    const daemon = (processes as unknown as { host: { daemon: { pub?: { sock?: { socks?: unknown[]; pack: (...args: never[]) => unknown } } } } }).host.daemon;
+    expect(daemon.pub?.sock?.socks).toEqual([]);
+    const packed = countCalls(daemon.pub!.sock!, 'pack');
+
     // Readiness is woken by each instance's own "To see the GUI go to:" line.
     const up: string[] = [];
     const stopListening = processes.onServerUp('comfyui-gpu1', () => up.push('comfyui-gpu1'));
@@ -72,6 +77,8 @@ describe('ProcessManager with a real PM2', () => {
     await waitFor('server-up line heard', () => up.length > 0);
     expect(up).toEqual(['comfyui-gpu1']);
     stopListening();
+    // With nobody on pub.sock, PM2's broadcaster packed none of those events for it.
+    expect(packed.count).toBe(0);
 
     const requests = countCalls(api, 'list');
     // Served from this process, the list is PM2's own table, read here: no request over its socket.
@@ -98,7 +105,17 @@ describe('ProcessManager with a real PM2', () => {
     host.apps = apps;
     expect((await processes.list()).find((i) => i.name === 'comfyui-gpu0')?.status).toBe('stopped');
     requests.restore();
+    // `pm2 logs` subscribes to pub.sock: from then on the events are broadcast to it, the restart's output among them.
+    const pm2Logs = execa('node', [PM2_BIN, 'logs', '--raw', '--lines', '0'], { env: { PATH: process.env.PATH!, HOME: home.root, PM2_HOME: home.pm2Home }, extendEnv: false, reject: false, buffer: false });
+    let logsOut = '';
+    pm2Logs.stdout?.on('data', (chunk: Buffer) => (logsOut += chunk.toString()));
+    await waitFor('pm2 logs subscribed', () => (daemon.pub?.sock?.socks?.length ?? 0) > 0, 20_000);
     await processes.restartFresh('comfyui-gpu0');
+    await waitFor('pm2 logs shows the restarted instance\'s output', () => logsOut.includes('up'), 20_000);
+    expect(packed.count).toBeGreaterThan(0);
+    pm2Logs.kill('SIGTERM');
+    await pm2Logs;
+    packed.restore();
 
     const before = started.find((i) => i.name === 'comfyui-gpu1')!;
     const after = await processes.restartFresh('comfyui-gpu1');

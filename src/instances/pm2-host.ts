@@ -38,6 +38,8 @@ interface AxonSocket {
 
 interface Pm2Daemon {
   innerStart(callback: () => void): void;
+  /** Its pub socket (axon's pub-emitter): `sock.socks` are the subscribers connected to pub.sock. */
+  pub?: { sock?: { socks?: unknown[] } };
   /** What `pm2 kill` calls (through the RPC socket): PM2's own version ends the process. */
   close: (options: { pid?: number | string }) => void;
   rpc_socket?: AxonSocket;
@@ -56,7 +58,10 @@ export interface Pm2App {
 export interface Pm2EventBus {
   on(event: string, listener: (packet: never) => void): void;
   off(event: string, listener: (packet: never) => void): void;
+  onAny?(listener: AnyListener): void;
 }
+
+type AnyListener = (this: unknown, event: string, data: unknown) => unknown;
 
 interface Pm2God {
   getFormatedProcesses(): Pm2App[];
@@ -250,8 +255,14 @@ export class Pm2Host {
       }
     };
     this.daemon = daemon;
+    // PM2's daemon broadcasts every bus event on pub.sock (`pm2 logs`, the API's bus): it clones
+    // each one and packs it even when nobody is connected, ~25 us an event and 8,000 start-up
+    // lines at 16 x 500 (bench/RESULTS.md). Its broadcaster runs only while someone is subscribed.
+    const bus = this.God.bus;
+    const onAny = bus.onAny;
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
+        if (this.God.bus.onAny !== onAny) this.God.bus.onAny = onAny;
         reject(new Error(`PM2 could not serve ${paths.DAEMON_RPC_PORT} within ${SERVE_TIMEOUT_MS} ms (another PM2 on this PM2_HOME?)`));
         this.daemon = undefined;
         // PM2's bind retries on its own errors: stop it. A socket that did bind is closed (its file is
@@ -269,7 +280,18 @@ export class Pm2Host {
           // nothing to put back
         }
       }, SERVE_TIMEOUT_MS);
+      if (onAny) {
+        bus.onAny = function (this: unknown, listener: AnyListener) {
+          onAny.call(this, function (this: unknown, event: string, data: unknown) {
+            const subscribers = daemon.pub?.sock?.socks;
+            // An axon that no longer looks as expected: broadcast, as PM2 would.
+            if (Array.isArray(subscribers) && subscribers.length === 0) return false;
+            return listener.call(this, event, data);
+          });
+        };
+      }
       daemon.innerStart(() => {
+        if (onAny) bus.onAny = onAny;
         clearTimeout(timer);
         resolve();
       });

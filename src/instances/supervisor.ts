@@ -40,6 +40,12 @@ export interface SupervisorDeps {
   stop: (name: string) => Promise<void>;
   /** Called once when no instance is left in service (each failed or cordoned). */
   onNothingLeft: (reason: string) => void;
+  /**
+   * True while the boot's readiness still waits for the instances: one that has not served since its
+   * start is its to watch (it calls markServing), so the rounds take its pid and restarts but do not
+   * probe it. 16 instances loading their nodes are otherwise asked /system_stats for nothing.
+   */
+  readinessWaiting?: () => boolean;
 }
 
 export function newInstanceHealth(plan: Pick<InstancePlan, 'name' | 'gpuIndex'>): InstanceHealth {
@@ -148,6 +154,7 @@ export class Supervisor {
           health.pid = pid;
         }
         health.restartTimes = health.restartTimes.filter((t) => now - t <= settings.restartWindowMs);
+        if (pid && !health.servedSinceStart && this.deps.readinessWaiting?.()) return health;
         const stats = pid ? await getJson(this.deps.probeHost, plan.port, '/system_stats', settings.hangTimeoutMs) : undefined;
         health.answering = stats !== undefined;
         if (stats !== undefined) {
