@@ -356,7 +356,7 @@ async function fileCost(nodes, storageKind) {
   for (let n = 0; n < nodes; n += 1) {
     mkdirSync(path.join(root, 'custom_nodes', `node_${n}`));
     const entries = Array.from({ length: 5 }, (_, k) => ({ key: `KEY_${k}`, value: `bench-secret-${n}-${k}-${'x'.repeat(24)}` }));
-    files.push({ node: `node_${n}`, path: path.join(root, 'custom_nodes', `node_${n}`, '.env'), text: renderEnvFile(`node_${n}`, entries) });
+    files.push({ node: `node_${n}`, path: path.join(root, 'custom_nodes', `node_${n}`, '.env'), text: renderEnvFile(entries) });
   }
   // The production base: the run's folder is made fresh in /dev/shm itself (the link targets' length is then the image's).
   const storage = storageKind === 'tmpfs' ? { kind: 'tmpfs', base: '/dev/shm' } : { kind: 'in-place' };
