@@ -185,8 +185,9 @@ export const SETTINGS_NOT_FOR_INSTANCES: readonly string[] = SETTING_NAMES.filte
 
 /**
  * gpu-boot's own settings and the basic process variables (LC_* included) are never secrets, even when
- * the manifest references them: never withheld from the instances, never masked in logs, never
- * refused as too short to mask.
+ * the manifest references them: never withheld from the instances as secrets (gpu-boot's settings are
+ * left out of them all the same: SETTINGS_NOT_FOR_INSTANCES), never masked in logs, never refused as
+ * too short to mask.
  */
 export function isNeverSecret(name: string): boolean {
   // The locale categories: LC_ALL, LC_CTYPE, LC_MESSAGES... (LC_ALL_FILE is not one).

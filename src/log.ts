@@ -112,8 +112,8 @@ export interface LoggerOptions {
  * 16 x 500 were as many write(2) calls (~30 us each on 2 busy cores: bench/RESULTS.md).
  */
 export class TurnBatch implements DestinationStream {
+  /** The turn's lines; a flush is scheduled whenever there are any. */
   private pending: string[] = [];
-  private scheduled = false;
   private readonly flushNow = (): void => this.flush();
 
   constructor(private readonly sink: { write(text: string): unknown }) {
@@ -121,14 +121,10 @@ export class TurnBatch implements DestinationStream {
   }
 
   write(line: string): void {
-    this.pending.push(line);
-    if (this.scheduled) return;
-    this.scheduled = true;
-    setImmediate(this.flushNow);
+    if (this.pending.push(line) === 1) setImmediate(this.flushNow);
   }
 
   flush(): void {
-    this.scheduled = false;
     if (!this.pending.length) return;
     const text = this.pending.length === 1 ? this.pending[0]! : this.pending.join('');
     this.pending = [];

@@ -260,9 +260,12 @@ export class Pm2Host {
     // lines at 16 x 500 (bench/RESULTS.md). Its broadcaster runs only while someone is subscribed.
     const bus = this.God.bus;
     const onAny = bus.onAny;
+    const restoreOnAny = (): void => {
+      if (onAny) bus.onAny = onAny;
+    };
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
-        if (this.God.bus.onAny !== onAny) this.God.bus.onAny = onAny;
+        restoreOnAny();
         reject(new Error(`PM2 could not serve ${paths.DAEMON_RPC_PORT} within ${SERVE_TIMEOUT_MS} ms (another PM2 on this PM2_HOME?)`));
         this.daemon = undefined;
         // PM2's bind retries on its own errors: stop it. A socket that did bind is closed (its file is
@@ -291,7 +294,7 @@ export class Pm2Host {
         };
       }
       daemon.innerStart(() => {
-        if (onAny) bus.onAny = onAny;
+        restoreOnAny();
         clearTimeout(timer);
         resolve();
       });
