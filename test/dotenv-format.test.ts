@@ -5,7 +5,7 @@ import path from 'node:path';
 import dotenv from 'dotenv';
 import fc from 'fast-check';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { EARLIER_HEADER, HEADER, hasGpuBootHeader, quoteValue, renderEnvFile, UnrepresentableValueError } from '../src/secrets/dotenv-format.js';
+import { EARLIER_HEADER, HEADER, hasGpuBootHeader, quoteValue, renderEnvFile, UnrepresentableValueError, withHeader } from '../src/secrets/dotenv-format.js';
 import { PYTHON } from './helpers/python.js';
 
 let dir: string;
@@ -59,31 +59,39 @@ function isRepresentable(value: string): boolean {
 }
 
 describe('renderEnvFile', () => {
-  it('writes the one header line, KEY=value lines in order and a trailing newline', () => {
+  it('writes KEY=value lines in order and a trailing newline, no comment line (each costs every load_dotenv)', () => {
     const text = renderEnvFile([
       { key: 'ZED', value: 'plain' },
       { key: 'ALPHA', value: "it's" },
       { key: 'MIDDLE', value: '' },
     ]);
-    expect(text).toBe(
-      [HEADER, "ZED='plain'", 'ALPHA="it\'s"', "MIDDLE=''", ''].join('\n'),
-    );
-    expect(text.split('\n')[0]).toBe(HEADER);
-    expect(HEADER.startsWith('# ')).toBe(true);
-    // One line, and a short one: every node's load_dotenv() parses it.
-    expect(HEADER.includes('\n')).toBe(false);
-    expect(HEADER.length).toBeLessThanOrEqual(60);
+    expect(text).toBe(["ZED='plain'", 'ALPHA="it\'s"', "MIDDLE=''", ''].join('\n'));
     expect(text.endsWith('\n')).toBe(true);
     expect(text.endsWith('\n\n')).toBe(false);
   });
 
-  it('writes only the header line for a node with no values', () => {
-    expect(renderEnvFile([])).toBe(`${HEADER}\n`);
-    expect(dotenv.parse(renderEnvFile([]))).toEqual({});
+  it('withHeader (a file written in place) puts the one short header line first', () => {
+    const text = withHeader(renderEnvFile([{ key: 'ZED', value: 'plain' }, { key: 'PEM', value: 'a\nb' }]));
+    expect(text).toBe(`${HEADER}\nZED='plain'\nPEM='a\nb'\n`);
+    expect(dotenv.parse(text)).toEqual({ ZED: 'plain', PEM: 'a\nb' });
+    const file = path.join(dir, 'in-place.env');
+    writeFileSync(file, text, { encoding: 'utf8' });
+    expect(readWithPython(file)).toEqual({ ZED: 'plain', PEM: 'a\nb' });
+    expect(HEADER.startsWith('# ')).toBe(true);
+    // One line, and a short one: every node's load_dotenv() parses it.
+    expect(HEADER.includes('\n')).toBe(false);
+    expect(HEADER.length).toBeLessThanOrEqual(60);
+  });
+
+  it('writes nothing for a node with no values (the header alone in place)', () => {
+    expect(renderEnvFile([])).toBe('');
+    expect(withHeader(renderEnvFile([]))).toBe(`${HEADER}\n`);
+    expect(dotenv.parse(withHeader(renderEnvFile([])))).toEqual({});
   });
 
   it("recognises gpu-boot's header, and the two-line one it wrote before, as its mark (and nothing else)", () => {
-    expect(hasGpuBootHeader(renderEnvFile([{ key: 'K', value: 'v' }]))).toBe(true);
+    expect(hasGpuBootHeader(withHeader(renderEnvFile([{ key: 'K', value: 'v' }])))).toBe(true);
+    expect(hasGpuBootHeader(renderEnvFile([{ key: 'K', value: 'v' }]))).toBe(false);
     expect(hasGpuBootHeader(`${EARLIER_HEADER} Do not edit; change the manifest or the secret instead.\n# node: n\nK='v'\n`)).toBe(true);
     expect(hasGpuBootHeader(`${HEADER}K=1\n`)).toBe(false);
     expect(hasGpuBootHeader(`# my own .env\n${HEADER}\n`)).toBe(false);

@@ -27,10 +27,10 @@ afterEach(async () => {
   await rm(shm, { recursive: true, force: true });
 });
 
-/** A node's file as gpu-boot renders it: the generated header, then the given lines. */
+/** A node's file as gpu-boot renders it (in place it is written after the header, on tmpfs as it is). */
 async function nodeFile(node: string, body: string): Promise<NodeFile> {
   await mkdir(path.join(nodes, node), { recursive: true });
-  return { node, path: path.join(nodes, node, '.env'), text: `${HEADER}\n${body}` };
+  return { node, path: path.join(nodes, node, '.env'), text: body };
 }
 
 function session(storage: Storage = { kind: 'in-place' }): FileSession {
@@ -57,8 +57,9 @@ describe('FileSession and wipeRecord', () => {
     for (const f of files) {
       const info = await lstat(f.path, { bigint: true });
       expect(Number(info.mode & 0o777n)).toBe(0o600);
-      expect(await readFile(f.path, 'utf8')).toBe(f.text);
-      expect(dotenv.parse(f.text)).toEqual(f.node === 'a' ? { A: '1' } : { B: '2' });
+      // In place, the header marks the file gpu-boot's (a crashed run's temp is shredded only with it).
+      expect(await readFile(f.path, 'utf8')).toBe(`${HEADER}\n${f.text}`);
+      expect(dotenv.parse(await readFile(f.path, 'utf8'))).toEqual(f.node === 'a' ? { A: '1' } : { B: '2' });
       const entry = StateDir.open(stateDir)!.readRecord()!.files.find((e) => e.path === f.path)!;
       expect(entry.ids).toEqual([`${info.dev}:${info.ino}`]);
     }
@@ -81,6 +82,8 @@ describe('FileSession and wipeRecord', () => {
     expect((await stat(dir)).mode & 0o777).toBe(0o700);
     expect((await stat(path.join(dir, 'a.env'))).mode & 0o777).toBe(0o600);
     expect(JSON.parse(await readFile(path.join(dir, RUN_MARKER), 'utf8'))).toMatchObject({ pid: process.pid });
+    // On tmpfs, no header: the content is exactly what was rendered (each comment line costs every load_dotenv).
+    expect(await readFile(files[0]!.path, 'utf8')).toBe("A='x #y'\n");
     expect(dotenv.parse(await readFile(files[0]!.path))).toEqual({ A: 'x #y' });
     expect(wipeRecord(s.state, s.record, { secrets: s.secrets!.dir })).toEqual({ removed: 1, restored: 0, problems: [], skipped: [] });
     expect(existsSync(dir)).toBe(false);
@@ -147,7 +150,7 @@ describe('FileSession and wipeRecord', () => {
   it('refuses two nodes whose folders are one folder (78)', async () => {
     const a = await nodeFile('a', 'A="1"\n');
     await symlink(path.join(nodes, 'a'), path.join(nodes, 'b'));
-    const b: NodeFile = { node: 'b', path: path.join(nodes, 'b', '.env'), text: `${HEADER}\nB="2"\n` };
+    const b: NodeFile = { node: 'b', path: path.join(nodes, 'b', '.env'), text: 'B="2"\n' };
     const s = session();
     await expect(s.write([a, b])).rejects.toThrow(expect.objectContaining({ exitCode: 78, problems: [`node "b": ${path.join(nodes, 'b')} is the same folder as node "a"'s; two nodes cannot share one .env`] }));
     expect(await readdir(path.join(nodes, 'a'))).toEqual([]);
@@ -161,8 +164,8 @@ describe('FileSession and wipeRecord', () => {
     await s.write([a, b]);
     // b's folder is removed: its rewrite cannot land, so a's new file must not land either.
     await rm(path.join(nodes, 'b'), { recursive: true });
-    await expect(s.write([{ ...a, text: `${HEADER}\nA="2"\n` }, { ...b, text: `${HEADER}\nB="2"\n` }])).rejects.toThrow(`cannot write ${b.path}: ENOENT`);
-    expect(await readFile(a.path, 'utf8')).toBe(a.text);
+    await expect(s.write([{ ...a, text: 'A="2"\n' }, { ...b, text: 'B="2"\n' }])).rejects.toThrow(`cannot write ${b.path}: ENOENT`);
+    expect(await readFile(a.path, 'utf8')).toBe(`${HEADER}\n${a.text}`);
     expect((await readdir(path.join(nodes, 'a'))).sort()).toEqual(['.env']);
     expect(s.entry(a.path)!.temps).toEqual([]);
     s.close();
@@ -178,8 +181,8 @@ describe('FileSession and wipeRecord', () => {
     await mkdir(real);
     await writeFile(path.join(real, 'a.env'), 'DECOY=1\n');
     // A rotation writes into the folder it made, not the decoy.
-    await s.write([{ ...f, text: `${HEADER}\nA="2"\n` }]);
-    expect(await readFile(path.join(moved, 'a.env'), 'utf8')).toBe(`${HEADER}\nA="2"\n`);
+    await s.write([{ ...f, text: 'A="2"\n' }]);
+    expect(await readFile(path.join(moved, 'a.env'), 'utf8')).toBe('A="2"\n');
     expect(await readFile(path.join(real, 'a.env'), 'utf8')).toBe('DECOY=1\n');
     const result = wipeRecord(s.state, s.record, { secrets: s.secrets!.dir });
     expect(result.problems).toEqual([]);
@@ -195,7 +198,7 @@ describe('FileSession and wipeRecord', () => {
     await link(f.path, path.join(root, 'second-name'));
     await rename(path.join(nodes, 'a'), path.join(root, 'a-away'));
     await mkdir(path.join(nodes, 'a'));
-    await s.write([{ ...f, text: `${HEADER}\nA="2"\n` }]);
+    await s.write([{ ...f, text: 'A="2"\n' }]);
     expect(await readdir(path.join(nodes, 'a'))).toEqual([]);
     expect(await readFile(path.join(root, 'a-away', '.env'), 'utf8')).toBe(`${HEADER}\nA="2"\n`);
     expect(await readdir(path.join(root, 'a-away'))).toEqual(['.env']);
@@ -213,13 +216,13 @@ describe('FileSession and wipeRecord', () => {
     await writeFile(c.path, 'MINE=1\n');
     // a's folder is removed: its rewrite fails after c was prepared.
     await rm(path.join(nodes, 'a'), { recursive: true });
-    await expect(s.write([{ ...a, text: `${HEADER}\nA="2"\n` }, c])).rejects.toThrow(`cannot write ${a.path}: ENOENT`);
+    await expect(s.write([{ ...a, text: 'A="2"\n' }, c])).rejects.toThrow(`cannot write ${a.path}: ENOENT`);
     expect((await readdir(path.join(nodes, 'c'))).sort()).toEqual(['.env']);
     expect(await readFile(c.path, 'utf8')).toBe('MINE=1\n');
     expect(s.record.files.map((e) => e.node)).toEqual(['a']);
     expect(StateDir.open(stateDir)!.readRecord()!.files.map((e) => e.node)).toEqual(['a']);
     await s.write([c]);
-    expect(await readFile(c.path, 'utf8')).toBe(c.text);
+    expect(await readFile(c.path, 'utf8')).toBe(`${HEADER}\n${c.text}`);
     expect(wipeRecord(s.state, s.record).restored).toBe(1);
     expect(await readFile(c.path, 'utf8')).toBe('MINE=1\n');
     s.close();

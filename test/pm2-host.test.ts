@@ -50,6 +50,43 @@ describe('Pm2Host', () => {
     await new Promise<void>((resolve) => squatter.close(() => resolve()));
   }, SERVE_TIMEOUT_MS + 5000);
 
+  it("delivers PM2's bus events after PM2's own handling, in order, the events of one turn on one setImmediate", async () => {
+    const script = [
+      "const { Pm2Host } = await import('./dist/instances/pm2-host.js');",
+      "const { pino } = await import('pino');",
+      "const { createRequire } = await import('node:module');",
+      "setTimeout(() => { process.stderr.write('timed out\\n'); process.exit(3); }, 15000).unref();",
+      // As ProcessManager.load does: PM2's client first (it creates PM2_HOME's folders), then its daemon code.
+      "await import('pm2');",
+      "const host = Pm2Host.load(pino({ level: 'silent' }));",
+      'await host.serve(() => undefined);',
+      "const God = createRequire(import.meta.url)('pm2/lib/God.js');",
+      'const events = host.events();',
+      'const seen = [];',
+      "events.on('log:out', (p) => seen.push('out:' + p.data));",
+      "events.on('process:event', (p) => seen.push('event:' + p.event));",
+      'const realSetImmediate = globalThis.setImmediate;',
+      'let scheduled = 0;',
+      'globalThis.setImmediate = (...args) => { scheduled += 1; return realSetImmediate(...args); };',
+      "God.bus.emit('log:out', { data: 'a' }); God.bus.emit('process:event', { event: 'online' }); God.bus.emit('log:out', { data: 'b' });",
+      'const sync = seen.length;',
+      'const firstTurn = scheduled;',
+      'await new Promise((resolve) => realSetImmediate(resolve));',
+      "God.bus.emit('log:out', { data: 'c' });",
+      'await new Promise((resolve) => realSetImmediate(() => realSetImmediate(resolve)));',
+      'globalThis.setImmediate = realSetImmediate;',
+      'events.close();',
+      "God.bus.emit('log:out', { data: 'after close' });",
+      'await new Promise((resolve) => realSetImmediate(resolve));',
+      'await host.close();',
+      "process.stdout.write(JSON.stringify({ sync, firstTurn, scheduled, seen }) + '\\n');",
+      'process.exit(0);',
+    ].join('\n');
+    const env = { PATH: process.env.PATH!, HOME: home.root, PM2_HOME: path.join(home.root, 'events') };
+    const { stdout } = await execa(process.execPath, ['--input-type=module', '-e', script], { cwd: path.resolve(import.meta.dirname, '..'), env, extendEnv: false });
+    expect(JSON.parse(stdout.trim().split('\n').pop()!)).toEqual({ sync: 0, firstTurn: 1, scheduled: 2, seen: ['out:a', 'event:online', 'out:b', 'out:c'] });
+  });
+
   it('leaves source maps as they were (PM2\'s Daemon.js turns them on for the whole process as it loads)', async () => {
     const script = [
       "const { Pm2Host } = await import('./dist/instances/pm2-host.js');",

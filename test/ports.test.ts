@@ -29,6 +29,13 @@ describe('who holds a port', () => {
     expect(portOwner(port, process.pid).owner).toBe('instance');
     // Held, but not by the process named: someone else's.
     expect(portOwner(port, 4194311).owner).toBe('other');
+    // Asked with the address family of the probe: the same answers (the IPv4 table alone for the first, both tables after).
+    expect(listeningSockets(port, ['/proc/net/tcp'])!.inodes.size).toBe(1);
+    expect(listeningSockets(port, ['/proc/net/tcp6'])!.inodes.size).toBe(0);
+    expect(portOwner(port, process.pid, 4)).toEqual({ owner: 'instance', holders: [{ pid: process.pid, command: portHolders(port)[0]!.command }] });
+    expect(portOwner(port, process.pid, 6).owner).toBe('instance');
+    expect(portOwner(port, 4194311, 4).owner).toBe('other');
+    expect(portOwner(port, 4194311, 6).owner).toBe('other');
     expect(await portIsFree(['127.0.0.1'], port)).toBe(false);
     // A wildcard bind collides with a loopback one, as an instance listening on 0.0.0.0 would.
     expect(await portIsFree(['0.0.0.0'], port)).toBe(false);

@@ -5,6 +5,7 @@ import { z } from 'zod';
 import { BootError, ConfigError, ExitCode } from '../errors.js';
 import { DirHandle, euid, fileId, isPlainName, ownerMayWrite, writableByOthers, type FileId, type Owner } from './owned.js';
 import { createSecretsFolder, RunIdSchema, thisRun, type SecretsFolder, type Storage } from './storage.js';
+import { withHeader } from '../secrets/dotenv-format.js';
 
 export type { Owner } from './owned.js';
 export type { Storage } from './storage.js';
@@ -298,6 +299,11 @@ export class FileSession {
     this.record = { version: 2, pid: process.pid, run: thisRun(), startedAt: new Date().toISOString(), ...(owner ? { owner } : {}), files: [] };
   }
 
+  /** What a node's file holds: on tmpfs the rendered text; in place, the header first (see HEADER). */
+  private bytesOf(file: NodeFile): Buffer {
+    return Buffer.from(this.storage.kind === 'tmpfs' ? file.text : withHeader(file.text), 'utf8');
+  }
+
   writePlan(text: string): void {
     this.state.writeFileAtomic(PLAN_FILE_NAME, text, 0o644);
   }
@@ -375,7 +381,7 @@ export class FileSession {
           const dir = opened.get(file.path)!;
           const entry = this.entries.get(file.path)!;
           const temp = entry.temps[0]!;
-          const bytes = Buffer.from(file.text, 'utf8');
+          const bytes = this.bytesOf(file);
           if (secrets) {
             const target = entry.target!;
             try {
@@ -409,7 +415,7 @@ export class FileSession {
       if (failed) throw failed.reason;
       for (const file of known) {
         const entry = this.entries.get(file.path)!;
-        const bytes = Buffer.from(file.text, 'utf8');
+        const bytes = this.bytesOf(file);
         const temp = inPlaceKnown.get(file.path);
         if (temp === undefined) {
           // On tmpfs the link stays; its content is replaced in the folder only gpu-boot can write,

@@ -81,8 +81,15 @@ const SERVER_UP = new RegExp(`${PREFIX}To see the GUI go to: `);
 const ERROR_LINE = [/\b\w*Error\b/, /\berror:/i, new RegExp(`${PREFIX}(?:ERROR|CRITICAL|FATAL)\\b`), /^\w*Exception\b/, /\(IMPORT FAILED\)/];
 const WARN_LINE = [/\b\w*Warning\b/, /\bWARNING\b/, /\bwarning:/i];
 
+/**
+ * Every line the patterns above can match holds one of these words: most lines (ComfyUI's import
+ * times, thousands at start) are told apart by this one scan instead of eight (~1 vs ~10 us a line).
+ */
+const MAYBE_NOT_INFO = /error|critical|fatal|exception|import failed|cannot import|warning/i;
+
 /** The severity of one line outside a traceback. */
 export function classifyLine(line: string): Level {
+  if (!MAYBE_NOT_INFO.test(line)) return 'info';
   if (CANNOT_IMPORT.test(line) || ERROR_LINE.some((re) => re.test(line))) return 'error';
   if (WARN_LINE.some((re) => re.test(line))) return 'warn';
   return 'info';

@@ -16,12 +16,18 @@ export interface PortHolder {
 
 const LISTEN = '0A';
 
-/** The sockets listening on `port`: their inodes and owners' uids. Undefined when /proc/net cannot be read. */
-export function listeningSockets(port: number): { inodes: Set<string>; uids: Set<number> } | undefined {
+const TABLES = ['/proc/net/tcp', '/proc/net/tcp6'] as const;
+
+/**
+ * The sockets listening on `port` (in `tables`, both by default): their inodes and owners' uids.
+ * Undefined when /proc/net cannot be read. Each table costs ~1 ms of the kernel's walk of its
+ * whole hash table, however few sockets there are.
+ */
+export function listeningSockets(port: number, tables: readonly string[] = TABLES): { inodes: Set<string>; uids: Set<number> } | undefined {
   const inodes = new Set<string>();
   const uids = new Set<number>();
   let readable = false;
-  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+  for (const table of tables) {
     let text: string;
     try {
       text = readFileSync(table, 'utf8');
@@ -111,7 +117,12 @@ export function descendsFrom(pid: number, ancestor: number): boolean {
  * `other` (with the holders) when only other processes hold it, `unknown` when the holders cannot
  * be seen from here (another user's processes, as non-root) or nothing listens.
  */
-export function portOwner(port: number, pid: number | undefined): { owner: 'instance' | 'other' | 'unknown' | 'none'; holders: PortHolder[] } {
+export function portOwner(port: number, pid: number | undefined, family?: 4 | 6): { owner: 'instance' | 'other' | 'unknown' | 'none'; holders: PortHolder[] } {
+  // The usual answer from one table: the instance holds a socket there for the address family it was asked on.
+  if (family !== undefined && pid !== undefined && pid > 0) {
+    const first = listeningSockets(port, [TABLES[family === 6 ? 1 : 0]]);
+    if (first && first.inodes.size > 0 && holdsSocket(String(pid), socketLinks(first.inodes))) return { owner: 'instance', holders: [{ pid, command: commandOf(pid) }] };
+  }
   const sockets = listeningSockets(port);
   if (!sockets) return { owner: 'unknown', holders: [] };
   if (sockets.inodes.size === 0) return { owner: 'none', holders: [] };
@@ -166,8 +177,10 @@ export async function portIsFree(listen: string[], port: number): Promise<boolea
  */
 export async function instancePortProblems(listen: string[], instances: ReadonlyArray<{ name: string; port: number }>): Promise<string[]> {
   const problems: string[] = [];
-  for (const instance of instances) {
-    const problem = await bindProblem(listen, instance.port);
+  // Each port on its own, side by side: 16 listen-and-close round trips one after another were on the way to the first spawn.
+  const found = await Promise.all(instances.map((instance) => bindProblem(listen, instance.port)));
+  for (const [i, instance] of instances.entries()) {
+    const problem = found[i];
     if (problem === 'in-use') {
       problems.push(`COMFYUI_PORT_START: port ${instance.port} (for ${instance.name}) is in use by ${describeHolders(portHolders(instance.port))}; stop it, or choose another COMFYUI_PORT_START`);
     } else if (problem === 'denied') {

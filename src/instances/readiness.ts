@@ -119,7 +119,7 @@ export type PortIdentity = { owner: 'instance' | 'other' | 'unknown' | 'none'; h
  * decides: ComfyUI's /system_stats (a `system` object and a `devices` list).
  */
 export async function servesInstance(host: string, port: number, pid: number | undefined): Promise<PortIdentity> {
-  const identity = portOwner(port, pid);
+  const identity = portOwner(port, pid, net.isIPv6(host) ? 6 : 4);
   // 'none' right after an answer: the socket tables are behind or unreadable; the answer itself decides.
   if (identity.owner === 'instance' || identity.owner === 'other') return identity;
   return (await answersLikeComfyUi(host, port)) ? { owner: 'instance', holders: [] } : identity;

@@ -16,9 +16,11 @@
  */
 
 /**
- * The file's one comment line: what it is, and gpu-boot's mark on a file it wrote (a crashed run's
- * unrecorded temp is shredded only with it). One short line: python-dotenv parses every line, and
- * each comment line costs every node's load_dotenv() (two lines were ~15% of its time: bench/RESULTS.md).
+ * The one comment line of a file written in place (SECRETS_TMPFS=off): what it is, and gpu-boot's
+ * mark on a file it wrote in a node's folder (a crashed run's unrecorded temp there is shredded only
+ * with it). Contents on tmpfs carry none: they live in gpu-boot's own folder, wiped whole, and the
+ * node's folder holds only a link to them. python-dotenv parses every line, and each comment line
+ * costs every node's load_dotenv() (~15% of its time: bench/RESULTS.md).
  */
 export const HEADER = '# gpu-boot: generated at start, wiped at stop; do not edit';
 
@@ -73,9 +75,14 @@ export function quoteValue(value: string): string {
   return quoted;
 }
 
-/** Render a whole file: the header, then KEY=value lines in the manifest's order. */
+/** Render a whole file: KEY=value lines in the manifest's order (no header: see withHeader). */
 export function renderEnvFile(entries: ReadonlyArray<{ key: string; value: string }>): string {
-  const lines = [HEADER];
-  for (const { key, value } of entries) lines.push(`${key}=${quoteValue(value)}`);
-  return `${lines.join('\n')}\n`;
+  let text = '';
+  for (const { key, value } of entries) text += `${key}=${quoteValue(value)}\n`;
+  return text;
+}
+
+/** A rendered file as it is written in place, in a node's folder: the header first (see HEADER). */
+export function withHeader(text: string): string {
+  return `${HEADER}\n${text}`;
 }

@@ -202,6 +202,7 @@ export async function prepareNodeFiles(
     problems.sort();
     throw new ConfigError(`cannot prepare the custom nodes' .env files (${problems.length} problem${problems.length === 1 ? '' : 's'})`, problems);
   }
-  files.sort((a, b) => a.node.localeCompare(b.node));
+  // By code unit, not localeCompare: ICU's collation was ~9 ms of the boot at 500 nodes.
+  files.sort((a, b) => (a.node < b.node ? -1 : a.node > b.node ? 1 : 0));
   return { manifest, resolution, files, skipped: skipped.sort() };
 }

@@ -292,6 +292,8 @@ describe('during a run', () => {
     const { HF_TOKEN: _plain, ...rest } = env;
     const boot = startBoot(['start'], { ...rest, HF_TOKEN_FILE: token, SECRETS_TMPFS: 'off', ROTATION_DEBOUNCE_MS: '60000', ROTATION: 'files' });
     await boot.waitForLog((l) => l.phase === 'ready', 'ready', 60_000);
+    // In place, the file carries gpu-boot's header: the mark a crashed run's unrecorded temp is shredded by.
+    expect((await readFile(w.envFile('hf_node'), 'utf8')).split('\n')[0]).toBe('# gpu-boot: generated at start, wiped at stop; do not edit');
     const nodeDir = path.dirname(w.envFile('hf_node'));
     // A copy by a second name before the rotation: the rotation must zero what it names.
     expect(asAttacker(`ln ${w.envFile('hf_node')} ${w.workspace}/kept`).status).toBe(0);
@@ -300,6 +302,7 @@ describe('during a run', () => {
     await boot.waitForLog((l) => l.phase === 'rotation', 'rotation');
     expect(await readFile(path.join(w.workspace, 'kept'), 'utf8')).toBe('');
     expect(await readFile(w.envFile('hf_node'), 'utf8')).toContain(`${SECRET}-rotated`);
+    expect((await readFile(w.envFile('hf_node'), 'utf8')).startsWith('# gpu-boot: generated at start, wiped at stop; do not edit\n')).toBe(true);
     expect(asAttacker(`mv ${nodeDir} ${nodeDir}.moved`).status).toBe(0);
     boot.child.kill('SIGTERM');
     expect((await boot.child).exitCode).toBe(0);
