@@ -22,8 +22,7 @@ describe('Pm2Host', () => {
     // Above Linux's largest possible pid (2^22): the cleanup's kill by pid can reach no process.
     await writeFile(path.join(home.pm2Home, 'pm2.pid'), '4194305');
     const { logger, lines } = captureLogger();
-    // As ProcessManager.load does: PM2's client first (it creates PM2_HOME's folders), then its daemon code.
-    await import('pm2');
+    // Pm2Host.load makes PM2_HOME's folders as PM2's client would, then loads the daemon code.
     const host = Pm2Host.load(logger);
     // PM2 rewrites console when it loads: its words go to the logger.
     expect(console.log).not.toBe(consoleLog);
@@ -56,8 +55,6 @@ describe('Pm2Host', () => {
       "const { pino } = await import('pino');",
       "const { createRequire } = await import('node:module');",
       "setTimeout(() => { process.stderr.write('timed out\\n'); process.exit(3); }, 15000).unref();",
-      // As ProcessManager.load does: PM2's client first (it creates PM2_HOME's folders), then its daemon code.
-      "await import('pm2');",
       "const host = Pm2Host.load(pino({ level: 'silent' }));",
       'await host.serve(() => undefined);',
       "const God = createRequire(import.meta.url)('pm2/lib/God.js');",

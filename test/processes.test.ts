@@ -80,16 +80,26 @@ describe('ProcessManager with a real PM2', () => {
     // With nobody on pub.sock, PM2's broadcaster packed none of those events for it.
     expect(packed.count).toBe(0);
 
-    const requests = countCalls(api, 'list');
+    const hostedList = countCalls(api, 'list');
     // Served from this process, the list is PM2's own table, read here: no request over its socket.
     const hosted = await processes.list();
-    expect(requests.count).toBe(0);
+    expect(hostedList.count).toBe(0);
+    hostedList.restore();
     expect(hosted).toEqual(started.map((i) => ({ ...i, startedAt: expect.any(Number) })));
+    // Served here, the apps were started by the daemon in this process: PM2's API and its client were never loaded.
+    const loaded = Object.keys(createRequire(import.meta.url).cache);
+    expect(loaded.some((file) => file.endsWith(path.join('pm2', 'lib', 'God.js')))).toBe(true);
+    expect(loaded.filter((file) => file.endsWith(path.join('pm2', 'lib', 'API.js')) || file.endsWith(path.join('pm2', 'lib', 'Client.js')))).toEqual([]);
     // From a daemon that is not this process's (no table here), lists asked at the same moment share
-    // one request to PM2; one asked after a stop began does not.
-    const host = (processes as unknown as { host: { apps: () => unknown } }).host;
-    const apps = host.apps;
-    host.apps = () => undefined;
+    // one request to PM2; one asked after a stop began does not. PM2's own API client on rpc.sock, as
+    // for a daemon someone else started.
+    const pm2Api = ((await import('pm2')) as unknown as { default: Record<'connect' | 'list' | 'disconnect', (cb?: (error?: unknown) => void) => void> }).default;
+    await new Promise<void>((resolve, reject) => pm2Api.connect((error) => (error ? reject(error as Error) : resolve())));
+    const internals = processes as unknown as { api: unknown; serving: boolean };
+    const hostedApi = internals.api;
+    internals.api = pm2Api;
+    internals.serving = false;
+    const requests = countCalls(pm2Api, 'list');
     const together = await Promise.all([processes.list(), processes.list(), processes.list()]);
     expect(requests.count).toBe(1);
     expect(together[1]).toEqual(together[0]);
@@ -102,9 +112,11 @@ describe('ProcessManager with a real PM2', () => {
     await Promise.all([before0, during0]);
     expect(requests.count).toBe(4);
     expect(after0.find((i) => i.name === 'comfyui-gpu0')?.status).toBe('stopped');
-    host.apps = apps;
-    expect((await processes.list()).find((i) => i.name === 'comfyui-gpu0')?.status).toBe('stopped');
     requests.restore();
+    internals.api = hostedApi;
+    internals.serving = true;
+    pm2Api.disconnect();
+    expect((await processes.list()).find((i) => i.name === 'comfyui-gpu0')?.status).toBe('stopped');
     // `pm2 logs` subscribes to pub.sock: from then on the events are broadcast to it, the restart's output among them.
     const pm2Logs = execa('node', [PM2_BIN, 'logs', '--raw', '--lines', '0'], { env: { PATH: process.env.PATH!, HOME: home.root, PM2_HOME: home.pm2Home }, extendEnv: false, reject: false, buffer: false });
     let logsOut = '';
@@ -123,7 +135,7 @@ describe('ProcessManager with a real PM2', () => {
     expect(after?.pid).not.toBe(before.pid);
     await waitFor('old process gone', () => !isAlive(before.pid));
     // A restart on purpose is not reported as a crash.
-    expect(lines.some((l) => l.includes('exited; PM2 restarts it'))).toBe(false);
+    expect(lines.filter((l) => l.includes('exited; PM2 restarts it'))).toEqual([]);
     const jlist = await execa('node', [PM2_BIN, 'jlist'], { env: { PATH: process.env.PATH!, HOME: home.root, PM2_HOME: home.pm2Home }, extendEnv: false });
     const listed = JSON.parse(jlist.stdout.trim().split('\n').pop()!) as Array<{ name: string; pid: number }>;
     expect(listed.map((a) => [a.name, a.pid]).sort()).toEqual((await processes.list()).map((i) => [i.name, i.pid]).sort());

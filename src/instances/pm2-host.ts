@@ -20,12 +20,13 @@ import type { Logger } from 'pino';
  * PM2's public `connect(true)` ("no daemon mode") does the same but keeps the daemon object to
  * itself: it could then neither be closed without `process.exit` nor answer `pm2 kill` with
  * gpu-boot's shutdown (and its wipe). So the daemon is built here from PM2's own Daemon class,
- * as that mode does. These are PM2 internals: package.json pins the exact PM2 version, and
- * test/processes.test.ts runs this against it.
+ * as that mode does. Its apps are started, stopped and deleted here too, with PM2's own Common
+ * and God methods (startApps): PM2's API and its RPC client are loaded only for a daemon that was
+ * already running. These are PM2 internals: package.json pins the exact PM2 version, and
+ * test/processes.test.ts runs this against it (test/processes-foreign.test.ts the API's path).
  */
 
-interface Pm2Paths {
-  PM2_HOME: string;
+interface Pm2Paths extends Pm2HomePaths {
   DAEMON_RPC_PORT: string;
   DAEMON_PUB_PORT: string;
   PM2_PID_FILE_PATH: string;
@@ -63,11 +64,47 @@ export interface Pm2EventBus {
 
 type AnyListener = (this: unknown, event: string, data: unknown) => unknown;
 
+type NodeCallback<T> = (error: Error | null | undefined, value: T) => void;
+
 interface Pm2God {
   getFormatedProcesses(): Pm2App[];
   bus: Pm2EventBus;
   Worker?: { start(): void; stop(): void };
   system_infos_proc?: { kill(): void } | null;
+  /** What PM2's `prepare` RPC runs for each app the CLI or the API starts. */
+  prepare(app: Pm2AppConfig, callback: NodeCallback<unknown>): void;
+  deleteProcessId(id: number, callback: NodeCallback<unknown>): void;
+  stopProcessId(id: number, callback: NodeCallback<unknown>): void;
+  /** The `process:event` the API's client asks for after a delete or a stop (`pm2 logs` shows it). */
+  notifyByProcessId?(options: { id: number; action_name: string; manually: boolean }, callback: () => void): void;
+  clusters_db: Record<string, { pm2_env?: { name?: string; pm_id?: number } } | null | undefined>;
+}
+
+/** One app of an ecosystem file, as PM2's Common reads, checks and resolves it. */
+interface Pm2AppConfig {
+  name?: string;
+  namespace?: string;
+  username?: string;
+  km_link?: boolean;
+  env?: Record<string, unknown>;
+  [field: string]: unknown;
+}
+
+/** The part of PM2's Common (lib/Common.js) that turns an ecosystem file into what `prepare` takes. */
+interface Pm2Common {
+  parseConfig(data: Buffer, file: string): unknown;
+  verifyConfs(apps: unknown[]): Pm2AppConfig[] | Error;
+  getCurrentUsername(): string;
+  resolveAppAttributes(options: { cwd: string; pm2_home: string }, app: Pm2AppConfig): Pm2AppConfig;
+  mergeEnvironmentVariables(app: Pm2AppConfig, envName: undefined, deployConf: object): Record<string, unknown>;
+}
+
+interface Pm2HomePaths {
+  PM2_HOME: string;
+  DEFAULT_LOG_PATH: string;
+  DEFAULT_PID_PATH: string;
+  DEFAULT_MODULE_PATH: string;
+  PM2_MODULE_CONF_FILE: string;
 }
 
 type DaemonClass = new (options: { pub_socket_file: string; rpc_socket_file: string; pid_file: string; ignore_signals: boolean }) => Pm2Daemon;
@@ -153,6 +190,16 @@ export function preparePm2Home(home: string): void {
   }
 }
 
+/** What PM2's client (Client.initFileStructure) creates in PM2_HOME before anything else: its log, pid and module folders, and an empty module configuration. */
+function createPm2HomeFolders(paths: Pm2HomePaths): void {
+  for (const folder of [paths.DEFAULT_LOG_PATH, paths.DEFAULT_PID_PATH, paths.DEFAULT_MODULE_PATH]) mkdirSync(folder, { recursive: true });
+  try {
+    writeFileSync(paths.PM2_MODULE_CONF_FILE, '{}', { flag: 'wx' });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+  }
+}
+
 /** PM2_HOME as PM2 itself resolves it: the variable if not empty, else ~/.pm2 of the user (os.homedir()). */
 export function pm2HomeOf(env: NodeJS.ProcessEnv): string {
   return env.PM2_HOME || path.resolve(os.homedir(), '.pm2');
@@ -170,6 +217,7 @@ export class Pm2Host {
     private readonly paths: Pm2Paths,
     private readonly Daemon: DaemonClass,
     private readonly God: Pm2God,
+    private readonly Common: Pm2Common,
     private readonly savedConsole: Record<ConsoleMethod, (...args: unknown[]) => void>,
   ) {}
 
@@ -181,14 +229,19 @@ export class Pm2Host {
   static load(logger: Logger): Pm2Host {
     const require = createRequire(import.meta.url);
     const saved = Object.fromEntries(CONSOLE_METHODS.map((m) => [m, console[m]])) as Record<ConsoleMethod, (...args: unknown[]) => void>;
+    const paths = require('pm2/constants.js') as Pm2Paths;
+    // PM2_HOME's folders and module configuration, as PM2's own client makes them: its daemon code
+    // reads the configuration as it loads (the client itself is not loaded here: see startApps).
+    createPm2HomeFolders(paths);
     // PM2's Daemon.js turns source maps on for the whole process as it loads. Hosted here, that made
     // every Error's stack (each refused connection of the readiness probes) look up dist/'s maps:
     // ~190 ms of CPU while 16 instances start (bench/RESULTS.md). The setting is put back as it was.
     const sourceMaps = process.sourceMapsEnabled;
     const host = new Pm2Host(
-      require('pm2/constants.js') as Pm2Paths,
+      paths,
       require('pm2/lib/Daemon.js') as DaemonClass,
       require('pm2/lib/God.js') as Pm2God,
+      require('pm2/lib/Common.js') as Pm2Common,
       saved,
     );
     if (process.sourceMapsEnabled !== sourceMaps) process.setSourceMapsEnabled(sourceMaps);
@@ -353,6 +406,74 @@ export class Pm2Host {
         for (const [event, listener] of added.splice(0)) bus.off(event, listener);
       },
     };
+  }
+
+  /**
+   * `pm2 start <file>` (`--only` a name) for apps not in PM2's table, done here by the daemon this
+   * process serves: what PM2's API does for it (its Common reads, checks and resolves each app, and
+   * `prepare` starts it), without loading the API and its client (~17 ms and ~2.5 MB here) and
+   * without each app's record being packed onto rpc.sock and back. Serving only.
+   */
+  async startApps(file: string, only?: string): Promise<void> {
+    const { Common, God, paths } = this.serving();
+    const config = Common.parseConfig(readFileSync(file), file) as { apps?: unknown } | unknown[];
+    const listed = (Array.isArray(config) ? config : ((config as { apps?: unknown }).apps ?? config)) as unknown;
+    const apps = Common.verifyConfs(Array.isArray(listed) ? listed : [listed]);
+    if (apps instanceof Error) throw apps;
+    const wanted = only === undefined ? apps : apps.filter((app) => only.split(/,| /).includes(String(app.name)));
+    const running = new Set(this.apps()?.map((app) => app.name));
+    for (const app of wanted) {
+      // PM2's API would restart a running app with the file's environment: gpu-boot deletes first (restartFresh).
+      if (running.has(app.name)) throw new Error(`${app.name} is already in PM2`);
+    }
+    for (const app of wanted) {
+      app.namespace ||= 'default';
+      app.username = Common.getCurrentUsername();
+      const resolved = Common.resolveAppAttributes({ cwd: process.cwd(), pm2_home: paths.PM2_HOME }, app);
+      resolved.env = { ...(resolved.env ?? {}), PM2_HOME: paths.PM2_HOME };
+      const env = Common.mergeEnvironmentVariables(resolved, undefined, {});
+      delete env.current_conf;
+      resolved.env = env;
+      resolved.km_link = false;
+      await new Promise<void>((resolve, reject) => God.prepare(resolved, (error) => (error ? reject(error) : resolve())));
+    }
+  }
+
+  /** `pm2 delete <name>`, done here (see startApps): each of its processes stopped (kill_timeout) and removed. */
+  deleteApps(name: string): Promise<void> {
+    return this.actOn(name, 'deleteProcessId', 'delete');
+  }
+
+  /** `pm2 stop <name>`, done here (see startApps): it stays in PM2's table, stopped. */
+  stopApps(name: string): Promise<void> {
+    return this.actOn(name, 'stopProcessId', 'stop');
+  }
+
+  private async actOn(name: string, method: 'deleteProcessId' | 'stopProcessId', action: string): Promise<void> {
+    const { God } = this.serving();
+    const ids = Object.values(God.clusters_db)
+      .filter((proc) => proc?.pm2_env?.name === name)
+      .map((proc) => proc!.pm2_env!.pm_id)
+      .filter((id): id is number => typeof id === 'number');
+    // As PM2's client says it: "Process or Namespace <name> not found".
+    if (ids.length === 0) throw new Error(`Process or Namespace ${name} not found`);
+    await Promise.all(
+      ids.map(
+        (id) =>
+          new Promise<void>((resolve, reject) =>
+            God[method](id, (error) => {
+              if (error) return reject(error);
+              God.notifyByProcessId?.({ id, action_name: action, manually: true }, () => undefined);
+              resolve();
+            }),
+          ),
+      ),
+    );
+  }
+
+  private serving(): { Common: Pm2Common; God: Pm2God; paths: Pm2Paths } {
+    if (!this.daemon || this.closed) throw new Error('PM2 is not served by this process');
+    return { Common: this.Common, God: this.God, paths: this.paths };
   }
 
   /** Let PM2's worker run (now, if PM2 already wanted it to start, else when it does). Serving only; once. */

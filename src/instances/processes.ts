@@ -103,6 +103,35 @@ export async function appPidFiles(pm2Home: string): Promise<Array<{ app: string;
 /** How long one list request to PM2 may be shared by later callers (see ProcessManager.list). */
 const LIST_SHARE_MS = 2000;
 
+/** PM2's API, as this process uses it, done by the daemon it serves (Pm2Host): no client, no RPC. */
+function hostedApi(host: Pm2Host): Pm2Api {
+  // Answered on setImmediate, as an answer over rpc.sock arrives after PM2's events: the events a
+  // stop or delete raised (PM2 reports a stopped app's exit twice, once when the process ends and once
+  // when the stop completes) reach the watch (Pm2Host.events) before its caller hears it is done.
+  const settle = <T>(work: Promise<T>, callback: Callback<T | undefined>) => {
+    work.then(
+      (value) => void setImmediate(() => callback(null, value)),
+      (error: Error) => void setImmediate(() => callback(error, undefined)),
+    );
+  };
+  return {
+    connect: (callback) => callback(null, { new_pm2_instance: false }),
+    start: (file: string, optionsOrCallback: { only: string } | Callback<unknown>, maybeCallback?: Callback<unknown>) => {
+      const [options, callback] = typeof optionsOrCallback === 'function' ? [undefined, optionsOrCallback] : [optionsOrCallback, maybeCallback!];
+      settle(host.startApps(file, options?.only), callback);
+    },
+    list: (callback) => callback(null, host.apps() ?? []),
+    delete: (name, callback) => settle(host.deleteApps(name), callback),
+    stop: (name, callback) => settle(host.stopApps(name), callback),
+    launchBus: (callback) => {
+      const events = host.events();
+      if (events) callback(null, events as unknown as Pm2Bus);
+      else callback(new Error('PM2 is not served by this process'), undefined as unknown as Pm2Bus);
+    },
+    disconnect: (callback) => callback?.(),
+  };
+}
+
 function call<T>(fn: (cb: Callback<T>) => void): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     fn((error, value) => (error ? reject(error) : resolve(value)));
@@ -121,7 +150,9 @@ export interface InstanceState {
 export class ProcessManager {
   private api: Pm2Api | undefined;
   private bus: Pm2Bus | undefined;
-  private loading: Promise<{ api: Pm2Api; host: Pm2Host }> | undefined;
+  /** Instances whose run PM2 reported ended, until it reports the next one online. */
+  private readonly exitedRuns = new Set<string>();
+  private loading: Promise<Pm2Host> | undefined;
   private connecting: Promise<void> | undefined;
   /** The list request in flight, shared while `generation` is unchanged (see list). */
   private listing: { generation: number; sentAt: number; result: Promise<Pm2App[]> } | undefined;
@@ -176,18 +207,20 @@ export class ProcessManager {
   }
 
   /**
-   * Load PM2 (its client and its daemon code: ~100 ms, most of it compiling), serving nothing:
-   * the boot starts this early, beside its other phases. Idempotent.
+   * Load PM2's daemon code (~75 ms, most of it compiling), serving nothing: the boot starts this
+   * early, beside its other phases. PM2's API and client load only to use a daemon that was already
+   * running (connect). Idempotent.
    */
-  load(): Promise<{ api: Pm2Api; host: Pm2Host }> {
+  load(): Promise<Pm2Host> {
     this.loading ??= (async () => {
       // PM2 prints banners on stdout unless told not to; our stdout is JSON log lines. No version
       // check: a container has no business calling home.
       process.env.PM2_SILENT = 'true';
       process.env.PM2_DISABLE_VERSION_CHECK = 'true';
-      const module = (await import('pm2')) as unknown as { default: Pm2Api };
+      // After the caller's turn, as a module import would be: the boot goes on to its next phase first.
+      await new Promise((resolve) => setImmediate(resolve));
       this.host = Pm2Host.load(this.logger);
-      return { api: module.default, host: this.host };
+      return this.host;
     })();
     return this.loading;
   }
@@ -203,7 +236,7 @@ export class ProcessManager {
       const stopIfClosing = () => {
         if (this.closing) throw new Error('PM2 was closed while it came up');
       };
-      const { api, host } = await this.load();
+      const host = await this.load();
       stopIfClosing();
       if (!(await daemonAnswers(host.rpcSocket))) {
         stopIfClosing();
@@ -212,7 +245,11 @@ export class ProcessManager {
           this.killedBy?.(this.killReason);
         });
         this.serving = true;
+        // Served here: starts, stops and deletes go to the daemon in this process, not through PM2's API.
+        this.api = hostedApi(host);
+        return;
       }
+      const api = ((await import('pm2')) as unknown as { default: Pm2Api }).default;
       stopIfClosing();
       await call<{ new_pm2_instance?: boolean }>((cb) => api.connect(cb));
       this.api = api;
@@ -390,6 +427,7 @@ export class ProcessManager {
       const name = packet.process?.name;
       if (!name?.startsWith(APP_PREFIX) || this.stopping) return;
       if (packet.event === 'online') {
+        this.exitedRuns.delete(name);
         // A new run: the previous one's exit is judged now, before this run's output comes in.
         if (this.monitor.pending(name)) this.settle(name);
         const uptime = packet.process?.pm_uptime;
@@ -397,6 +435,10 @@ export class ProcessManager {
         return;
       }
       if (packet.event === 'exit') {
+        // PM2 reports a stopped run's exit twice: when its process ends, and again when the stop
+        // completes (by then the caller may have heard that it did). A run ends once: the second is dropped.
+        if (this.exitedRuns.has(name)) return;
+        this.exitedRuns.add(name);
         const signal = this.exitSignal(packet.process?.pm_id);
         // PM2 reports a process ended by a signal as code 0; like Node, say null.
         const code = !signal && typeof packet.process?.exit_code === 'number' ? packet.process.exit_code : null;
