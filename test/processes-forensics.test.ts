@@ -93,6 +93,11 @@ describe('ProcessManager reads what the instances print, with a real PM2', () =>
       for (const instance of ['comfyui-gpu0', 'comfyui-gpu1']) {
         expect(entries().filter((e) => e.declaresEnv && e.instance === instance && e.node === 'broken_node' && e.level === 50)).toHaveLength(1);
       }
+      // Each relayed line names its instance (and stream) once: a key twice in a JSON line is read differently by different tools.
+      const relayed = lines.filter((l) => l.includes('"instance":"comfyui-gpu'));
+      expect(relayed.length).toBeGreaterThan(10);
+      expect(relayed.filter((l) => l.split('"instance":').length !== 2 || l.split('"stream":').length > 2)).toEqual([]);
+      expect(relayed.some((l) => /"hostname":"[^"]*","instance":"comfyui-gpu\d","stream":"std(?:out|err)","msg":/.test(l))).toBe(true);
       expect(lines.join('\n')).not.toContain(CANARY);
       expect(JSON.stringify([...state.instanceRecords.values()].map((r) => ({ ...r, nodes: [...r.nodes] })))).not.toContain(CANARY);
 

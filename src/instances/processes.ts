@@ -150,6 +150,8 @@ export interface InstanceState {
 export class ProcessManager {
   private api: Pm2Api | undefined;
   private bus: Pm2Bus | undefined;
+  /** The relay's loggers, by instance and stream (see write). */
+  private readonly lineLoggers = new Map<string, Logger>();
   /** Instances whose run PM2 reported ended, until it reports the next one online. */
   private readonly exitedRuns = new Set<string>();
   private loading: Promise<Pm2Host> | undefined;
@@ -458,7 +460,15 @@ export class ProcessManager {
   }
 
   private write(instance: string, stream: 'stdout' | 'stderr' | undefined, entry: LogEntry): void {
-    this.logger[entry.level]({ instance, ...(stream ? { stream } : {}), ...entry.fields }, entry.msg);
+    // One child logger per instance and stream: pino serializes their fields once, not on each of
+    // the thousands of lines 16 instances print as they start (the same JSON, field for field).
+    const key = `${instance}:${stream ?? ''}`;
+    let logger = this.lineLoggers.get(key);
+    if (!logger) this.lineLoggers.set(key, (logger = this.logger.child({ instance, ...(stream ? { stream } : {}) })));
+    // The child's fields are not repeated (a JSON line with a key twice).
+    const { instance: _instance, stream: _stream, ...fields } = entry.fields;
+    if (Object.keys(fields).length === 0) logger[entry.level](entry.msg);
+    else logger[entry.level](fields, entry.msg);
   }
 
   /**
