@@ -306,12 +306,14 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     if (config.healthPort > 0) {
       health = await startConfiguredHealthServer(config, logger, state, async () => (processes.connected ? processes.list() : undefined), () => watchdog?.snapshot());
     }
-    // PM2 takes ~100 ms to load: load it now, beside detection (nvidia-smi is a wait), the secrets
-    // and the writes. It serves PM2_HOME only once the secrets are out of this process's environment
-    // (PM2's RPC answers `pm2 report` with it), below.
+    // PM2's daemon code takes ~75 ms of this thread to load: it loads in the boot's first wait
+    // (load() starts on setImmediate). With GPUs that is nvidia-smi's answer; with mock GPUs nothing
+    // waits before the node files' links are made in the thread pool: it is started there (below).
+    // It serves PM2_HOME only once the secrets are out of this process's environment (PM2's RPC
+    // answers `pm2 report` with it), below.
     const pm2LoadStarted = performance.now();
     let pm2LoadMs: number | undefined;
-    processes.load().catch(() => undefined);
+    if (config.gpuMode !== 'mock') processes.load().catch(() => undefined);
     stops.check();
     const gpus = await detectPhase(ctx, false);
     stops.check();
@@ -346,6 +348,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     await timed(ctx, 'write', async () => {
       files = new FileSession(StateDir.create(config.stateDir), storage, owner);
       files.writePlan(`${JSON.stringify(plan, null, 2)}\n`);
+      processes.load().catch(() => undefined);
       await files.write(prepared.files);
       // Each instance's own temp (and unshared) folders, handed to the instances' user.
       prepareInstanceFolders(plan, owner);
