@@ -27,6 +27,9 @@ await build({
   target: 'node20',
   chunkNames: 'chunk-[hash]',
   external: ['pm2', 'pm2/*', 'execa', 'pino-pretty', 'prom-client', 'systeminformation'],
+  // jsonc-parser's `main` is a UMD build that requires its own files through a wrapper esbuild cannot
+  // follow: its ES module build (its package's `module`) is bundled instead.
+  alias: { 'jsonc-parser': 'jsonc-parser/lib/esm/main.js' },
   // The CommonJS libraries inside (dotenv, shell-quote) call require() for Node's own modules.
   banner: { js: "import { createRequire as __gpuBootRequire } from 'node:module'; const require = __gpuBootRequire(import.meta.url);" },
   // Maps to tsc's output in dist/ (it replaces tsc's map of the entrypoint).

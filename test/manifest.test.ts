@@ -351,6 +351,12 @@ describe('strict JSON: what JSON.parse accepts silently is refused, with its lin
         `${MANIFEST}: custom_nodes.0.env: duplicate key "K" at line 1, column 74 (first at line 1, column 54); ${LAST}`,
       ],
     ],
+    [
+      'the same key written once plainly and once with an escape',
+      '{"custom_nodes": [{"name": "n", "env": {"TOKEN": "${A}", "TOK\\u0045N": "${B}"}}]}',
+      [`${MANIFEST}: custom_nodes.0.env: duplicate key "TOKEN" at line 1, column 58 (first at line 1, column 41); ${LAST}`],
+    ],
+    ['__proto__ written with an escape', '{"\\u005f_proto__": {"x": 1}, "custom_nodes": []}', [`${MANIFEST}: (top level): key "__proto__" at line 1, column 2 is not allowed ${RESERVED}`]],
     ['__proto__ at the top level', '{"__proto__": {"x": 1}, "custom_nodes": []}', [`${MANIFEST}: (top level): key "__proto__" at line 1, column 2 is not allowed ${RESERVED}`]],
     [
       '__proto__ in an entry',
@@ -384,6 +390,7 @@ describe('strict JSON: what JSON.parse accepts silently is refused, with its lin
     ['a raw newline inside a string', '{"custom_nodes": [{"name": "n",\n "env": {"K": "secret\ncanary-77"}}]}', 'line 2, column 22 (a control character inside a string: write it as an escape, such as \\n or \\t)'],
     ['text after the JSON', '{"custom_nodes": []} x', 'line 1, column 22 (unexpected character)'],
     ['an empty file', '', 'line 1, column 1 (the text ends before the JSON does)'],
+    ['a form feed between tokens (JSON allows space, tab, CR and LF only)', '{"custom_nodes":\f[]}', 'line 1, column 17 (unexpected character)'],
   ])('refuses %s as not JSON, with the line and column only', async (_name, text, where) => {
     const error = await manifestErrorOf(() => parseManifest(text, MANIFEST));
     expect(error.message).toBe(`manifest ${MANIFEST} is not valid JSON`);
