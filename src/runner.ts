@@ -326,10 +326,8 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     const present = ctx.env === process.env ? withheld : withheld.filter((name) => Object.hasOwn(ctx.env, name));
     withholdSecretsFromChildren(process.env, present);
     if (ctx.env !== process.env) withholdSecretsFromChildren(ctx.env, present);
-    const connected = processes.connect().then(() => {
-      pm2LoadMs = Math.round((performance.now() - pm2LoadStarted) * 10) / 10;
-    });
-    connected.catch(() => undefined);
+    // PM2 serves (and, with mock GPUs, loads first) once the write below has its links in the thread pool.
+    let connected: Promise<void> | undefined;
     stops.check();
 
     const [storage, owner] = await Promise.all([chooseStorage(config, logger), chooseOwner(config)]);
@@ -348,7 +346,11 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     await timed(ctx, 'write', async () => {
       files = new FileSession(StateDir.create(config.stateDir), storage, owner);
       files.writePlan(`${JSON.stringify(plan, null, 2)}\n`);
-      processes.load().catch(() => undefined);
+      // Its first wait: PM2 loads and serves on this thread meanwhile (load and connect start on setImmediate).
+      connected = processes.connect().then(() => {
+        pm2LoadMs = Math.round((performance.now() - pm2LoadStarted) * 10) / 10;
+      });
+      connected.catch(() => undefined);
       await files.write(prepared.files);
       // Each instance's own temp (and unshared) folders, handed to the instances' user.
       prepareInstanceFolders(plan, owner);
@@ -364,7 +366,7 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     const instances = await timed(ctx, 'pm2-start', async () => {
       try {
         // A signal while PM2 comes up is honoured at once: the finish stage (the wipe) must not wait on it.
-        await stops.orStop(connected);
+        await stops.orStop(connected!);
         // Independent round trips to the daemon: clear what an earlier run left, and subscribe to output.
         const [stale] = await Promise.all([processes.removeStaleApps(), processes.watch()]);
         if (stale.length) logger.warn({ apps: stale }, 'removed instances left in PM2 by an earlier run');
