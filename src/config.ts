@@ -1,5 +1,5 @@
 import path from 'node:path';
-import { z } from 'zod';
+import * as z from 'zod';
 import { ConfigError } from './errors.js';
 import { CUDA_ENTRY, visibleEntries } from './gpus/placement.js';
 import { parseListen } from './instances/comfy-args.js';

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { lstatSync, mkdirSync, realpathSync } from 'node:fs';
 import path from 'node:path';
-import { z } from 'zod';
+import * as z from 'zod';
 import { BootError, ConfigError, ExitCode } from '../errors.js';
 import { DirHandle, euid, fileId, isPlainName, ownerMayWrite, writableByOthers, type FileId, type Owner } from './owned.js';
 import { createSecretsFolder, RunIdSchema, thisRun, type SecretsFolder, type Storage } from './storage.js';

@@ -3,7 +3,7 @@ import { constants, mkdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { access, lstat, mkdir, statfs } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { z } from 'zod';
+import * as z from 'zod';
 import type { Config } from '../config.js';
 import { ConfigError } from '../errors.js';
 import { DirHandle, euid, fileId, setDirAccess, type Owner } from './owned.js';

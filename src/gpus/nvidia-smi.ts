@@ -1,5 +1,5 @@
 import { parse as parseCsv } from 'csv-parse/sync';
-import { z } from 'zod';
+import * as z from 'zod';
 
 /**
  * What gpu-boot asks nvidia-smi and how it reads the answers. Two calls at most: the GPU query,

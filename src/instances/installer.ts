@@ -2,7 +2,7 @@ import { lstat } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import type { Logger } from 'pino';
-import { z } from 'zod';
+import * as z from 'zod';
 import type { Config } from '../config.js';
 import { BootError, ConfigError, ExitCode } from '../errors.js';
 import { loadManifest, readManifestFile, referencedVariables } from '../secrets/manifest.js';

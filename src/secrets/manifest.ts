@@ -1,7 +1,7 @@
 import { readRegularFile, rootAlone } from '../files/owned.js';
 import { parse as parseJson, type DocumentNode, type ValueNode } from '@humanwhocodes/momoa';
 import { visit } from 'jsonc-parser';
-import { z } from 'zod';
+import * as z from 'zod';
 
 /**
  * The manifest (config_nodes.json) that images already ship:
