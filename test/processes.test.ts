@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { execa } from 'execa';
@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { buildPlan, planPath } from '../src/instances/plan.js';
 import { isAlive, ProcessManager } from '../src/instances/processes.js';
+import { HOSTED_APP_FIELDS_LEFT_OUT } from '../src/instances/pm2-host.js';
 import { ECOSYSTEM_FILE } from '../src/runner.js';
 import { freePorts, PM2_BIN, pm2HomeForThisFile, tinyServerMain, waitFor } from './helpers/boot.js';
 import { captureLogger } from './helpers/logger.js';
@@ -73,6 +74,10 @@ describe('ProcessManager with a real PM2', () => {
     expect(started.map((i) => i.name)).toEqual(['comfyui-gpu0', 'comfyui-gpu1']);
     expect(started.every((i) => i.pid > 0 && i.status === 'online' && i.restarts === 0)).toBe(true);
     expect((await processes.currentPids()).sort()).toEqual(started.map((i) => i.pid).sort());
+    // PM2 puts an app's plain fields into its process's environment: those its daemon does not read for this app are left out.
+    const names = readFileSync(`/proc/${started[0]!.pid}/environ`, 'utf8').split('\0').map((entry) => entry.slice(0, entry.indexOf('=')));
+    expect(names.filter((name) => (HOSTED_APP_FIELDS_LEFT_OUT as readonly string[]).includes(name))).toEqual([]);
+    expect(names).toEqual(expect.arrayContaining(['PM2_HOME', 'kill_timeout', 'pm_id', 'CUDA_VISIBLE_DEVICES']));
     await waitFor('output relayed', () => lines.some((l) => l.includes('"instance":"comfyui-gpu1"') && l.includes('"msg":"up"')));
     await waitFor('server-up line heard', () => up.length > 0);
     expect(up).toEqual(['comfyui-gpu1']);

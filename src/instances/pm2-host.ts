@@ -80,6 +80,9 @@ interface Pm2God {
   clusters_db: Record<string, { pm2_env?: { name?: string; pm_id?: number } } | null | undefined>;
 }
 
+/** Fields PM2 fills into an app's record that its daemon does not read for a forked non-Node app (see startApps). */
+export const HOSTED_APP_FIELDS_LEFT_OUT = ['km_link', 'automation', 'pmx', 'windowsHide'] as const;
+
 /** One app of an ecosystem file, as PM2's Common reads, checks and resolves it. */
 interface Pm2AppConfig {
   name?: string;
@@ -434,7 +437,10 @@ export class Pm2Host {
       const env = Common.mergeEnvironmentVariables(resolved, undefined, {});
       delete env.current_conf;
       resolved.env = env;
-      resolved.km_link = false;
+      // PM2 gives an app's every plain field to its process as an environment variable, and each one
+      // costs every node's load_dotenv() (~1.5 ms of an instance's CPU at 500 nodes). These four mean
+      // nothing to a Python app PM2 forks here (keymetrics' link and wrapping, Node's pmx, Windows' console).
+      for (const field of HOSTED_APP_FIELDS_LEFT_OUT) delete resolved[field];
       await new Promise<void>((resolve, reject) => God.prepare(resolved, (error) => (error ? reject(error) : resolve())));
     }
   }
