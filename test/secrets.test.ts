@@ -162,7 +162,13 @@ describe('readSecretFile', () => {
     expect(error.message).toBe('TOKEN_FILE: /dev/null is not a regular file');
   });
 
-  it.skipIf(process.getuid?.() === 0)('refuses an unreadable file', async () => {
+  it('refuses an unreadable file', async (ctx) => {
+    if (process.getuid?.() === 0) {
+      // Printed, not passed silently: the same refusal is checked as nobody end to end.
+      const reason = 'root reads a mode 0000 file all the same; test/e2e/failures.test.ts checks the refusal as nobody';
+      console.warn(`test/secrets.test.ts: "refuses an unreadable file" skipped: ${reason}`);
+      return ctx.skip(reason);
+    }
     const file = write('locked', 'canary-locked\n');
     chmodSync(file, 0o000);
     const error = await errorOf(() => readSecretFile(file, 'TOKEN_FILE'));
