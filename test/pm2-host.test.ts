@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import net from 'node:net';
 import path from 'node:path';
@@ -82,6 +82,29 @@ describe('Pm2Host', () => {
     const env = { PATH: process.env.PATH!, HOME: home.root, PM2_HOME: path.join(home.root, 'events') };
     const { stdout } = await execa(process.execPath, ['--input-type=module', '-e', script], { cwd: path.resolve(import.meta.dirname, '..'), env, extendEnv: false });
     expect(JSON.parse(stdout.trim().split('\n').pop()!)).toEqual({ sync: 0, firstTurn: 1, scheduled: 2, seen: ['out:a', 'event:online', 'out:b', 'out:c'] });
+  });
+
+  it("makes PM2_HOME's folders as PM2's client does, and loads where one cannot be made (PM2 reports it, as its client would let it)", async () => {
+    const script = [
+      "const { Pm2Host } = await import('./dist/instances/pm2-host.js');",
+      "const { pino } = await import('pino');",
+      "const { readFileSync, statSync } = await import('node:fs');",
+      "Pm2Host.load(pino({ level: 'silent' }));",
+      'const home = process.env.PM2_HOME;',
+      "const kinds = ['logs', 'pids', 'modules'].map((name) => statSync(home + '/' + name).isDirectory());",
+      "process.stdout.write(JSON.stringify({ kinds, conf: readFileSync(home + '/module_conf.json', 'utf8') }) + '\\n');",
+      'process.exit(0);',
+    ].join('\n');
+    const run = async (pm2Home: string) => {
+      const env = { PATH: process.env.PATH!, HOME: home.root, PM2_HOME: pm2Home };
+      const { stdout } = await execa(process.execPath, ['--input-type=module', '-e', script], { cwd: path.resolve(import.meta.dirname, '..'), env, extendEnv: false });
+      return JSON.parse(stdout.trim().split('\n').pop()!) as { kinds: boolean[]; conf: string };
+    };
+    expect(await run(path.join(home.root, 'fresh'))).toEqual({ kinds: [true, true, true], conf: '{}' });
+    // A file where PM2 wants its modules folder: PM2's client logged and went on; so does this.
+    await mkdir(path.join(home.root, 'odd'), { recursive: true });
+    await writeFile(path.join(home.root, 'odd', 'modules'), 'not a folder');
+    expect(await run(path.join(home.root, 'odd'))).toEqual({ kinds: [true, true, false], conf: '{}' });
   });
 
   it('leaves source maps as they were (PM2\'s Daemon.js turns them on for the whole process as it loads)', async () => {

@@ -195,11 +195,19 @@ export function preparePm2Home(home: string): void {
 
 /** What PM2's client (Client.initFileStructure) creates in PM2_HOME before anything else: its log, pid and module folders, and an empty module configuration. */
 function createPm2HomeFolders(paths: Pm2HomePaths): void {
-  for (const folder of [paths.DEFAULT_LOG_PATH, paths.DEFAULT_PID_PATH, paths.DEFAULT_MODULE_PATH]) mkdirSync(folder, { recursive: true });
+  // As PM2's client: what cannot be made is left to PM2's daemon to report (a boot does not end here).
+  for (const folder of [paths.DEFAULT_LOG_PATH, paths.DEFAULT_PID_PATH, paths.DEFAULT_MODULE_PATH]) {
+    try {
+      mkdirSync(folder, { recursive: true });
+    } catch {
+      // there as something else, or not writable
+    }
+  }
   try {
+    // Never through a link (O_EXCL), unlike PM2's own writeFileSync.
     writeFileSync(paths.PM2_MODULE_CONF_FILE, '{}', { flag: 'wx' });
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+  } catch {
+    // there already, or not writable
   }
 }
 

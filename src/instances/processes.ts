@@ -219,6 +219,9 @@ export class ProcessManager {
       // check: a container has no business calling home.
       process.env.PM2_SILENT = 'true';
       process.env.PM2_DISABLE_VERSION_CHECK = 'true';
+      // What PM2's module entry sets before anything of PM2 loads (its constants read it once): its
+      // API, should a daemon that was already running need it, never ends this process then.
+      process.env.PM2_PROGRAMMATIC = 'true';
       // After the caller's turn, as a module import would be: the boot goes on to its next phase first.
       await new Promise((resolve) => setImmediate(resolve));
       this.host = Pm2Host.load(this.logger);
