@@ -75,7 +75,10 @@ describe('ProcessManager with a real PM2', () => {
     expect(started.every((i) => i.pid > 0 && i.status === 'online' && i.restarts === 0)).toBe(true);
     expect((await processes.currentPids()).sort()).toEqual(started.map((i) => i.pid).sort());
     // PM2 puts an app's plain fields into its process's environment: those its daemon does not read for this app are left out.
-    const names = readFileSync(`/proc/${started[0]!.pid}/environ`, 'utf8').split('\0').map((entry) => entry.slice(0, entry.indexOf('=')));
+    // Read once its interpreter runs: PM2 has the pid from the fork, before the exec (an empty environ then).
+    const environ = `/proc/${started[0]!.pid}/environ`;
+    await waitFor('the instance executing', () => readFileSync(environ, 'utf8').includes('PM2_HOME='));
+    const names = readFileSync(environ, 'utf8').split('\0').map((entry) => entry.slice(0, entry.indexOf('=')));
     expect(names.filter((name) => (HOSTED_APP_FIELDS_LEFT_OUT as readonly string[]).includes(name))).toEqual([]);
     expect(names).toEqual(expect.arrayContaining(['PM2_HOME', 'kill_timeout', 'pm_id', 'CUDA_VISIBLE_DEVICES']));
     await waitFor('output relayed', () => lines.some((l) => l.includes('"instance":"comfyui-gpu1"') && l.includes('"msg":"up"')));
