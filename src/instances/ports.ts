@@ -118,18 +118,19 @@ export function descendsFrom(pid: number, ancestor: number): boolean {
  * be seen from here (another user's processes, as non-root) or nothing listens.
  */
 export function portOwner(port: number, pid: number | undefined, family?: 4 | 6): { owner: 'instance' | 'other' | 'unknown' | 'none'; holders: PortHolder[] } {
-  // The usual answer from one table: the instance holds a socket there for the address family it was asked on.
-  if (family !== undefined && pid !== undefined && pid > 0) {
-    const first = listeningSockets(port, [TABLES[family === 6 ? 1 : 0]]);
-    if (first && first.inodes.size > 0 && holdsSocket(String(pid), socketLinks(first.inodes))) return { owner: 'instance', holders: [{ pid, command: commandOf(pid) }] };
-  }
-  const sockets = listeningSockets(port);
+  // The usual answer first: the instance's own process holds it (one folder read, not all of /proc),
+  // asked of the table of the family it was probed on before the other is read at all.
+  const holdsOne = (inodes: ReadonlySet<string>) => pid !== undefined && pid > 0 && inodes.size > 0 && holdsSocket(String(pid), socketLinks(inodes));
+  const [firstTable, secondTable] = family === 6 ? [TABLES[1], TABLES[0]] : TABLES;
+  const first = listeningSockets(port, [firstTable]);
+  if (first && holdsOne(first.inodes)) return { owner: 'instance', holders: [{ pid: pid!, command: commandOf(pid!) }] };
+  const second = listeningSockets(port, [secondTable]);
+  const sockets = first && second ? { inodes: new Set([...first.inodes, ...second.inodes]), uids: new Set([...first.uids, ...second.uids]) } : (first ?? second);
   if (!sockets) return { owner: 'unknown', holders: [] };
   if (sockets.inodes.size === 0) return { owner: 'none', holders: [] };
   // Without the instance's pid nothing can be told apart: not "someone else".
   if (pid === undefined || pid <= 0) return { owner: 'unknown', holders: [] };
-  // The usual answer first: the instance's own process holds it (one folder read, not all of /proc).
-  if (holdsSocket(String(pid), socketLinks(sockets.inodes))) return { owner: 'instance', holders: [{ pid, command: commandOf(pid) }] };
+  if (second && holdsOne(second.inodes)) return { owner: 'instance', holders: [{ pid, command: commandOf(pid) }] };
   const holders = portHolders(port, sockets);
   if (holders.length === 0) {
     // Another user's /proc/<pid>/fd needs CAP_SYS_PTRACE (root in a default Docker container lacks it):
