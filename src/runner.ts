@@ -311,7 +311,6 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
     // waits before the node files' links are made in the thread pool: it is started there (below).
     // It serves PM2_HOME only once the secrets are out of this process's environment (PM2's RPC
     // answers `pm2 report` with it), below.
-    const pm2LoadStarted = performance.now();
     let pm2LoadMs: number | undefined;
     if (config.gpuMode !== 'mock') processes.load().catch(() => undefined);
     stops.check();
@@ -348,7 +347,8 @@ export async function runStart(runCtx: RunContext, options: StartOptions = {}): 
       files.writePlan(`${JSON.stringify(plan, null, 2)}\n`);
       // Its first wait: PM2 loads and serves on this thread meanwhile (load and connect start on setImmediate).
       connected = processes.connect().then(() => {
-        pm2LoadMs = Math.round((performance.now() - pm2LoadStarted) * 10) / 10;
+        // From the load's start (with GPUs, before detect) to serving.
+        pm2LoadMs = Math.round((performance.now() - processes.loadStartedAt!) * 10) / 10;
       });
       connected.catch(() => undefined);
       await files.write(prepared.files);

@@ -155,6 +155,8 @@ export class ProcessManager {
   /** Instances whose run PM2 reported ended, until it reports the next one online. */
   private readonly exitedRuns = new Set<string>();
   private loading: Promise<Pm2Host> | undefined;
+  /** When load() was first called (performance.now()): the boot reports PM2's load from there. */
+  loadStartedAt: number | undefined;
   private connecting: Promise<void> | undefined;
   /** The list request in flight, shared while `generation` is unchanged (see list). */
   private listing: { generation: number; sentAt: number; result: Promise<Pm2App[]> } | undefined;
@@ -214,6 +216,7 @@ export class ProcessManager {
    * running (connect). Idempotent.
    */
   load(): Promise<Pm2Host> {
+    this.loadStartedAt ??= performance.now();
     this.loading ??= (async () => {
       // PM2 prints banners on stdout unless told not to; our stdout is JSON log lines. No version
       // check: a container has no business calling home.

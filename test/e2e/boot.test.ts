@@ -66,7 +66,12 @@ describe('start: the whole boot with real PM2', () => {
     ws = await makeWorkspace({ nodes: ['emprops_custom_nodes', 'hf_node'], manifest: MANIFEST, gpus: 2 });
     const env = await secretsEnv(ws);
     const boot = startBoot(['start'], env);
-    await boot.waitForLog((l) => l.phase === 'ready', 'all instances ready');
+    const ready = await boot.waitForLog((l) => l.phase === 'ready', 'all instances ready');
+    // PM2's load is timed from its own start (mock GPUs: the write), not from the boot's.
+    const pm2Start = boot.lines.map((l) => JSON.parse(l) as { phase?: string; pm2LoadMs?: unknown }).find((l) => l.phase === 'pm2-start');
+    expect(typeof pm2Start?.pm2LoadMs).toBe('number');
+    expect(pm2Start!.pm2LoadMs as number).toBeGreaterThan(0);
+    expect(pm2Start!.pm2LoadMs as number).toBeLessThan((ready as { bootMs: number }).bootMs);
 
     // The files: mode 0600, only the declared keys, values exact for both dotenv readers.
     const emprops = ws.envFile('emprops_custom_nodes');
