@@ -162,17 +162,19 @@ describe('readSecretFile', () => {
     expect(error.message).toBe('TOKEN_FILE: /dev/null is not a regular file');
   });
 
-  it('refuses an unreadable file', async (ctx) => {
-    if (process.getuid?.() === 0) {
-      // Printed, not passed silently: the same refusal is checked as nobody end to end.
-      const reason = 'root reads a mode 0000 file all the same; test/e2e/failures.test.ts checks the refusal as nobody';
-      console.warn(`test/secrets.test.ts: "refuses an unreadable file" skipped: ${reason}`);
-      return ctx.skip(reason);
-    }
+  it('refuses an unreadable file', async () => {
     const file = write('locked', 'canary-locked\n');
     chmodSync(file, 0o000);
-    const error = await errorOf(() => readSecretFile(file, 'TOKEN_FILE'));
-    expect(error.message).toBe(`TOKEN_FILE: ${file} is not readable (permission denied)`);
+    // Root reads a mode 0000 file all the same: as root, the read is made as nobody (the effective uid, for the whole process, until it is put back).
+    const asRoot = process.geteuid?.() === 0;
+    if (asRoot) process.seteuid!(65534);
+    try {
+      const error = await errorOf(() => readSecretFile(file, 'TOKEN_FILE'));
+      expect(error.message).toBe(`TOKEN_FILE: ${file} is not readable (permission denied)`);
+    } finally {
+      if (asRoot) process.seteuid!(0);
+    }
+    expect(process.geteuid?.()).toBe(asRoot ? 0 : process.getuid?.());
   });
 
   it('refuses invalid UTF-8 without showing the content', async () => {
