@@ -78,12 +78,9 @@ export class DirHandle {
   }
 
   lstat(name: string): BigIntStats | undefined {
-    try {
-      return lstatSync(this.at(name), { bigint: true });
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw error;
-    }
+    // No entry is an answer, not an error: no exception (and its stack) is made for it. Most of the
+    // lookups of a boot are of names not there yet (each node's .env), ~4x the cost when thrown.
+    return lstatSync(this.at(name), { bigint: true, throwIfNoEntry: false });
   }
 
   names(): string[] {
