@@ -7,7 +7,6 @@ import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { buildPlan, planPath } from '../src/instances/plan.js';
 import { isAlive, ProcessManager } from '../src/instances/processes.js';
-import { HOSTED_APP_FIELDS_LEFT_OUT } from '../src/instances/pm2-host.js';
 import { ECOSYSTEM_FILE } from '../src/runner.js';
 import { freePorts, PM2_BIN, pm2HomeForThisFile, tinyServerMain, waitFor } from './helpers/boot.js';
 import { captureLogger } from './helpers/logger.js';
@@ -74,13 +73,13 @@ describe('ProcessManager with a real PM2', () => {
     expect(started.map((i) => i.name)).toEqual(['comfyui-gpu0', 'comfyui-gpu1']);
     expect(started.every((i) => i.pid > 0 && i.status === 'online' && i.restarts === 0)).toBe(true);
     expect((await processes.currentPids()).sort()).toEqual(started.map((i) => i.pid).sort());
-    // PM2 puts an app's plain fields into its process's environment: those its daemon does not read for this app are left out.
+    // PM2's fields of the app's record stay out of its process's environment (test/processes-environment.test.ts).
     // Read once its interpreter runs: PM2 has the pid from the fork, before the exec (an empty environ then).
     const environ = `/proc/${started[0]!.pid}/environ`;
     await waitFor('the instance executing', () => readFileSync(environ, 'utf8').includes('PM2_HOME='));
     const names = readFileSync(environ, 'utf8').split('\0').map((entry) => entry.slice(0, entry.indexOf('=')));
-    expect(names.filter((name) => (HOSTED_APP_FIELDS_LEFT_OUT as readonly string[]).includes(name))).toEqual([]);
-    expect(names).toEqual(expect.arrayContaining(['PM2_HOME', 'kill_timeout', 'pm_id', 'CUDA_VISIBLE_DEVICES']));
+    expect(names).toEqual(expect.arrayContaining(['PM2_HOME', 'name', 'CUDA_VISIBLE_DEVICES']));
+    expect(names.filter((name) => ['pm_id', 'kill_timeout', 'status', 'pmx', 'km_link'].includes(name))).toEqual([]);
     await waitFor('output relayed', () => lines.some((l) => l.includes('"instance":"comfyui-gpu1"') && l.includes('"msg":"up"')));
     await waitFor('server-up line heard', () => up.length > 0);
     expect(up).toEqual(['comfyui-gpu1']);

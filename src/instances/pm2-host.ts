@@ -3,6 +3,7 @@ import { BootError, ExitCode } from '../errors.js';
 import { lstat, unlink } from 'node:fs/promises';
 import { readRegularFile } from '../files/owned.js';
 import type { Stats } from 'node:fs';
+import type { spawn, SpawnOptions } from 'node:child_process';
 import { createRequire } from 'node:module';
 import net from 'node:net';
 import os from 'node:os';
@@ -78,10 +79,26 @@ interface Pm2God {
   /** The `process:event` the API's client asks for after a delete or a stop (`pm2 logs` shows it). */
   notifyByProcessId?(options: { id: number; action_name: string; manually: boolean }, callback: () => void): void;
   clusters_db: Record<string, { pm2_env?: { name?: string; pm_id?: number } } | null | undefined>;
+  /** How its daemon forks an app (`exec_mode: fork`), for its first start and each restart. */
+  forkMode?: ForkMode;
 }
 
-/** Fields PM2 fills into an app's record that its daemon does not read for a forked non-Node app (see startApps). */
-export const HOSTED_APP_FIELDS_LEFT_OUT = ['km_link', 'automation', 'pmx', 'windowsHide'] as const;
+/** An app's record as PM2's fork mode gets it: each plain field becomes a variable of its process. */
+interface ForkedRecord {
+  name?: unknown;
+  /** The app's own environment (what the ecosystem file gave it), also spread over the record. */
+  env?: unknown;
+  [field: string]: unknown;
+}
+
+type ForkMode = (this: unknown, record: ForkedRecord, callback: (error?: unknown, ...rest: unknown[]) => void) => unknown;
+
+/**
+ * What an instance keeps of PM2's own fields, beside its app's environment, where gpu-boot serves
+ * PM2 (see trimInstanceEnvironments): its name, by which a later boot tells an instance this
+ * PM2_HOME left running (orphans.ts).
+ */
+export const INSTANCE_PM2_FIELDS_KEPT = ['name'] as const;
 
 /** One app of an ecosystem file, as PM2's Common reads, checks and resolves it. */
 interface Pm2AppConfig {
@@ -223,6 +240,8 @@ export class Pm2Host {
   private workerStart: (() => void) | undefined;
   private workerWanted = false;
   private workerTimer: NodeJS.Timeout | undefined;
+  /** The apps startApps started: PM2 forks only these with their own environment alone. */
+  private readonly ownApps = new Set<string>();
 
   private constructor(
     private readonly paths: Pm2Paths,
@@ -256,6 +275,7 @@ export class Pm2Host {
       saved,
     );
     if (process.sourceMapsEnabled !== sourceMaps) process.setSourceMapsEnabled(sourceMaps);
+    host.trimInstanceEnvironments(logger);
     // Loading PM2 schedules its worker (system metrics, which run `df`) 500 ms later, and its
     // children inherit this process's environment: held back until `serve`, which the boot calls
     // only once the secrets are out of the environment.
@@ -273,6 +293,49 @@ export class Pm2Host {
       console[method] = (...args: unknown[]) => pm2Logger[level](format(...args));
     }
     return host;
+  }
+
+  /**
+   * PM2's fork mode gives an app's process every plain field of the app's record as an environment
+   * variable (pm_id, status, pm_exec_path, kill_timeout, unique_id... ~30), beside the app's own
+   * environment. They mean nothing to ComfyUI, and each one costs every node's load_dotenv():
+   * python-dotenv copies the whole environment for each key it reads (~1.75 ms of an instance's
+   * CPU per variable at 500 nodes of 5 keys: bench/RESULTS.md). The apps startApps started are
+   * forked with their own environment and INSTANCE_PM2_FIELDS_KEPT alone, PM2's restarts included:
+   * its fork runs with child_process.spawn swapped for the length of its synchronous call (PM2
+   * spawns within it when the app's output goes to /dev/null, as the ecosystem file sets). PM2's
+   * record of the app is left whole (`pm2 show`, `pm2 jlist`); any other app is forked as PM2 does.
+   */
+  private trimInstanceEnvironments(logger: Logger): void {
+    const { God, ownApps } = this;
+    const forkMode = God.forkMode;
+    if (typeof forkMode !== 'function') return;
+    const childProcess = createRequire(import.meta.url)('node:child_process') as { spawn: typeof spawn };
+    God.forkMode = function (this: unknown, record, callback) {
+      const appEnv = record.env;
+      if (typeof record.name !== 'string' || !ownApps.has(record.name) || !appEnv || typeof appEnv !== 'object') return forkMode.call(this, record, callback);
+      const name = record.name;
+      const keep = new Set<string>([...Object.keys(appEnv), ...INSTANCE_PM2_FIELDS_KEPT]);
+      const realSpawn = childProcess.spawn;
+      let forked = false;
+      let failed = false;
+      const trimmedSpawn = (command: string, args: readonly string[], options: SpawnOptions) => {
+        childProcess.spawn = realSpawn;
+        forked = true;
+        const env = Object.fromEntries(Object.entries(options.env ?? {}).filter(([variable]) => keep.has(variable)));
+        return realSpawn(command, args, { ...options, env });
+      };
+      childProcess.spawn = trimmedSpawn as typeof spawn;
+      try {
+        return forkMode.call(this, record, (error, ...rest) => {
+          if (error) failed = true;
+          callback(error, ...rest);
+        });
+      } finally {
+        childProcess.spawn = realSpawn;
+        if (!forked && !failed) logger.warn({ instance: name }, `PM2 did not fork ${name} within its call: its process has PM2's fields (pm_id, status...) in its environment too`);
+      }
+    };
   }
 
   get rpcSocket(): string {
@@ -445,10 +508,8 @@ export class Pm2Host {
       const env = Common.mergeEnvironmentVariables(resolved, undefined, {});
       delete env.current_conf;
       resolved.env = env;
-      // PM2 gives an app's every plain field to its process as an environment variable, and each one
-      // costs every node's load_dotenv() (~1.5 ms of an instance's CPU at 500 nodes). These four mean
-      // nothing to a Python app PM2 forks here (keymetrics' link and wrapping, Node's pmx, Windows' console).
-      for (const field of HOSTED_APP_FIELDS_LEFT_OUT) delete resolved[field];
+      // Forked with its own environment alone (trimInstanceEnvironments).
+      if (typeof app.name === 'string') this.ownApps.add(app.name);
       await new Promise<void>((resolve, reject) => God.prepare(resolved, (error) => (error ? reject(error) : resolve())));
     }
   }
