@@ -322,7 +322,9 @@ export class Pm2Host {
       const trimmedSpawn = (command: string, args: readonly string[], options: SpawnOptions) => {
         childProcess.spawn = realSpawn;
         forked = true;
-        const env = Object.fromEntries(Object.entries(options.env ?? {}).filter(([variable]) => keep.has(variable)));
+        // Without an environment of its own a child inherits this process's: nothing to trim then.
+        if (!options?.env) return realSpawn(command, args, options);
+        const env = Object.fromEntries(Object.entries(options.env).filter(([variable]) => keep.has(variable)));
         return realSpawn(command, args, { ...options, env });
       };
       childProcess.spawn = trimmedSpawn as typeof spawn;
