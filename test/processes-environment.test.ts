@@ -41,7 +41,7 @@ interface RecordOfApp {
 }
 
 describe('the environment of the instances PM2 forks in gpu-boot', () => {
-  it('is their app\'s own environment and their name, at the start and after PM2 restarts a crashed one; PM2\'s record stays whole; another app gets PM2\'s fields', async () => {
+  it('is their app\'s own environment, name and pm_id, at the start and after PM2 restarts a crashed one; PM2\'s record stays whole; other apps (a Node one of the same name, one started from inside an instance) get PM2\'s fields and their own names', async () => {
     const workspace = path.join(home.root, 'workspace');
     await mkdir(path.join(workspace, 'ComfyUI'), { recursive: true });
     await writeFile(path.join(workspace, 'ComfyUI', 'main.py'), tinyServerMain([]));
@@ -49,7 +49,7 @@ describe('the environment of the instances PM2 forks in gpu-boot', () => {
     const config = loadConfig({ WORKSPACE_PATH: workspace, GPU_MODE: 'mock', NUM_GPUS: '1', COMFYUI_PYTHON: INTERPRETER, COMFYUI_LISTEN: '127.0.0.1', COMFYUI_PORT_START: String(port), COMFYUI_RESTART_DELAY_MS: '100' });
     await mkdir(config.stateDir, { recursive: true });
     await writeFile(planPath(config.stateDir), JSON.stringify(buildPlan(config, detection(1, { gpus: gpuList(1, 'Mock', 1024), source: 'mock' }), ['HF_TOKEN'])));
-    const { logger, lines } = captureLogger();
+    const { logger } = captureLogger();
     const processes = new ProcessManager(logger, ECOSYSTEM_FILE);
     await processes.connect();
     expect(processes.hostsPm2).toBe(true);
@@ -62,9 +62,9 @@ describe('the environment of the instances PM2 forks in gpu-boot', () => {
       const first = await environOf(instance!.pid, 'PM2_HOME=');
       expect(Object.keys(first).sort()).toEqual(expected);
       // Its own variables, with their values: the plan's (port, device) and PM2_HOME; and its name.
-      expect(first).toMatchObject({ COMFYUI_PORT: String(port), CUDA_VISIBLE_DEVICES: '', GPU_DEVICE: 'gpu0', PM2_HOME: home.pm2Home, name: 'comfyui-gpu0' });
+      expect(first).toMatchObject({ COMFYUI_PORT: String(port), CUDA_VISIBLE_DEVICES: '', GPU_DEVICE: 'gpu0', PM2_HOME: home.pm2Home, name: 'comfyui-gpu0', pm_id: String(record.pm_id) });
       // None of PM2's own fields of the record, which PM2 itself still has (pm2 show, its restarts).
-      for (const field of ['pm_id', 'status', 'pm_exec_path', 'pm_pid_path', 'kill_timeout', 'max_restarts', 'min_uptime', 'exp_backoff_restart_delay', 'treekill', 'vizion', 'created_at']) {
+      for (const field of ['status', 'pm_exec_path', 'pm_pid_path', 'kill_timeout', 'max_restarts', 'min_uptime', 'exp_backoff_restart_delay', 'treekill', 'vizion', 'created_at']) {
         expect(first).not.toHaveProperty(field);
         expect(record).toHaveProperty(field);
       }
@@ -91,8 +91,25 @@ describe('the environment of the instances PM2 forks in gpu-boot', () => {
       expect(foreign).toHaveProperty('pm_id');
       expect(foreign).toHaveProperty('status');
       await execa('node', [PM2_BIN, 'delete', 'someone-else'], cli);
-      // Every fork of gpu-boot's own app was trimmed within PM2's call: no warning that one was not.
-      expect(lines.filter((l) => l.includes('did not fork'))).toEqual([]);
+
+      // PM2's CLI run from inside an instance (its environment) starts an app under the app's own
+      // name: pm_id tells PM2 it is inside one of its apps, so the instance's `name` is not copied.
+      await execa('node', [PM2_BIN, 'start', other, '--name', 'from-inside', '--interpreter', INTERPRETER, '--no-autorestart'], { env: first, extendEnv: false });
+      await waitFor('the app started from inside', () => Object.values(God.clusters_db).some((p) => p?.pm2_env.name === 'from-inside'));
+      expect(Object.values(God.clusters_db).filter((p) => p?.pm2_env.name === 'comfyui-gpu0')).toHaveLength(1);
+      await execa('node', [PM2_BIN, 'delete', 'from-inside'], cli);
+
+      // A Node app someone starts under an instance's very name is forked as PM2 forks it (gpu-boot
+      // knows its own by PM2's id of the record, not by name): PM2's container for Node needs its fields.
+      const nodeApp = path.join(home.root, 'other.js');
+      await writeFile(nodeApp, 'setInterval(() => {}, 1000);\n');
+      await execa('node', [PM2_BIN, 'start', nodeApp, '--name', 'comfyui-gpu0', '--no-autorestart'], cli);
+      const twin = await waitFor('the same-name Node app online', () => {
+        const proc = Object.values(God.clusters_db).find((p) => p?.pm2_env.name === 'comfyui-gpu0' && p.pm2_env.pm_id !== record.pm_id) as (RecordOfApp & { process?: { pid?: number } }) | undefined;
+        return proc?.pm2_env.status === 'online' && proc.process?.pid ? proc : undefined;
+      });
+      expect(await environOf(twin.process!.pid!, 'pm_exec_path=')).toHaveProperty('pm_exec_path', nodeApp);
+      await execa('node', [PM2_BIN, 'delete', String(twin.pm2_env.pm_id)], cli);
     } finally {
       await processes.stopAll();
       await processes.close();

@@ -79,7 +79,7 @@ describe('ProcessManager with a real PM2', () => {
     await waitFor('the instance executing', () => readFileSync(environ, 'utf8').includes('PM2_HOME='));
     const names = readFileSync(environ, 'utf8').split('\0').map((entry) => entry.slice(0, entry.indexOf('=')));
     expect(names).toEqual(expect.arrayContaining(['PM2_HOME', 'name', 'CUDA_VISIBLE_DEVICES']));
-    expect(names.filter((name) => ['pm_id', 'kill_timeout', 'status', 'pmx', 'km_link'].includes(name))).toEqual([]);
+    expect(names.filter((name) => ['kill_timeout', 'status', 'pm_exec_path', 'unstable_restarts'].includes(name))).toEqual([]);
     await waitFor('output relayed', () => lines.some((l) => l.includes('"instance":"comfyui-gpu1"') && l.includes('"msg":"up"')));
     await waitFor('server-up line heard', () => up.length > 0);
     expect(up).toEqual(['comfyui-gpu1']);

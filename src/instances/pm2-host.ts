@@ -96,9 +96,10 @@ type ForkMode = (this: unknown, record: ForkedRecord, callback: (error?: unknown
 /**
  * What an instance keeps of PM2's own fields, beside its app's environment, where gpu-boot serves
  * PM2 (see trimInstanceEnvironments): its name, by which a later boot tells an instance this
- * PM2_HOME left running (orphans.ts).
+ * PM2_HOME left running (orphans.ts), and its pm_id, by which PM2's CLI run from inside it knows
+ * it is inside one of PM2's apps (without it, `pm2 start` there copies `name` into the new app).
  */
-export const INSTANCE_PM2_FIELDS_KEPT = ['name'] as const;
+export const INSTANCE_PM2_FIELDS_KEPT = ['name', 'pm_id'] as const;
 
 /** One app of an ecosystem file, as PM2's Common reads, checks and resolves it. */
 interface Pm2AppConfig {
@@ -240,8 +241,10 @@ export class Pm2Host {
   private workerStart: (() => void) | undefined;
   private workerWanted = false;
   private workerTimer: NodeJS.Timeout | undefined;
-  /** The apps startApps started: PM2 forks only these with their own environment alone. */
+  /** PM2's ids (unique_id) of the apps startApps started: PM2 forks only these with their own environment alone. */
   private readonly ownApps = new Set<string>();
+  /** The app startApps is handing to PM2's prepare, for the length of that call. */
+  private preparing: string | undefined;
 
   private constructor(
     private readonly paths: Pm2Paths,
@@ -275,7 +278,7 @@ export class Pm2Host {
       saved,
     );
     if (process.sourceMapsEnabled !== sourceMaps) process.setSourceMapsEnabled(sourceMaps);
-    host.trimInstanceEnvironments(logger);
+    host.trimInstanceEnvironments();
     // Loading PM2 schedules its worker (system metrics, which run `df`) 500 ms later, and its
     // children inherit this process's environment: held back until `serve`, which the boot calls
     // only once the secrets are out of the environment.
@@ -297,31 +300,32 @@ export class Pm2Host {
 
   /**
    * PM2's fork mode gives an app's process every plain field of the app's record as an environment
-   * variable (pm_id, status, pm_exec_path, kill_timeout, unique_id... ~30), beside the app's own
+   * variable (status, pm_exec_path, kill_timeout, unique_id... ~30), beside the app's own
    * environment. They mean nothing to ComfyUI, and each one costs every node's load_dotenv():
    * python-dotenv copies the whole environment for each key it reads (~1.75 ms of an instance's
-   * CPU per variable at 500 nodes of 5 keys: bench/RESULTS.md). The apps startApps started are
-   * forked with their own environment and INSTANCE_PM2_FIELDS_KEPT alone, PM2's restarts included:
-   * its fork runs with child_process.spawn swapped for the length of its synchronous call (PM2
-   * spawns within it when the app's output goes to /dev/null, as the ecosystem file sets). PM2's
+   * CPU per variable at 500 nodes of 5 keys: bench/RESULTS.md). The apps startApps started (known
+   * by the id PM2 gives each record, never by name) are forked with their own environment and
+   * INSTANCE_PM2_FIELDS_KEPT alone, PM2's restarts included: PM2's fork reads
+   * child_process.spawn at its first line, swapped for the length of that synchronous call. PM2's
    * record of the app is left whole (`pm2 show`, `pm2 jlist`); any other app is forked as PM2 does.
    */
-  private trimInstanceEnvironments(logger: Logger): void {
+  private trimInstanceEnvironments(): void {
     const { God, ownApps } = this;
     const forkMode = God.forkMode;
     if (typeof forkMode !== 'function') return;
     const childProcess = createRequire(import.meta.url)('node:child_process') as { spawn: typeof spawn };
+    const host = this;
     God.forkMode = function (this: unknown, record, callback) {
       const appEnv = record.env;
-      if (typeof record.name !== 'string' || !ownApps.has(record.name) || !appEnv || typeof appEnv !== 'object') return forkMode.call(this, record, callback);
-      const name = record.name;
-      const keep = new Set<string>([...Object.keys(appEnv), ...INSTANCE_PM2_FIELDS_KEPT]);
+      const id = appEnv && typeof appEnv === 'object' ? (appEnv as { unique_id?: unknown }).unique_id : undefined;
+      if (typeof id !== 'string') return forkMode.call(this, record, callback);
+      // Its first fork happens within startApps' own call of prepare (PM2 sets the id there).
+      if (host.preparing !== undefined && host.preparing === record.name) ownApps.add(id);
+      if (!ownApps.has(id)) return forkMode.call(this, record, callback);
+      const keep = new Set<string>([...Object.keys(appEnv as object), ...INSTANCE_PM2_FIELDS_KEPT]);
       const realSpawn = childProcess.spawn;
-      let forked = false;
-      let failed = false;
       const trimmedSpawn = (command: string, args: readonly string[], options: SpawnOptions) => {
-        childProcess.spawn = realSpawn;
-        forked = true;
+        if (childProcess.spawn === trimmedSpawn) childProcess.spawn = realSpawn;
         // Without an environment of its own a child inherits this process's: nothing to trim then.
         if (!options?.env) return realSpawn(command, args, options);
         const env = Object.fromEntries(Object.entries(options.env).filter(([variable]) => keep.has(variable)));
@@ -329,13 +333,9 @@ export class Pm2Host {
       };
       childProcess.spawn = trimmedSpawn as typeof spawn;
       try {
-        return forkMode.call(this, record, (error, ...rest) => {
-          if (error) failed = true;
-          callback(error, ...rest);
-        });
+        return forkMode.call(this, record, callback);
       } finally {
-        childProcess.spawn = realSpawn;
-        if (!forked && !failed) logger.warn({ instance: name }, `PM2 did not fork ${name} within its call: its process has PM2's fields (pm_id, status...) in its environment too`);
+        if (childProcess.spawn === trimmedSpawn) childProcess.spawn = realSpawn;
       }
     };
   }
@@ -510,9 +510,17 @@ export class Pm2Host {
       const env = Common.mergeEnvironmentVariables(resolved, undefined, {});
       delete env.current_conf;
       resolved.env = env;
-      // Forked with its own environment alone (trimInstanceEnvironments).
-      if (typeof app.name === 'string') this.ownApps.add(app.name);
-      await new Promise<void>((resolve, reject) => God.prepare(resolved, (error) => (error ? reject(error) : resolve())));
+      // Forked with its own environment alone (trimInstanceEnvironments), known by the id prepare gives it.
+      await new Promise<void>((resolve, reject) => {
+        this.preparing = typeof app.name === 'string' ? app.name : undefined;
+        try {
+          God.prepare(resolved, (error) => (error ? reject(error) : resolve()));
+        } finally {
+          this.preparing = undefined;
+        }
+        const id = (resolved.env as { unique_id?: unknown } | undefined)?.unique_id;
+        if (typeof id === 'string') this.ownApps.add(id);
+      });
     }
   }
 
