@@ -1,5 +1,4 @@
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { execa } from 'execa';
@@ -10,7 +9,7 @@ import { buildPlan, planPath } from '../src/instances/plan.js';
 import { ProcessManager } from '../src/instances/processes.js';
 import { INSTANCE_PM2_FIELDS_KEPT } from '../src/instances/pm2-host.js';
 import { ECOSYSTEM_FILE } from '../src/runner.js';
-import { freePorts, PM2_BIN, pm2HomeForThisFile, tinyServerMain, waitFor } from './helpers/boot.js';
+import { executedEnvironment, freePorts, PM2_BIN, pm2HomeForThisFile, tinyServerMain, waitFor } from './helpers/boot.js';
 import { captureLogger } from './helpers/logger.js';
 import { detection, gpuList } from './helpers/gpus.js';
 import { PYTHON } from './helpers/python.js';
@@ -23,18 +22,6 @@ const home = pm2HomeForThisFile('gpu-boot-pm2env-');
 
 /** Node adds these itself for the IPC channel PM2 opens to every app it forks. */
 const NODE_IPC_VARIABLES = ['NODE_CHANNEL_FD', 'NODE_CHANNEL_SERIALIZATION_MODE'];
-
-/** The variables of `pid` as it was executed: PM2 has the pid from the fork, before the exec (an empty environ then). */
-async function environOf(pid: number, marker: string): Promise<Record<string, string>> {
-  const file = `/proc/${pid}/environ`;
-  await waitFor(`process ${pid} executing`, () => readFileSync(file, 'utf8').includes(marker));
-  return Object.fromEntries(
-    readFileSync(file, 'utf8')
-      .split('\0')
-      .filter(Boolean)
-      .map((entry) => [entry.slice(0, entry.indexOf('=')), entry.slice(entry.indexOf('=') + 1)]),
-  );
-}
 
 interface RecordOfApp {
   pm2_env: { name: string; pm_id: number; env: Record<string, unknown>; [field: string]: unknown };
@@ -59,7 +46,7 @@ describe('the environment of the instances PM2 forks in gpu-boot', () => {
       const [instance] = await processes.startFromEcosystem(config.stateDir);
       const record = recordOf('comfyui-gpu0');
       const expected = [...Object.keys(record.env), ...INSTANCE_PM2_FIELDS_KEPT, ...NODE_IPC_VARIABLES].sort();
-      const first = await environOf(instance!.pid, 'PM2_HOME=');
+      const first = await executedEnvironment(instance!.pid, 'PM2_HOME=');
       expect(Object.keys(first).sort()).toEqual(expected);
       // Its own variables, with their values: the plan's (port, device) and PM2_HOME; and its name.
       expect(first).toMatchObject({ COMFYUI_PORT: String(port), CUDA_VISIBLE_DEVICES: '', GPU_DEVICE: 'gpu0', PM2_HOME: home.pm2Home, name: 'comfyui-gpu0', pm_id: String(record.pm_id) });
@@ -74,7 +61,7 @@ describe('the environment of the instances PM2 forks in gpu-boot', () => {
       process.kill(instance!.pid, 'SIGKILL');
       const restarted = await waitFor('PM2 restarted the instance', async () => (await processes.list()).find((i) => i.name === 'comfyui-gpu0' && i.pid > 0 && i.pid !== instance!.pid && i.status === 'online'));
       expect(restarted.restarts).toBe(1);
-      const second = await environOf(restarted.pid, 'PM2_HOME=');
+      const second = await executedEnvironment(restarted.pid, 'PM2_HOME=');
       expect(Object.keys(second).sort()).toEqual(expected);
       expect(second.COMFYUI_PORT).toBe(String(port));
 
@@ -87,7 +74,7 @@ describe('the environment of the instances PM2 forks in gpu-boot', () => {
         const proc = Object.values(God.clusters_db).find((p) => p?.pm2_env.name === 'someone-else') as (RecordOfApp & { process?: { pid?: number } }) | undefined;
         return proc?.process?.pid;
       });
-      const foreign = await environOf(otherPid, 'pm_id=');
+      const foreign = await executedEnvironment(otherPid, 'pm_id=');
       expect(foreign).toHaveProperty('pm_id');
       expect(foreign).toHaveProperty('status');
       await execa('node', [PM2_BIN, 'delete', 'someone-else'], cli);
@@ -108,7 +95,7 @@ describe('the environment of the instances PM2 forks in gpu-boot', () => {
         const proc = Object.values(God.clusters_db).find((p) => p?.pm2_env.name === 'comfyui-gpu0' && p.pm2_env.pm_id !== record.pm_id) as (RecordOfApp & { process?: { pid?: number } }) | undefined;
         return proc?.pm2_env.status === 'online' && proc.process?.pid ? proc : undefined;
       });
-      expect(await environOf(twin.process!.pid!, 'pm_exec_path=')).toHaveProperty('pm_exec_path', nodeApp);
+      expect(await executedEnvironment(twin.process!.pid!, 'pm_exec_path=')).toHaveProperty('pm_exec_path', nodeApp);
       await execa('node', [PM2_BIN, 'delete', String(twin.pm2_env.pm_id)], cli);
     } finally {
       await processes.stopAll();

@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { execa } from 'execa';
@@ -8,7 +8,7 @@ import { loadConfig } from '../src/config.js';
 import { buildPlan, planPath } from '../src/instances/plan.js';
 import { isAlive, ProcessManager } from '../src/instances/processes.js';
 import { ECOSYSTEM_FILE } from '../src/runner.js';
-import { freePorts, PM2_BIN, pm2HomeForThisFile, tinyServerMain, waitFor } from './helpers/boot.js';
+import { executedEnvironment, freePorts, PM2_BIN, pm2HomeForThisFile, tinyServerMain, waitFor } from './helpers/boot.js';
 import { captureLogger } from './helpers/logger.js';
 import { detection, gpuList } from './helpers/gpus.js';
 import { PYTHON } from './helpers/python.js';
@@ -74,10 +74,7 @@ describe('ProcessManager with a real PM2', () => {
     expect(started.every((i) => i.pid > 0 && i.status === 'online' && i.restarts === 0)).toBe(true);
     expect((await processes.currentPids()).sort()).toEqual(started.map((i) => i.pid).sort());
     // PM2's fields of the app's record stay out of its process's environment (test/processes-environment.test.ts).
-    // Read once its interpreter runs: PM2 has the pid from the fork, before the exec (an empty environ then).
-    const environ = `/proc/${started[0]!.pid}/environ`;
-    await waitFor('the instance executing', () => readFileSync(environ, 'utf8').includes('PM2_HOME='));
-    const names = readFileSync(environ, 'utf8').split('\0').map((entry) => entry.slice(0, entry.indexOf('=')));
+    const names = Object.keys(await executedEnvironment(started[0]!.pid, 'PM2_HOME='));
     expect(names).toEqual(expect.arrayContaining(['PM2_HOME', 'name', 'CUDA_VISIBLE_DEVICES']));
     expect(names.filter((name) => ['kill_timeout', 'status', 'pm_exec_path', 'unstable_restarts'].includes(name))).toEqual([]);
     await waitFor('output relayed', () => lines.some((l) => l.includes('"instance":"comfyui-gpu1"') && l.includes('"msg":"up"')));

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { chmod, cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { execFileSync } from 'node:child_process';
 import net from 'node:net';
@@ -280,4 +281,19 @@ export function tinyServerMain(before: string[]): string {
     'HTTPServer(("127.0.0.1", port), H).serve_forever()',
     '',
   ].join('\n');
+}
+
+/**
+ * The variables of `pid` as it was executed, once its environment holds `marker`: PM2 has an
+ * instance's pid from the fork, before the exec (an empty environ then).
+ */
+export async function executedEnvironment(pid: number, marker: string): Promise<Record<string, string>> {
+  const file = `/proc/${pid}/environ`;
+  await waitFor(`process ${pid} executing`, () => readFileSync(file, 'utf8').includes(marker));
+  return Object.fromEntries(
+    readFileSync(file, 'utf8')
+      .split('\0')
+      .filter(Boolean)
+      .map((entry) => [entry.slice(0, entry.indexOf('=')), entry.slice(entry.indexOf('=') + 1)]),
+  );
 }
