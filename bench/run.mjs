@@ -2,7 +2,7 @@
 // npm run bench: boot, shutdown, memory and scale of the real built entrypoint with real PM2,
 // mock GPUs and a ComfyUI stand-in that answers at once, against the floor measured in the same run.
 import { execFileSync, spawn } from 'node:child_process';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, copyFileSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync, copyFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -33,6 +33,27 @@ async function imageNodeFlags() {
 }
 const NODE_FLAGS = await imageNodeFlags();
 
+
+/**
+ * Where every round's folders are made. On ext4 without a journal (this project's VM: no
+ * /proc/fs/jbd2 entry for its disk) the kernel skips, for each new file or link, every inode freed in
+ * the last 30-35 s near the parent folder (fs/ext4/ialloc.c: find_inode_bit -> recently_deleted, only
+ * when there is no journal): right after the bench's own rounds deleted thousands of entries, 500 new
+ * links took 130-257 ms where the same 500 took 8 ms 40 s later (bench/RESULTS.md). A boot follows
+ * no such storm of deletions. The TOPDIR attribute (chattr +T) makes ext4 place each new subfolder
+ * in a block group of its own choosing (its Orlov allocator), so each round's fresh folders sit
+ * where no round just deleted. Where it cannot be set (another file system), the rounds share
+ * os.tmpdir() and the output says so.
+ */
+const BENCH_BASE = mkdtempSync(path.join(os.tmpdir(), 'gpu-boot-bench-base-'));
+let SPREAD = false;
+try {
+  execFileSync('chattr', ['+T', BENCH_BASE], { stdio: 'ignore' });
+  SPREAD = execFileSync('lsattr', ['-d', BENCH_BASE]).toString().split(' ')[0].includes('T');
+} catch {
+  SPREAD = false;
+}
+process.on('exit', () => rmSync(BENCH_BASE, { recursive: true, force: true }));
 const now = () => performance.now();
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const stats = (xs) => ({ median: median(xs), min: Math.min(...xs), max: Math.max(...xs) });
@@ -119,7 +140,7 @@ async function standInFloor(count) {
 }
 
 function workspace(nodes) {
-  const root = mkdtempSync(path.join(os.tmpdir(), 'gpu-boot-bench-'));
+  const root = mkdtempSync(path.join(BENCH_BASE, 'gpu-boot-bench-'));
   const comfy = path.join(root, 'workspace', 'ComfyUI');
   mkdirSync(path.join(comfy, 'custom_nodes'), { recursive: true });
   mkdirSync(path.join(root, 'workspace', 'times'));
@@ -186,7 +207,7 @@ async function boot(gpus, nodes) {
     NUM_GPUS: String(gpus),
     WORKSPACE_PATH: path.join(root, 'workspace'),
     PM2_HOME: path.join(root, 'pm2'),
-    SECRETS_TMPFS: path.join('/dev/shm', path.basename(root)),
+    // No SECRETS_TMPFS: the image's default (a fresh folder in /dev/shm), so each link's target has the image's length.
     COMFYUI_PYTHON: PYTHON,
     COMFYUI_LISTEN: '127.0.0.1',
     COMFYUI_PORT_START: String(portStart),
@@ -196,6 +217,7 @@ async function boot(gpus, nodes) {
     ...secrets,
   };
   const ports = Array.from({ length: gpus }, (_, i) => portStart + i);
+  const shmBefore = new Set(readdirSync('/dev/shm'));
   const started = now();
   const spawnedAt = Date.now();
   // BENCH_CPU_PROF=<folder>: a CPU profile of every boot (open in Chrome DevTools), to see where the time goes.
@@ -266,7 +288,18 @@ async function boot(gpus, nodes) {
   await assertStopped(ports, 'gpu-boot');
   const wipe = readLogs().find((l) => l.phase === 'wipe');
   rmSync(root, { recursive: true, force: true });
-  rmSync(env.SECRETS_TMPFS, { recursive: true, force: true });
+  // The wipe removes the run's folder in /dev/shm; one left behind is reported, then removed.
+  const madeByThisBoot = (name) => {
+    try {
+      return JSON.parse(readFileSync(path.join('/dev/shm', name, '.gpu-boot-run'), 'utf8')).pid === child.pid;
+    } catch {
+      return false;
+    }
+  };
+  for (const name of readdirSync('/dev/shm').filter((n) => n.startsWith('gpu-boot-') && !shmBefore.has(n) && madeByThisBoot(n))) {
+    process.stderr.write(`gpu-boot left /dev/shm/${name} behind\n`);
+    rmSync(path.join('/dev/shm', name), { recursive: true, force: true });
+  }
   return { readyMs, cpuMs, ...times, phases, rss, shutdownMs, wipeAfterInstancesMs: wipe?.ms ?? NaN };
 }
 
@@ -348,7 +381,7 @@ async function fileCost(nodes, storageKind) {
   const { FileSession, StateDir } = await import(path.join(ROOT, 'dist', 'files', 'env-files.js'));
   const { wipeRecord } = await import(path.join(ROOT, 'dist', 'files', 'wipe.js'));
   const { renderEnvFile } = await import(path.join(ROOT, 'dist', 'secrets', 'dotenv-format.js'));
-  const root = mkdtempSync(path.join(os.tmpdir(), 'gpu-boot-bench-files-'));
+  const root = mkdtempSync(path.join(BENCH_BASE, 'gpu-boot-bench-files-'));
   const shm = path.join('/dev/shm', path.basename(root));
   mkdirSync(shm);
   mkdirSync(path.join(root, 'custom_nodes'));
@@ -391,6 +424,8 @@ function printScenarios() {
   console.log(`\ngpu-boot bench: ${ROUNDS} rounds after a warm-up; ms as median (min–max); ${results.machine.cpus} CPUs, Node ${results.machine.node}`);
   console.log(`node flags (from docker/Dockerfile): ${NODE_FLAGS.join(' ') || 'none'}`);
   console.log(`floor: node -e 0 = ${fmt(results.floor.nodeMs)} ms${results.floor.links500Ms ? `; links in fresh folders on the workspace disk: 100 = ${fmt(results.floor.links100Ms)} ms, 500 = ${fmt(results.floor.links500Ms)} ms` : ''}`);
+  if (results.floor.links500BesideDeletionsMs) console.log(`floor: the same 500 links in ${os.tmpdir()}, beside the inodes the rounds just freed: ${fmt(results.floor.links500BesideDeletionsMs)} ms`);
+  console.log(SPREAD ? `rounds' folders: in ${BENCH_BASE}, TOPDIR set (each round's folders in a block group of their own)` : `rounds' folders: in ${BENCH_BASE}; TOPDIR could not be set here, so on ext4 without a journal a round pays for the inodes the previous rounds freed`);
   console.log(`floor: Node + zod + pino + PM2 (client and daemon code) loaded in one process = ${fmt(results.floor.librariesMs)} ms after its start, ${fmt(results.floor.librariesMb)} MB peak RSS`);
   console.log('\nagainst the peer (a shell entrypoint: printf each .env, exec pm2-runtime), same round, same stand-in:');
   console.log('| GPUs | nodes | stand-ins bare | gpu-boot ready | peer ready | ratio | first / last instance started: gpu-boot / peer | instance start to serving (its own CPU): gpu-boot / peer | launcher CPU until ready: gpu-boot / peer | gpu-boot stop | peer stop | gpu-boot MB | peer MB |');
@@ -468,11 +503,11 @@ if (only) {
 }
 
 /** Floor 3: the disk itself. N new directory entries (symlinks) in N fresh folders on the workspace's file system. */
-async function linkFloor(nodes) {
+async function linkFloor(nodes, base = BENCH_BASE) {
   const { symlink } = await import('node:fs/promises');
   const runs = [];
   for (let r = 0; r < FILE_ROUNDS + 1; r += 1) {
-    const root = mkdtempSync(path.join(os.tmpdir(), 'gpu-boot-bench-links-'));
+    const root = mkdtempSync(path.join(base, 'gpu-boot-bench-links-'));
     for (let n = 0; n < nodes; n += 1) mkdirSync(path.join(root, `n${n}`));
     const started = now();
     await Promise.all(Array.from({ length: nodes }, (_, n) => symlink('/dev/shm/x', path.join(root, `n${n}`, '.env'))));
@@ -483,6 +518,9 @@ async function linkFloor(nodes) {
 }
 results.floor.links100Ms = await linkFloor(100);
 results.floor.links500Ms = await linkFloor(500);
+// For the record, not a verdict: the same 500 links where the rounds above just deleted theirs.
+results.floor.links500BesideDeletionsMs = await linkFloor(500, os.tmpdir());
+results.floor.spread = SPREAD;
 
 // The GPU watchdog (issue 13), in its own process: CPU per check against the shell loop's, and memory.
 const watchdogRuns = [];

@@ -73,22 +73,45 @@ describe('FileSession and wipeRecord', () => {
   });
 
   it('on tmpfs: a fresh, unguessable, marked 0700 folder; each .env a link to its 0600 file there', async () => {
-    const files = [await nodeFile('a', 'A=\'x #y\'\n')];
+    const files = [await nodeFile('a', 'A=\'x #y\'\n'), await nodeFile('b', 'B=2\n')];
     const s = session({ kind: 'tmpfs', base: shm });
     await s.write(files);
     const dir = s.secrets!.path;
     expect(path.basename(dir)).toMatch(/^gpu-boot-[A-Za-z0-9_-]{12}$/);
-    expect(await readlink(files[0]!.path)).toBe(path.join(dir, 'a.env'));
+    // Named by number, in the order written; the record says whose.
+    expect(await readlink(files[0]!.path)).toBe(path.join(dir, '1.env'));
+    expect(await readlink(files[1]!.path)).toBe(path.join(dir, '2.env'));
+    expect(s.record.files.map((e) => [e.node, e.target])).toEqual([['a', '1.env'], ['b', '2.env']]);
     expect((await stat(dir)).mode & 0o777).toBe(0o700);
-    expect((await stat(path.join(dir, 'a.env'))).mode & 0o777).toBe(0o600);
+    expect((await stat(path.join(dir, '1.env'))).mode & 0o777).toBe(0o600);
     expect(JSON.parse(await readFile(path.join(dir, RUN_MARKER), 'utf8'))).toMatchObject({ pid: process.pid });
     // On tmpfs, no header: the content is exactly what was rendered (each comment line costs every load_dotenv).
     expect(await readFile(files[0]!.path, 'utf8')).toBe("A='x #y'\n");
     expect(dotenv.parse(await readFile(files[0]!.path))).toEqual({ A: 'x #y' });
-    expect(wipeRecord(s.state, s.record, { secrets: s.secrets!.dir })).toEqual({ removed: 1, restored: 0, problems: [], skipped: [] });
+    expect(wipeRecord(s.state, s.record, { secrets: s.secrets!.dir })).toEqual({ removed: 2, restored: 0, problems: [], skipped: [] });
     expect(existsSync(dir)).toBe(false);
     expect(existsSync(files[0]!.path)).toBe(false);
+    expect(existsSync(files[1]!.path)).toBe(false);
     s.close();
+  });
+
+  it('on /dev/shm each link fits in its inode whatever the node is called: a target under 60 bytes, no block', async () => {
+    const long = `ComfyUI-${'Very-Long-Node-Name-'.repeat(10)}`;
+    const files = [await nodeFile(long, 'A=1\n')];
+    // The image's base itself: the run's folder is made fresh in /dev/shm and removed by the wipe.
+    const s = session({ kind: 'tmpfs', base: '/dev/shm' });
+    await s.write(files);
+    try {
+      const target = await readlink(files[0]!.path);
+      expect(target).toBe(path.join(s.secrets!.path, '1.env'));
+      // ext4 keeps a link of up to 59 bytes in its inode; a longer one takes a block of its own.
+      expect(Buffer.byteLength(target)).toBe(36);
+      expect((await lstat(files[0]!.path)).blocks).toBe(0);
+      expect(await readFile(files[0]!.path, 'utf8')).toBe('A=1\n');
+    } finally {
+      expect(wipeRecord(s.state, s.record, { secrets: s.secrets!.dir }).problems).toEqual([]);
+      s.close();
+    }
   });
 
   it('keeps a foreign .env aside and restores it exactly', async () => {
@@ -179,15 +202,15 @@ describe('FileSession and wipeRecord', () => {
     const moved = path.join(shm, 'moved');
     await rename(real, moved);
     await mkdir(real);
-    await writeFile(path.join(real, 'a.env'), 'DECOY=1\n');
+    await writeFile(path.join(real, '1.env'), 'DECOY=1\n');
     // A rotation writes into the folder it made, not the decoy.
     await s.write([{ ...f, text: 'A="2"\n' }]);
-    expect(await readFile(path.join(moved, 'a.env'), 'utf8')).toBe('A="2"\n');
-    expect(await readFile(path.join(real, 'a.env'), 'utf8')).toBe('DECOY=1\n');
+    expect(await readFile(path.join(moved, '1.env'), 'utf8')).toBe('A="2"\n');
+    expect(await readFile(path.join(real, '1.env'), 'utf8')).toBe('DECOY=1\n');
     const result = wipeRecord(s.state, s.record, { secrets: s.secrets!.dir });
     expect(result.problems).toEqual([]);
     expect(await readdir(moved)).toEqual([]);
-    expect(await readFile(path.join(real, 'a.env'), 'utf8')).toBe('DECOY=1\n');
+    expect(await readFile(path.join(real, '1.env'), 'utf8')).toBe('DECOY=1\n');
     s.close();
   });
 

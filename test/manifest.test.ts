@@ -28,7 +28,7 @@ async function manifestErrorOf(fn: () => unknown): Promise<ManifestError> {
 
 const manifestText = (nodes: unknown): string => JSON.stringify({ custom_nodes: nodes });
 
-const TOO_LONG = 'is longer than 251 bytes of UTF-8 (its .env content file is named <name>.env, and a file name has at most 255 bytes)';
+const TOO_LONG = 'is longer than 255 bytes of UTF-8 (a folder name has at most 255 bytes)';
 
 describe('parseTemplate', () => {
   it('reads plain text as one text part', () => {
@@ -433,24 +433,24 @@ describe('strict JSON: what JSON.parse accepts silently is refused, with its lin
   });
 });
 
-describe('node name length, in bytes: <name>.env must fit in 255 bytes', () => {
-  it('accepts 251 ASCII characters', () => {
-    const name = 'n'.repeat(251);
+describe('node name length, in bytes: one folder name (NAME_MAX, 255 bytes)', () => {
+  it('accepts 255 ASCII characters', () => {
+    const name = 'n'.repeat(255);
     expect(parseManifest(manifestText([{ name }]), MANIFEST).nodes.map((n) => n.name)).toEqual([name]);
   });
 
-  it('refuses 252 ASCII characters, saying the limit and why', async () => {
-    const error = await manifestErrorOf(() => parseManifest(manifestText([{ name: 'n'.repeat(252) }]), MANIFEST));
+  it('refuses 256 ASCII characters, saying the limit and why', async () => {
+    const error = await manifestErrorOf(() => parseManifest(manifestText([{ name: 'n'.repeat(256) }]), MANIFEST));
     expect(error.problems).toEqual([`${MANIFEST}: custom_nodes.0.name: ${TOO_LONG}`]);
   });
 
-  it('refuses a multi-byte name of fewer than 251 characters but more than 251 bytes', async () => {
-    const name = 'é'.repeat(126);
-    expect([name.length, Buffer.byteLength(name)]).toEqual([126, 252]);
+  it('refuses a multi-byte name of fewer than 255 characters but more than 255 bytes', async () => {
+    const name = 'é'.repeat(128);
+    expect([name.length, Buffer.byteLength(name)]).toEqual([128, 256]);
     const error = await manifestErrorOf(() => parseManifest(manifestText([{ name }]), MANIFEST));
     expect(error.problems).toEqual([`${MANIFEST}: custom_nodes.0.name: ${TOO_LONG}`]);
-    // 125 of them (250 bytes) and one ASCII character: 251 bytes, accepted.
-    expect(parseManifest(manifestText([{ name: `${'é'.repeat(125)}x` }]), MANIFEST).nodes).toHaveLength(1);
+    // 127 of them (254 bytes) and one ASCII character: 255 bytes, accepted.
+    expect(parseManifest(manifestText([{ name: `${'é'.repeat(127)}x` }]), MANIFEST).nodes).toHaveLength(1);
   });
 });
 

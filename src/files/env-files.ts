@@ -290,6 +290,14 @@ export class FileSession {
   private readonly entries = new Map<string, RecordEntry>();
   /** Files in place: each node folder stays open for the run, so a folder renamed meanwhile is still rewritten and wiped. */
   readonly held = new Map<string, DirHandle>();
+  /**
+   * On tmpfs each node's content file is named by a number of this session, never reused: the
+   * link's target (`<base>/gpu-boot-<12>/<n>.env`, 36-38 bytes on /dev/shm up to 999 nodes) then
+   * stays under the 60 bytes ext4 keeps in the inode, whatever the node's name. A longer target
+   * takes a block of its own: twice the time to create and, on a disk mounted with `discard`, eight
+   * times the time to remove (bench/RESULTS.md).
+   */
+  private contents = 0;
 
   constructor(
     readonly state: StateDir,
@@ -347,7 +355,7 @@ export class FileSession {
       // name every temp in the record before any of them exists.
       for (const file of fresh) {
         const dir = opened.get(file.path)!;
-        const entry: RecordEntry = { node: file.node, path: file.path, dir: dir.id, ids: [], temps: [tempName()], ...(secrets ? { target: `${file.node}.env` } : {}) };
+        const entry: RecordEntry = { node: file.node, path: file.path, dir: dir.id, ids: [], temps: [tempName()], ...(secrets ? { target: `${(this.contents += 1)}.env` } : {}) };
         const current = dir.lstat(ENV_FILE_NAME);
         if (current) {
           entry.backup = this.keepAside(dir, file, fileId(current));
@@ -388,7 +396,7 @@ export class FileSession {
               // tmpfs: memory, nothing to wait for; synchronous is fastest.
               secrets.dir.createFile(target, bytes, FILE_MODE, this.owner);
             } catch (error) {
-              throw new FileWriteError(`cannot write ${path.join(secrets.path, target)}: ${errnoText(error)}`);
+              throw new FileWriteError(`cannot write ${path.join(secrets.path, target)} (node "${file.node}"'s .env): ${errnoText(error)}`);
             }
             undo.push(() => secrets.dir.shred(target, () => true, false));
           }
@@ -425,7 +433,7 @@ export class FileSession {
           try {
             secrets!.dir.createFile(contentTemp, bytes, FILE_MODE, this.owner);
           } catch (error) {
-            throw new FileWriteError(`cannot write ${path.join(secrets!.path, entry.target!)}: ${errnoText(error)}`);
+            throw new FileWriteError(`cannot write ${path.join(secrets!.path, entry.target!)} (node "${file.node}"'s .env): ${errnoText(error)}`);
           }
           undo.push(() => secrets!.dir.shred(contentTemp, () => true, false));
           commits.push({

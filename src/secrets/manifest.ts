@@ -11,16 +11,15 @@ import * as z from 'zod';
 
 export const VARIABLE_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
-/** The longest node name, in bytes of UTF-8: `<name>.env` must fit in a file name's 255 bytes. */
-export const MAX_NODE_NAME_BYTES = 255 - '.env'.length;
+/** The longest node name, in bytes of UTF-8: one folder's name (NAME_MAX). */
+export const MAX_NODE_NAME_BYTES = 255;
 
 /** A node name is one folder under custom_nodes: no separators, no dot-names, no control characters. */
 const NodeName = z
   .string()
   .min(1, { error: 'is empty' })
-  // Its content file on tmpfs is `<name>.env`, and a file name holds at most 255 bytes (NAME_MAX).
   .refine((n) => Buffer.byteLength(n, 'utf8') <= MAX_NODE_NAME_BYTES, {
-    error: `is longer than ${MAX_NODE_NAME_BYTES} bytes of UTF-8 (its .env content file is named <name>.env, and a file name has at most 255 bytes)`,
+    error: `is longer than ${MAX_NODE_NAME_BYTES} bytes of UTF-8 (a folder name has at most 255 bytes)`,
   })
   .refine((n) => !n.includes('/') && !n.includes('\\'), { error: 'must be a folder name, without / or \\' })
   .refine((n) => n !== '.' && n !== '..', { error: 'must not be . or ..' })

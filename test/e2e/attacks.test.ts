@@ -335,7 +335,7 @@ describe('during a run', () => {
     const folder = path.dirname(await readlink(w.envFile('hf_node')));
     expect(asAttacker(`mv ${folder} ${w.tmpfs}/mine`).status).not.toBe(0);
     expect(asAttacker(`ln -s ${victim}/passwd ${folder}/x.env`).status).not.toBe(0);
-    expect(asAttacker(`mv ${folder}/hf_node.env ${folder}/y`).status).not.toBe(0);
+    expect(asAttacker(`mv ${await readlink(w.envFile('hf_node'))} ${folder}/y`).status).not.toBe(0);
     expect(asAttacker(`echo forged > ${w.stateDir}/written-files.json`).status).not.toBe(0);
     // The node folder is the attacker's: swap it for a link to the victim before the wipe.
     const nodeDir = path.dirname(w.envFile('hf_node'));
@@ -423,7 +423,7 @@ describe('writes are whole or fail', () => {
       await writeFile(token, `${'z'.repeat(16 * 1024)}\n`);
       boot.child.kill('SIGHUP');
       const failed = await boot.waitForLog((l) => typeof l.msg === 'string' && l.msg.startsWith('rotation failed'), 'rotation failed');
-      expect(failed.msg).toMatch(/^rotation failed, old files and instances kept: cannot write .*\/hf_node\.env: no space left on the device$/);
+      expect(failed.msg).toMatch(/^rotation failed, old files and instances kept: cannot write .*\/gpu-boot-[A-Za-z0-9_-]{12}\/1\.env \(node "hf_node"'s \.env\): no space left on the device$/);
       expect(await readFile(ws.envFile('hf_node'), 'utf8')).toBe(old);
       const status = (await getJson(ws.healthPort, '/status')) as { lastError: string; rotation: { failed: number; last: { ok: boolean } } };
       expect([status.rotation.failed, status.rotation.last.ok]).toEqual([1, false]);
@@ -451,7 +451,7 @@ describe('writes are whole or fail', () => {
       // The marker takes one page; the file needs four of the three left: write(2) takes part of it.
       const result = await runBoot(['start'], { ...ws.env, BIG: 'b'.repeat(13 * 1024), SECRETS_TMPFS: small });
       expect(result.exitCode).toBe(73);
-      expect(result.stderr).toMatch(/cannot write .*small\/gpu-boot-[A-Za-z0-9_-]{12}\/hf_node\.env: no space left on the device/);
+      expect(result.stderr).toMatch(/cannot write .*small\/gpu-boot-[A-Za-z0-9_-]{12}\/1\.env \(node "hf_node"'s \.env\): no space left on the device/);
       expect(existsSync(ws.envFile('hf_node'))).toBe(false);
       expect(await readdir(small)).toEqual([]);
       expect(existsSync(path.join(ws.stateDir, 'written-files.json'))).toBe(false);
@@ -489,23 +489,25 @@ describe('dead runs leave nothing', () => {
       const base = dead.tmpfs;
       const first = startBoot(['start'], { ...dead.env, HF_TOKEN: SECRET });
       await first.waitForLog((l) => l.phase === 'ready', 'ready', 60_000);
-      const deadFolder = path.dirname(await readlink(dead.envFile('hf_node')));
+      const deadContent = await readlink(dead.envFile('hf_node'));
+      const deadFolder = path.dirname(deadContent);
       const second = startBoot(['start'], { ...live.env, HF_TOKEN: `${SECRET}-live`, SECRETS_TMPFS: base });
       await second.waitForLog((l) => l.phase === 'ready', 'ready', 60_000);
-      const liveFolder = path.dirname(await readlink(live.envFile('hf_node')));
+      const liveContent = await readlink(live.envFile('hf_node'));
+      const liveFolder = path.dirname(liveContent);
       first.child.kill('SIGKILL');
       await first.child;
       // Its instances, orphaned, and its workspace, discarded: only the tmpfs folder remains.
       await killPm2(dead.pm2Home);
       await rm(dead.workspace, { recursive: true, force: true });
-      expect(existsSync(path.join(deadFolder, 'hf_node.env'))).toBe(true);
+      expect(existsSync(deadContent)).toBe(true);
       const elsewhere = await makeWorkspace({ nodes: [], manifest: { custom_nodes: [] }, gpus: 1 });
       try {
         const wipe = await runBoot(['wipe'], { ...elsewhere.env, SECRETS_TMPFS: base });
         expect(wipe.exitCode).toBe(0);
         await waitFor('the dead folder gone', () => !existsSync(deadFolder));
         expect(wipe.stdout).toContain('removed 1 secrets folder(s) of dead runs');
-        expect(await readFile(path.join(liveFolder, 'hf_node.env'), 'utf8')).toContain(`${SECRET}-live`);
+        expect(await readFile(liveContent, 'utf8')).toContain(`${SECRET}-live`);
       } finally {
         await elsewhere.cleanup();
       }

@@ -72,7 +72,11 @@ describe('canaries go only where they belong', () => {
     expect(JSON.parse(await readFile(path.join(storage, '.gpu-boot-run'), 'utf8'))).toMatchObject({ pid: boot.child.pid });
     expect((await lstat(ws.envFile('hf_node'))).isSymbolicLink()).toBe(true);
     expect((await stat(link)).mode & 0o777).toBe(0o600);
-    expect((await readdir(storage)).sort()).toEqual(['.gpu-boot-run', 'emprops_custom_nodes.env', 'hf_node.env', 'openai_node.env']);
+    // One content file per node, named by number; each node's link names its own.
+    const content = Object.fromEntries(await Promise.all(['emprops_custom_nodes', 'hf_node', 'openai_node'].map(async (n) => [n, await readlink(ws!.envFile(n))] as const)));
+    expect(new Set(Object.values(content).map((p) => path.dirname(p)))).toEqual(new Set([storage]));
+    expect((await readdir(storage)).sort()).toEqual(['.gpu-boot-run', ...Object.values(content).map((p) => path.basename(p))].sort());
+    expect(Object.values(content).map((p) => path.basename(p)).sort()).toEqual(['1.env', '2.env', '3.env']);
 
     // Ask PM2 every way it can tell, and save its dump, before searching.
     const jlist = await pm2(['jlist']);
@@ -104,10 +108,10 @@ describe('canaries go only where they belong', () => {
       if (boot.lines.join('\n').includes(canary)) note(canary, 'log output');
     }
     expect(Object.fromEntries(where)).toEqual({
-      [PLAIN]: [path.join(storage, 'hf_node.env')],
-      [FROM_FILE]: [path.join(storage, 'emprops_custom_nodes.env')],
-      [ENCODED]: [path.join(storage, 'emprops_custom_nodes.env')],
-      [AGENT]: [path.join(storage, 'openai_node.env')],
+      [PLAIN]: [content.hf_node],
+      [FROM_FILE]: [content.emprops_custom_nodes],
+      [ENCODED]: [content.emprops_custom_nodes],
+      [AGENT]: [content.openai_node],
     });
 
     // The instances' environments: HF_TOKEN (declared) and nothing else secret, nor any source variable.
@@ -240,7 +244,7 @@ describe('a full or read-only disk', () => {
     try {
       const result = await runBoot(['start'], { ...ws.env, HF_TOKEN: PLAIN, BIG: 'y'.repeat(64 * 1024), SECRETS_TMPFS: small });
       expect(result.exitCode).toBe(73);
-      expect(result.stderr).toMatch(/cannot write .*small\/gpu-boot-[A-Za-z0-9_-]{12}\/[ab]_node\.env: no space left on the device/);
+      expect(result.stderr).toMatch(/cannot write .*small\/gpu-boot-[A-Za-z0-9_-]{12}\/[12]\.env \(node "[ab]_node"'s \.env\): no space left on the device/);
       expect(existsSync(ws.envFile('a_node'))).toBe(false);
       expect(await readdir(path.dirname(ws.envFile('b_node')))).toEqual(['.env', '__init__.py']);
       expect(await readFile(ws.envFile('b_node'), 'utf8')).toBe('MINE=1\n');
