@@ -8,7 +8,7 @@
 // pino is inside: its transports (worker threads that load files by __dirname) do not work from the
 // bundle; gpu-boot uses none (its log is a stream, pino-pretty a stream too).
 import { build } from 'esbuild';
-import { readdirSync, rmSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -34,5 +34,61 @@ await build({
   banner: { js: "import { createRequire as __gpuBootRequire } from 'node:module'; const require = __gpuBootRequire(import.meta.url);" },
   // Maps to tsc's output in dist/ (it replaces tsc's map of the entrypoint).
   sourcemap: true,
+  logLevel: 'warning',
+});
+
+// PM2's daemon code, what gpu-boot hosts in its own process (src/instances/pm2-host.ts: constants,
+// Daemon, God, Common), as one CommonJS file, dist/pm2-daemon.cjs: Node's loader then reads and
+// compiles one file where it did ~200 (PM2's and its libraries'), 73 -> 44 ms on this project's
+// machine, on the path to the first instance of every boot (bench/RESULTS.md). Each bundled file
+// keeps its own __filename, __dirname and module.filename, pointing into node_modules where the
+// file is: PM2 starts ProcessContainerFork.js and its other containers from there by those paths.
+// It is used only with the PM2 it was built from (its version is checked as it loads).
+const NODE_MODULES = path.join(DIST, '..', 'node_modules');
+const PM2_VERSION = JSON.parse(readFileSync(path.join(NODE_MODULES, 'pm2', 'package.json'), 'utf8')).version;
+// Where the file's first statement is 'use strict', it must stay first: the lines put before it say it again.
+const STRICT = /^(?:\s+|\/\*[\s\S]*?\*\/|\/\/[^\n]*\n)*(['"])use strict\1/;
+const ownPaths = {
+  name: 'own-module-paths',
+  setup(b) {
+    b.onLoad({ filter: /\.[cm]?js$/ }, (args) => {
+      const rel = path.relative(NODE_MODULES, args.path);
+      if (rel.startsWith('..') || path.isAbsolute(rel)) return undefined;
+      const text = readFileSync(args.path, 'utf8');
+      if (!/__dirname|__filename|module\.filename/.test(text)) return undefined;
+      const head = `${STRICT.test(text) ? "'use strict';" : ''}var __filename = __gpuBootModuleFile(${JSON.stringify(rel)}), __dirname = __gpuBootDirname(__filename);`;
+      // One line before the file's own: its line numbers in stack traces move by one.
+      return { contents: `${head}\n${text.replace(/\bmodule\.filename\b/g, '__filename')}`, loader: 'js', resolveDir: path.dirname(args.path) };
+    });
+  },
+};
+await build({
+  stdin: {
+    // Each part runs when asked for, as a require would: the constants first, since PM2_HOME's
+    // module configuration must exist before God's code reads it as it loads.
+    contents: [
+      `exports.pm2Version = ${JSON.stringify(PM2_VERSION)};`,
+      "exports.constants = () => require('pm2/constants.js');",
+      "exports.daemonCode = () => ({ Daemon: require('pm2/lib/Daemon.js'), God: require('pm2/lib/God.js'), Common: require('pm2/lib/Common.js') });",
+    ].join('\n'),
+    resolveDir: path.join(DIST, '..'),
+    loader: 'js',
+  },
+  outfile: path.join(DIST, 'pm2-daemon.cjs'),
+  bundle: true,
+  format: 'cjs',
+  platform: 'node',
+  target: 'node20',
+  plugins: [ownPaths],
+  // node_modules as found from this file at run time (dist/ beside it, as npm installs the package).
+  banner: {
+    js: [
+      "const __gpuBootNodeModules = require('path').join(__dirname, '..', 'node_modules');",
+      "const __gpuBootModuleFile = (rel) => require('path').join(__gpuBootNodeModules, rel);",
+      "const __gpuBootDirname = (file) => require('path').dirname(file);",
+      // PM2's own, by the version it was built from: anything else loads PM2 from node_modules.
+      `if (require(require('path').join(__gpuBootNodeModules, 'pm2', 'package.json')).version !== ${JSON.stringify(PM2_VERSION)}) { module.exports = { pm2Version: ${JSON.stringify(PM2_VERSION)}, stale: true }; return; }`,
+    ].join('\n'),
+  },
   logLevel: 'warning',
 });

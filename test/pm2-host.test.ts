@@ -5,9 +5,10 @@ import net from 'node:net';
 import path from 'node:path';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
-import { Pm2Host, SERVE_TIMEOUT_MS } from '../src/instances/pm2-host.js';
+import { PM2_DAEMON_BUNDLE, Pm2Host, pm2DaemonCode, SERVE_TIMEOUT_MS } from '../src/instances/pm2-host.js';
 import { pm2HomeForThisFile } from './helpers/boot.js';
 import { captureLogger } from './helpers/logger.js';
+import { hostedGod } from './helpers/pm2.js';
 
 // PM2 reads PM2_HOME once, when first loaded: one home for this file (its own worker).
 const home = pm2HomeForThisFile('gpu-boot-pm2host-');
@@ -33,7 +34,7 @@ describe('Pm2Host', () => {
     expect(lines.map((l) => JSON.parse(l) as { msg: string }).map((l) => l.msg)).toContain('pid=30086 msg=process tree killed (1 pids)');
     // PM2's worker (system metrics: it spawns `df`, which would inherit this environment) waits for
     // serving: 500 ms after loading it has not run.
-    const God = createRequire(import.meta.url)('pm2/lib/God.js') as { system_infos: object | null };
+    const God = hostedGod<{ system_infos: object | null }>();
     await new Promise((resolve) => setTimeout(resolve, 900));
     expect(God.system_infos).toEqual({});
     const started = Date.now();
@@ -57,7 +58,8 @@ describe('Pm2Host', () => {
       "setTimeout(() => { process.stderr.write('timed out\\n'); process.exit(3); }, 15000).unref();",
       "const host = Pm2Host.load(pino({ level: 'silent' }));",
       'await host.serve(() => undefined);',
-      "const God = createRequire(import.meta.url)('pm2/lib/God.js');",
+      "const { pm2DaemonCode, PM2_DAEMON_BUNDLE } = await import('./dist/instances/pm2-host.js');",
+      'const God = pm2DaemonCode(PM2_DAEMON_BUNDLE).daemonCode().God;',
       'const events = host.events();',
       'const seen = [];',
       "events.on('log:out', (p) => seen.push('out:' + p.data));",
@@ -114,7 +116,11 @@ describe('Pm2Host', () => {
       'const before = process.sourceMapsEnabled;',
       "Pm2Host.load(pino({ level: 'silent' }));",
       "const { createRequire } = await import('node:module');",
-      "const loaded = Boolean(createRequire(import.meta.url).cache[createRequire(import.meta.url).resolve('pm2/lib/Daemon.js')]);",
+      // Loaded: the bundle (npm run build), or PM2's Daemon.js from node_modules without one.
+      "const { pm2DaemonCode, PM2_DAEMON_BUNDLE } = await import('./dist/instances/pm2-host.js');",
+      "const from = pm2DaemonCode(PM2_DAEMON_BUNDLE).from;",
+      "const file = from === PM2_DAEMON_BUNDLE ? from : createRequire(import.meta.url).resolve('pm2/lib/Daemon.js');",
+      'const loaded = Boolean(createRequire(import.meta.url).cache[file]);',
       // Pm2Host.load sends console.* to the logger.
       "process.stdout.write(JSON.stringify({ before, after: process.sourceMapsEnabled, loaded }) + '\\n');",
       'process.exit(0);',
@@ -126,4 +132,43 @@ describe('Pm2Host', () => {
       expect(JSON.parse(stdout.trim().split('\n').pop()!)).toEqual({ before: enabled, after: enabled, loaded: true });
     }
   });
+
+  describe("PM2's daemon code", () => {
+    const nodeModulesPm2 = path.resolve(import.meta.dirname, '..', 'node_modules', 'pm2');
+
+    it('comes from dist/pm2-daemon.cjs (npm run build), one copy, with each bundled file\'s own paths into node_modules', (ctx) => {
+      if (!existsSync(PM2_DAEMON_BUNDLE)) {
+        console.log(`skipped: ${PM2_DAEMON_BUNDLE} is not built (npm run build makes it; npm test builds first)`);
+        return ctx.skip();
+      }
+      const code = pm2DaemonCode(PM2_DAEMON_BUNDLE);
+      expect(code.from).toBe(PM2_DAEMON_BUNDLE);
+      const { God, Daemon } = code.daemonCode();
+      // One copy: asked again, the same God (its tables are the ones the host serves).
+      expect(pm2DaemonCode(PM2_DAEMON_BUNDLE).daemonCode().God).toBe(God);
+      expect(typeof Daemon).toBe('function');
+      expect(code.constants().PM2_HOME).toBe(process.env.PM2_HOME);
+      // God sets the cluster containers' path from its own file's place as it loads: node_modules', which exists.
+      const settings = (createRequire(import.meta.url)('node:cluster') as { settings: { exec?: string } }).settings;
+      expect(settings.exec).toBe(path.join(nodeModulesPm2, 'lib', 'ProcessContainer.js'));
+      expect(existsSync(settings.exec!)).toBe(true);
+      // None of PM2's own files was loaded beside the bundle.
+      const loaded = Object.keys(createRequire(import.meta.url).cache);
+      expect(loaded.filter((file) => file.startsWith(path.join(nodeModulesPm2, 'lib')))).toEqual([]);
+    });
+
+    it.each([
+      ['missing', undefined],
+      ['of another PM2 version', "exports.pm2Version = '0.0.1'; exports.constants = () => ({}); exports.daemonCode = () => ({});"],
+      ['built from another PM2 (it says stale)', `module.exports = { pm2Version: ${JSON.stringify(createRequire(import.meta.url)('pm2/package.json').version)}, stale: true };`],
+      ['not a bundle at all', 'throw new Error("broken");'],
+    ])('comes from node_modules, file by file, when the bundle is %s', async (_what, text) => {
+      const bundle = path.join(home.root, `bundle-${Math.random().toString(36).slice(2)}.cjs`);
+      if (text !== undefined) await writeFile(bundle, text);
+      const code = pm2DaemonCode(bundle);
+      expect(code.from).toBe(nodeModulesPm2);
+      expect(code.constants()).toBe(createRequire(import.meta.url)('pm2/constants.js'));
+    });
+  });
 });
+

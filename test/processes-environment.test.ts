@@ -1,5 +1,4 @@
 import { execFileSync } from 'node:child_process';
-import { createRequire } from 'node:module';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { execa } from 'execa';
 import path from 'node:path';
@@ -11,6 +10,7 @@ import { INSTANCE_PM2_FIELDS_KEPT } from '../src/instances/pm2-host.js';
 import { ECOSYSTEM_FILE } from '../src/runner.js';
 import { executedEnvironment, freePorts, PM2_BIN, pm2HomeForThisFile, tinyServerMain, waitFor } from './helpers/boot.js';
 import { captureLogger } from './helpers/logger.js';
+import { hostedGod } from './helpers/pm2.js';
 import { detection, gpuList } from './helpers/gpus.js';
 import { PYTHON } from './helpers/python.js';
 
@@ -40,7 +40,7 @@ describe('the environment of the instances PM2 forks in gpu-boot', () => {
     const processes = new ProcessManager(logger, ECOSYSTEM_FILE);
     await processes.connect();
     expect(processes.hostsPm2).toBe(true);
-    const God = createRequire(import.meta.url)('pm2/lib/God.js') as { clusters_db: Record<string, RecordOfApp | null> };
+    const God = hostedGod<{ clusters_db: Record<string, RecordOfApp | null> }>();
     const recordOf = (name: string) => Object.values(God.clusters_db).find((proc) => proc?.pm2_env.name === name)!.pm2_env;
     try {
       const [instance] = await processes.startFromEcosystem(config.stateDir);

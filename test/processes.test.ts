@@ -10,6 +10,8 @@ import { isAlive, ProcessManager } from '../src/instances/processes.js';
 import { ECOSYSTEM_FILE } from '../src/runner.js';
 import { executedEnvironment, freePorts, PM2_BIN, pm2HomeForThisFile, tinyServerMain, waitFor } from './helpers/boot.js';
 import { captureLogger } from './helpers/logger.js';
+import { hostedGod } from './helpers/pm2.js';
+import { PM2_DAEMON_BUNDLE } from '../src/instances/pm2-host.js';
 import { detection, gpuList } from './helpers/gpus.js';
 import { PYTHON } from './helpers/python.js';
 
@@ -49,7 +51,7 @@ describe('ProcessManager with a real PM2', () => {
     expect(processes.hostsPm2).toBe(true);
     expect(await processes.daemonPid()).toBe(process.pid);
     // PM2's worker waits while the instances start; released, it runs: its system metrics arrive.
-    const God = createRequire(import.meta.url)('pm2/lib/God.js') as { system_infos: object | null };
+    const God = hostedGod<{ system_infos: object | null }>();
     await new Promise((resolve) => setTimeout(resolve, 1500));
     expect(God.system_infos).toEqual({});
     processes.releasePm2Worker();
@@ -92,7 +94,7 @@ describe('ProcessManager with a real PM2', () => {
     expect(hosted).toEqual(started.map((i) => ({ ...i, startedAt: expect.any(Number) })));
     // Served here, the apps were started by the daemon in this process: PM2's API and its client were never loaded.
     const loaded = Object.keys(createRequire(import.meta.url).cache);
-    expect(loaded.some((file) => file.endsWith(path.join('pm2', 'lib', 'God.js')))).toBe(true);
+    expect(loaded.some((file) => file === PM2_DAEMON_BUNDLE || file.endsWith(path.join('pm2', 'lib', 'God.js')))).toBe(true);
     expect(loaded.filter((file) => file.endsWith(path.join('pm2', 'lib', 'API.js')) || file.endsWith(path.join('pm2', 'lib', 'Client.js')))).toEqual([]);
     // From a daemon that is not this process's (no table here), lists asked at the same moment share
     // one request to PM2; one asked after a stop began does not. PM2's own API client on rpc.sock, as

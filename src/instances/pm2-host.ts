@@ -2,6 +2,7 @@ import { accessSync, constants as fsConstants, mkdirSync, readFileSync, unlinkSy
 import { BootError, ExitCode } from '../errors.js';
 import { lstat, unlink } from 'node:fs/promises';
 import { readRegularFile } from '../files/owned.js';
+import { PACKAGE_ROOT } from '../package-root.js';
 import type { Stats } from 'node:fs';
 import type { spawn, SpawnOptions } from 'node:child_process';
 import { createRequire } from 'node:module';
@@ -78,7 +79,8 @@ interface Pm2God {
   stopProcessId(id: number, callback: NodeCallback<unknown>): void;
   /** The `process:event` the API's client asks for after a delete or a stop (`pm2 logs` shows it). */
   notifyByProcessId?(options: { id: number; action_name: string; manually: boolean }, callback: () => void): void;
-  clusters_db: Record<string, { pm2_env?: { name?: string; pm_id?: number } } | null | undefined>;
+  /** PM2's child processes by pm_id (an exited one stays until its restart delay has passed). */
+  clusters_db: Record<string, { pm2_env?: { name?: string; pm_id?: number }; signalCode?: unknown } | null | undefined>;
   /** How its daemon forks an app (`exec_mode: fork`), for its first start and each restart. */
   forkMode?: ForkMode;
 }
@@ -234,6 +236,40 @@ export function pm2HomeOf(env: NodeJS.ProcessEnv): string {
   return env.PM2_HOME || path.resolve(os.homedir(), '.pm2');
 }
 
+/** dist/pm2-daemon.cjs (npm run build): PM2's daemon code in one file, built from node_modules' PM2. */
+export const PM2_DAEMON_BUNDLE = path.join(PACKAGE_ROOT, 'dist', 'pm2-daemon.cjs');
+
+export interface Pm2DaemonCode {
+  /** The bundle, or node_modules where there is none, or it is not of the installed PM2. */
+  from: string;
+  constants: () => Pm2Paths;
+  daemonCode: () => { Daemon: DaemonClass; God: Pm2God; Common: Pm2Common };
+}
+
+/**
+ * PM2's daemon code (constants, Daemon, God, Common), from `bundle` when it was built from the PM2
+ * installed in node_modules (~30 ms sooner: one file to read and compile where there are ~200),
+ * else from node_modules, file by file. Each part loads when asked for.
+ */
+export function pm2DaemonCode(bundle: string): Pm2DaemonCode {
+  const require = createRequire(import.meta.url);
+  const installed = (require('pm2/package.json') as { version: string }).version;
+  let built: { pm2Version?: unknown; stale?: unknown; constants?: unknown; daemonCode?: unknown } | undefined;
+  try {
+    built = require(bundle) as typeof built;
+  } catch {
+    built = undefined; // not built (tsc alone, or run from src/) or unreadable
+  }
+  if (built && built.pm2Version === installed && !built.stale && typeof built.constants === 'function' && typeof built.daemonCode === 'function') {
+    return { from: bundle, constants: built.constants as Pm2DaemonCode['constants'], daemonCode: built.daemonCode as Pm2DaemonCode['daemonCode'] };
+  }
+  return {
+    from: path.dirname(require.resolve('pm2/package.json')),
+    constants: () => require('pm2/constants.js') as Pm2Paths,
+    daemonCode: () => ({ Daemon: require('pm2/lib/Daemon.js') as DaemonClass, God: require('pm2/lib/God.js') as Pm2God, Common: require('pm2/lib/Common.js') as Pm2Common }),
+  };
+}
+
 export class Pm2Host {
   private daemon: Pm2Daemon | undefined;
   private closed = false;
@@ -260,9 +296,10 @@ export class Pm2Host {
    * errors as warn) until `close` puts the originals back. PM2_HOME must be final by now.
    */
   static load(logger: Logger): Pm2Host {
-    const require = createRequire(import.meta.url);
     const saved = Object.fromEntries(CONSOLE_METHODS.map((m) => [m, console[m]])) as Record<ConsoleMethod, (...args: unknown[]) => void>;
-    const paths = require('pm2/constants.js') as Pm2Paths;
+    const code = pm2DaemonCode(PM2_DAEMON_BUNDLE);
+    logger.debug({ pm2Code: code.from }, `PM2's daemon code from ${code.from}`);
+    const paths = code.constants();
     // PM2_HOME's folders and module configuration, as PM2's own client makes them: its daemon code
     // reads the configuration as it loads (the client itself is not loaded here: see startApps).
     createPm2HomeFolders(paths);
@@ -270,13 +307,8 @@ export class Pm2Host {
     // every Error's stack (each refused connection of the readiness probes) look up dist/'s maps:
     // ~190 ms of CPU while 16 instances start (bench/RESULTS.md). The setting is put back as it was.
     const sourceMaps = process.sourceMapsEnabled;
-    const host = new Pm2Host(
-      paths,
-      require('pm2/lib/Daemon.js') as DaemonClass,
-      require('pm2/lib/God.js') as Pm2God,
-      require('pm2/lib/Common.js') as Pm2Common,
-      saved,
-    );
+    const { Daemon, God, Common } = code.daemonCode();
+    const host = new Pm2Host(paths, Daemon, God, Common, saved);
     if (process.sourceMapsEnabled !== sourceMaps) process.setSourceMapsEnabled(sourceMaps);
     host.trimInstanceEnvironments();
     // Loading PM2 schedules its worker (system metrics, which run `df`) 500 ms later, and its
@@ -450,6 +482,12 @@ export class Pm2Host {
   apps(): Pm2App[] | undefined {
     if (!this.daemon || this.closed) return undefined;
     return this.God.getFormatedProcesses();
+  }
+
+  /** The signal that ended app `pmId`'s process, while PM2 still holds the exited child (its exit event carries none). */
+  exitSignal(pmId: number): string | null {
+    const child = this.God.clusters_db[String(pmId)];
+    return child && typeof child.signalCode === 'string' ? child.signalCode : null;
   }
 
   /**

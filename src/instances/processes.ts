@@ -1,6 +1,5 @@
 import { readFileSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
-import { createRequire } from 'node:module';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { InstanceMonitor, isServerUpLine, type LogEntry } from './instance-output.js';
@@ -540,13 +539,8 @@ export class ProcessManager {
    */
   private exitSignal(pmId: number | undefined): string | null {
     if (!this.serving || pmId === undefined) return null;
-    try {
-      const God = createRequire(import.meta.url)('pm2/lib/God.js') as { clusters_db?: Record<string, { signalCode?: unknown; exitCode?: unknown } | null> };
-      const child = God.clusters_db?.[String(pmId)];
-      return child && typeof child.signalCode === 'string' ? child.signalCode : null;
-    } catch {
-      return null;
-    }
+    // PM2's own God, the one serving here (the bundle's or node_modules'): never a second copy.
+    return this.host?.exitSignal(pmId) ?? null;
   }
 
   /** Readiness saw this instance serve its port: an exit from now on is not a failure at start. */
