@@ -109,15 +109,20 @@ function nodeFloor() {
 }
 
 /**
- * Floor 1b: what the required libraries alone cost in one process: Node, zod, pino, PM2's client
- * and PM2's daemon code loaded, nothing run. Time since the process started, and peak RSS.
+ * Floor 1b: what the required libraries alone cost in one process: Node, zod and pino, and PM2's
+ * daemon code as gpu-boot loads it (dist/pm2-daemon.cjs, or node_modules without it), nothing run.
+ * Time since the process started, and peak RSS.
  */
 function librariesFloor() {
   const script = [
-    "import { createRequire } from 'node:module';",
-    "import { readFileSync } from 'node:fs';",
-    "await import('zod'); await import('pino'); await import('pm2');",
-    "const require = createRequire(import.meta.url); require('pm2/lib/Daemon.js'); require('pm2/lib/God.js');",
+    "import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';",
+    "await import('zod'); await import('pino');",
+    // PM2's daemon code reads PM2_HOME's module configuration as it loads, as in a boot (Pm2Host.load makes it first).
+    "mkdirSync(process.env.PM2_HOME, { recursive: true }); writeFileSync(process.env.PM2_HOME + '/module_conf.json', '{}');",
+    `const { pm2DaemonCode, PM2_DAEMON_BUNDLE } = await import(${JSON.stringify(path.join(ROOT, 'dist', 'instances', 'pm2-host.js'))});`,
+    // PM2 sends its messages to console: only the figures go to stdout.
+    'console.log = console.error = console.info = console.warn = () => {};',
+    'const code = pm2DaemonCode(PM2_DAEMON_BUNDLE); code.constants(); code.daemonCode();',
     "const hwm = Number(readFileSync('/proc/self/status', 'utf8').match(/VmHWM:\\s+(\\d+)/)[1]);",
     "process.stdout.write(JSON.stringify({ ms: performance.now(), mb: hwm / 1024 }));",
     'process.exit(0);',
@@ -426,7 +431,7 @@ function printScenarios() {
   console.log(`floor: node -e 0 = ${fmt(results.floor.nodeMs)} ms${results.floor.links500Ms ? `; links in fresh folders on the workspace disk: 100 = ${fmt(results.floor.links100Ms)} ms, 500 = ${fmt(results.floor.links500Ms)} ms` : ''}`);
   if (results.floor.links500BesideDeletionsMs) console.log(`floor: the same 500 links in ${os.tmpdir()}, beside the inodes the rounds just freed: ${fmt(results.floor.links500BesideDeletionsMs)} ms`);
   console.log(SPREAD ? `rounds' folders: in ${BENCH_BASE}, TOPDIR set (each round's folders in a block group of their own)` : `rounds' folders: in ${BENCH_BASE}; TOPDIR could not be set here, so on ext4 without a journal a round pays for the inodes the previous rounds freed`);
-  console.log(`floor: Node + zod + pino + PM2 (client and daemon code) loaded in one process = ${fmt(results.floor.librariesMs)} ms after its start, ${fmt(results.floor.librariesMb)} MB peak RSS`);
+  console.log(`floor: Node + zod + pino + PM2's daemon code (as gpu-boot loads it) loaded in one process = ${fmt(results.floor.librariesMs)} ms after its start, ${fmt(results.floor.librariesMb)} MB peak RSS`);
   console.log('\nagainst the peer (a shell entrypoint: printf each .env, exec pm2-runtime), same round, same stand-in:');
   console.log('| GPUs | nodes | stand-ins bare | gpu-boot ready | peer ready | ratio | first / last instance started: gpu-boot / peer | instance start to serving (its own CPU): gpu-boot / peer | launcher CPU until ready: gpu-boot / peer | gpu-boot stop | peer stop | gpu-boot MB | peer MB |');
   console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|');

@@ -8,7 +8,7 @@
 // pino is inside: its transports (worker threads that load files by __dirname) do not work from the
 // bundle; gpu-boot uses none (its log is a stream, pino-pretty a stream too).
 import { build } from 'esbuild';
-import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -42,10 +42,11 @@ await build({
 // compiles one file where it did ~200 (PM2's and its libraries'), 73 -> 44 ms on this project's
 // machine, on the path to the first instance of every boot (bench/RESULTS.md). Each bundled file
 // keeps its own __filename, __dirname and module.filename, pointing into node_modules where the
-// file is: PM2 starts ProcessContainerFork.js and its other containers from there by those paths.
-// It is used only with the PM2 it was built from (its version is checked as it loads).
+// file is (PM2 starts ProcessContainerFork.js and its other containers from there by those paths),
+// and resolves with require.resolve from there. dist/pm2-daemon.packages.json lists the version of
+// each package bundled: the bundle is used only while node_modules has exactly those, else PM2
+// loads from node_modules file by file. Stack traces name the bundle's lines (no source map).
 const NODE_MODULES = path.join(DIST, '..', 'node_modules');
-const PM2_VERSION = JSON.parse(readFileSync(path.join(NODE_MODULES, 'pm2', 'package.json'), 'utf8')).version;
 // Where the file's first statement is 'use strict', it must stay first: the lines put before it say it again.
 const STRICT = /^(?:\s+|\/\*[\s\S]*?\*\/|\/\/[^\n]*\n)*(['"])use strict\1/;
 const ownPaths = {
@@ -55,19 +56,18 @@ const ownPaths = {
       const rel = path.relative(NODE_MODULES, args.path);
       if (rel.startsWith('..') || path.isAbsolute(rel)) return undefined;
       const text = readFileSync(args.path, 'utf8');
-      if (!/__dirname|__filename|module\.filename/.test(text)) return undefined;
+      if (!/__dirname|__filename|module\.filename|require\.resolve/.test(text)) return undefined;
       const head = `${STRICT.test(text) ? "'use strict';" : ''}var __filename = __gpuBootModuleFile(${JSON.stringify(rel)}), __dirname = __gpuBootDirname(__filename);`;
-      // One line before the file's own: its line numbers in stack traces move by one.
-      return { contents: `${head}\n${text.replace(/\bmodule\.filename\b/g, '__filename')}`, loader: 'js', resolveDir: path.dirname(args.path) };
+      const own = text.replace(/\bmodule\.filename\b/g, '__filename').replace(/\brequire\.resolve\(/g, "require('module').createRequire(__filename).resolve(");
+      return { contents: `${head}\n${own}`, loader: 'js', resolveDir: path.dirname(args.path) };
     });
   },
 };
-await build({
+const pm2Daemon = await build({
   stdin: {
     // Each part runs when asked for, as a require would: the constants first, since PM2_HOME's
     // module configuration must exist before God's code reads it as it loads.
     contents: [
-      `exports.pm2Version = ${JSON.stringify(PM2_VERSION)};`,
       "exports.constants = () => require('pm2/constants.js');",
       "exports.daemonCode = () => ({ Daemon: require('pm2/lib/Daemon.js'), God: require('pm2/lib/God.js'), Common: require('pm2/lib/Common.js') });",
     ].join('\n'),
@@ -80,15 +80,26 @@ await build({
   platform: 'node',
   target: 'node20',
   plugins: [ownPaths],
+  metafile: true,
   // node_modules as found from this file at run time (dist/ beside it, as npm installs the package).
   banner: {
     js: [
       "const __gpuBootNodeModules = require('path').join(__dirname, '..', 'node_modules');",
       "const __gpuBootModuleFile = (rel) => require('path').join(__gpuBootNodeModules, rel);",
       "const __gpuBootDirname = (file) => require('path').dirname(file);",
-      // PM2's own, by the version it was built from: anything else loads PM2 from node_modules.
-      `if (require(require('path').join(__gpuBootNodeModules, 'pm2', 'package.json')).version !== ${JSON.stringify(PM2_VERSION)}) { module.exports = { pm2Version: ${JSON.stringify(PM2_VERSION)}, stale: true }; return; }`,
     ].join('\n'),
   },
   logLevel: 'warning',
 });
+// Each bundled file's package (its folder under the last node_modules/ of its path), by version.
+const packages = {};
+for (const input of Object.keys(pm2Daemon.metafile.inputs)) {
+  const rel = path.relative(NODE_MODULES, path.resolve(DIST, '..', input));
+  if (rel.startsWith('..')) continue;
+  const parts = rel.split(path.sep);
+  const at = parts.lastIndexOf('node_modules');
+  const start = at + 1;
+  const root = parts.slice(0, start + (parts[start].startsWith('@') ? 2 : 1)).join('/');
+  packages[root] ??= JSON.parse(readFileSync(path.join(NODE_MODULES, root, 'package.json'), 'utf8')).version;
+}
+writeFileSync(path.join(DIST, 'pm2-daemon.packages.json'), `${JSON.stringify({ packages }, null, 2)}\n`);

@@ -157,17 +157,42 @@ describe('Pm2Host', () => {
       expect(loaded.filter((file) => file.startsWith(path.join(nodeModulesPm2, 'lib')))).toEqual([]);
     });
 
+    it('resolves from each bundled file\'s own folder: no require.resolve of the bundle\'s own is left', async (ctx) => {
+      if (!existsSync(PM2_DAEMON_BUNDLE)) {
+        console.log(`skipped: ${PM2_DAEMON_BUNDLE} is not built (npm run build makes it; npm test builds first)`);
+        return ctx.skip();
+      }
+      const text = await readFile(PM2_DAEMON_BUNDLE, 'utf8');
+      // OtelManager's look for '@opentelemetry/sdk-node' (where `pm2 install-otel` puts it: PM2's own node_modules).
+      expect(text).toContain('require("module").createRequire(__filename).resolve("@opentelemetry/sdk-node")');
+      expect(text.match(/\brequire\.resolve\(/g)).toBeNull();
+    });
+
+    const installed = (createRequire(import.meta.url)('pm2/package.json') as { version: string }).version;
+    const stub = "exports.constants = () => ({ stub: true }); exports.daemonCode = () => ({});";
     it.each([
-      ['missing', undefined],
-      ['of another PM2 version', "exports.pm2Version = '0.0.1'; exports.constants = () => ({}); exports.daemonCode = () => ({});"],
-      ['built from another PM2 (it says stale)', `module.exports = { pm2Version: ${JSON.stringify(createRequire(import.meta.url)('pm2/package.json').version)}, stale: true };`],
-      ['not a bundle at all', 'throw new Error("broken");'],
-    ])('comes from node_modules, file by file, when the bundle is %s', async (_what, text) => {
+      ['missing', undefined, undefined],
+      ['without its list of packages', stub, undefined],
+      ['of another PM2 version', stub, { pm2: '0.0.1' }],
+      ['built with a library at a version node_modules does not have', stub, { pm2: installed, semver: '0.0.0' }],
+      ['built with a package node_modules does not have', stub, { pm2: installed, 'no-such-package': '1.0.0' }],
+      ['broken', 'throw new Error("broken");', { pm2: installed }],
+    ])('comes from node_modules, file by file, when the bundle is %s', async (_what, text, packages) => {
       const bundle = path.join(home.root, `bundle-${Math.random().toString(36).slice(2)}.cjs`);
       if (text !== undefined) await writeFile(bundle, text);
-      const code = pm2DaemonCode(bundle);
+      if (packages !== undefined) await writeFile(bundle.replace(/\.cjs$/, '.packages.json'), JSON.stringify({ packages }));
+      const code = pm2DaemonCode(bundle, path.dirname(nodeModulesPm2));
       expect(code.from).toBe(nodeModulesPm2);
       expect(code.constants()).toBe(createRequire(import.meta.url)('pm2/constants.js'));
+    });
+
+    it('comes from the bundle when node_modules has every package it lists, at its version', async () => {
+      const bundle = path.join(home.root, 'bundle-current.cjs');
+      await writeFile(bundle, stub);
+      await writeFile(bundle.replace(/\.cjs$/, '.packages.json'), JSON.stringify({ packages: { pm2: installed, semver: (createRequire(import.meta.url)('semver/package.json') as { version: string }).version } }));
+      const code = pm2DaemonCode(bundle, path.dirname(nodeModulesPm2));
+      expect(code.from).toBe(bundle);
+      expect(code.constants()).toEqual({ stub: true });
     });
   });
 });
