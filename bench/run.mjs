@@ -386,21 +386,20 @@ async function fileCost(nodes, storageKind) {
   const { FileSession, StateDir } = await import(path.join(ROOT, 'dist', 'files', 'env-files.js'));
   const { wipeRecord } = await import(path.join(ROOT, 'dist', 'files', 'wipe.js'));
   const { renderEnvFile } = await import(path.join(ROOT, 'dist', 'secrets', 'dotenv-format.js'));
-  const root = mkdtempSync(path.join(BENCH_BASE, 'gpu-boot-bench-files-'));
-  const shm = path.join('/dev/shm', path.basename(root));
-  mkdirSync(shm);
-  mkdirSync(path.join(root, 'custom_nodes'));
-  const files = [];
-  for (let n = 0; n < nodes; n += 1) {
-    mkdirSync(path.join(root, 'custom_nodes', `node_${n}`));
-    const entries = Array.from({ length: 5 }, (_, k) => ({ key: `KEY_${k}`, value: `bench-secret-${n}-${k}-${'x'.repeat(24)}` }));
-    files.push({ node: `node_${n}`, path: path.join(root, 'custom_nodes', `node_${n}`, '.env'), text: renderEnvFile(entries) });
-  }
   // The production base: the run's folder is made fresh in /dev/shm itself (the link targets' length is then the image's).
   const storage = storageKind === 'tmpfs' ? { kind: 'tmpfs', base: '/dev/shm' } : { kind: 'in-place' };
   const write = [];
   const wipe = [];
   for (let r = 0; r < FILE_ROUNDS + 1; r += 1) {
+    // Fresh node folders each round, as each boot has: not beside the files the last round's wipe removed (see BENCH_BASE).
+    const root = mkdtempSync(path.join(BENCH_BASE, 'gpu-boot-bench-files-'));
+    mkdirSync(path.join(root, 'custom_nodes'));
+    const files = [];
+    for (let n = 0; n < nodes; n += 1) {
+      mkdirSync(path.join(root, 'custom_nodes', `node_${n}`));
+      const entries = Array.from({ length: 5 }, (_, k) => ({ key: `KEY_${k}`, value: `bench-secret-${n}-${k}-${'x'.repeat(24)}` }));
+      files.push({ node: `node_${n}`, path: path.join(root, 'custom_nodes', `node_${n}`, '.env'), text: renderEnvFile(entries) });
+    }
     let started = now();
     const session = new FileSession(StateDir.create(path.join(root, 'state')), storage, undefined);
     await session.write(files);
@@ -409,9 +408,8 @@ async function fileCost(nodes, storageKind) {
     wipeRecord(session.state, session.record, session.secrets ? { secrets: session.secrets.dir } : {});
     wipe.push(now() - started);
     session.close();
+    rmSync(root, { recursive: true, force: true });
   }
-  rmSync(root, { recursive: true, force: true });
-  rmSync(shm, { recursive: true, force: true });
   return { nodes, storage: storageKind, writeMs: stats(write.slice(1)), wipeMs: stats(wipe.slice(1)) };
 }
 

@@ -411,10 +411,11 @@ describe('writes are whole or fail', () => {
     const small = path.join(ws.root, 'small');
     await mkdir(small);
     if (!mountTmpfs(small, 'size=64k')) return ctx.skip('mount -t tmpfs is not allowed here');
+    let boot: ReturnType<typeof startBoot> | undefined;
     try {
       const token = path.join(ws.secrets, 'hf');
       await writeFile(token, `${SECRET}\n`);
-      const boot = startBoot(['start'], { ...ws.env, HF_TOKEN_FILE: token, SECRETS_TMPFS: small, ROTATION_DEBOUNCE_MS: '60000' });
+      boot = startBoot(['start'], { ...ws.env, HF_TOKEN_FILE: token, SECRETS_TMPFS: small, ROTATION_DEBOUNCE_MS: '60000' });
       await boot.waitForLog((l) => l.phase === 'ready', 'ready', 60_000);
       const pid = (boot.logs().find((l) => l.phase === 'pm2-start')!.instances as Array<{ pid: number }>)[0]!.pid;
       const old = await readFile(ws.envFile('hf_node'), 'utf8');
@@ -437,6 +438,11 @@ describe('writes are whole or fail', () => {
       expect(String(exit.all)).not.toContain('nhandled');
       expect((await readdir(small)).filter((n) => n.startsWith('gpu-boot-'))).toEqual([]);
     } finally {
+      // A failed assertion leaves the boot running with the tmpfs open: stop it (its wipe empties the tmpfs), then unmount.
+      if (boot && boot.child.exitCode === null && boot.child.signalCode === null) {
+        boot.child.kill('SIGTERM');
+        await boot.child.catch(() => undefined);
+      }
       execFileSync('umount', [small]);
     }
   });
