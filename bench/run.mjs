@@ -33,7 +33,6 @@ async function imageNodeFlags() {
 }
 const NODE_FLAGS = await imageNodeFlags();
 
-
 /**
  * Where every round's folders are made. On ext4 without a journal (this project's VM: no
  * /proc/fs/jbd2 entry for its disk) the kernel skips, for each new file or link, every inode freed in
@@ -51,7 +50,7 @@ try {
   execFileSync('chattr', ['+T', BENCH_BASE], { stdio: 'ignore' });
   SPREAD = execFileSync('lsattr', ['-d', BENCH_BASE]).toString().split(' ')[0].includes('T');
 } catch {
-  SPREAD = false;
+  // not ext2/3/4, or no chattr: SPREAD stays false
 }
 process.on('exit', () => rmSync(BENCH_BASE, { recursive: true, force: true }));
 const now = () => performance.now();

@@ -135,12 +135,14 @@ describe('Pm2Host', () => {
 
   describe("PM2's daemon code", () => {
     const nodeModulesPm2 = path.resolve(import.meta.dirname, '..', 'node_modules', 'pm2');
+    const bundleBuilt = (): boolean => {
+      if (existsSync(PM2_DAEMON_BUNDLE)) return true;
+      console.log(`skipped: ${PM2_DAEMON_BUNDLE} is not built (npm run build makes it; npm test builds first)`);
+      return false;
+    };
 
     it('comes from dist/pm2-daemon.cjs (npm run build), one copy, with each bundled file\'s own paths into node_modules', (ctx) => {
-      if (!existsSync(PM2_DAEMON_BUNDLE)) {
-        console.log(`skipped: ${PM2_DAEMON_BUNDLE} is not built (npm run build makes it; npm test builds first)`);
-        return ctx.skip();
-      }
+      if (!bundleBuilt()) return ctx.skip();
       const code = pm2DaemonCode(PM2_DAEMON_BUNDLE);
       expect(code.from).toBe(PM2_DAEMON_BUNDLE);
       const { God, Daemon } = code.daemonCode();
@@ -158,10 +160,7 @@ describe('Pm2Host', () => {
     });
 
     it('resolves from each bundled file\'s own folder: no require.resolve of the bundle\'s own is left', async (ctx) => {
-      if (!existsSync(PM2_DAEMON_BUNDLE)) {
-        console.log(`skipped: ${PM2_DAEMON_BUNDLE} is not built (npm run build makes it; npm test builds first)`);
-        return ctx.skip();
-      }
+      if (!bundleBuilt()) return ctx.skip();
       const text = await readFile(PM2_DAEMON_BUNDLE, 'utf8');
       // OtelManager's look for '@opentelemetry/sdk-node' (where `pm2 install-otel` puts it: PM2's own node_modules).
       expect(text).toContain('require("module").createRequire(__filename).resolve("@opentelemetry/sdk-node")');

@@ -284,6 +284,11 @@ const MAX_BACKUPS = 20;
  * Every node's .env, written through handles, recorded by identity. Owns the run's secrets
  * folder and the state folder; `wipe()` (wipe.ts) removes exactly what it put in place.
  */
+/** A node's content file on tmpfs could not be written: its path, and whose it is (the name is a number). */
+function contentWriteError(secrets: SecretsFolder, target: string, file: NodeFile, error: unknown): FileWriteError {
+  return new FileWriteError(`cannot write ${path.join(secrets.path, target)} (node "${file.node}"'s .env): ${errnoText(error)}`);
+}
+
 export class FileSession {
   readonly record: WriteRecord;
   secrets: SecretsFolder | undefined;
@@ -396,7 +401,7 @@ export class FileSession {
               // tmpfs: memory, nothing to wait for; synchronous is fastest.
               secrets.dir.createFile(target, bytes, FILE_MODE, this.owner);
             } catch (error) {
-              throw new FileWriteError(`cannot write ${path.join(secrets.path, target)} (node "${file.node}"'s .env): ${errnoText(error)}`);
+              throw contentWriteError(secrets, target, file, error);
             }
             undo.push(() => secrets.dir.shred(target, () => true, false));
           }
@@ -433,7 +438,7 @@ export class FileSession {
           try {
             secrets!.dir.createFile(contentTemp, bytes, FILE_MODE, this.owner);
           } catch (error) {
-            throw new FileWriteError(`cannot write ${path.join(secrets!.path, entry.target!)} (node "${file.node}"'s .env): ${errnoText(error)}`);
+            throw contentWriteError(secrets!, entry.target!, file, error);
           }
           undo.push(() => secrets!.dir.shred(contentTemp, () => true, false));
           commits.push({

@@ -240,7 +240,7 @@ export function pm2HomeOf(env: NodeJS.ProcessEnv): string {
 export const PM2_DAEMON_BUNDLE = path.join(PACKAGE_ROOT, 'dist', 'pm2-daemon.cjs');
 
 export interface Pm2DaemonCode {
-  /** The bundle, or node_modules where there is none, or it is not of the installed PM2. */
+  /** The bundle, or PM2's folder in node_modules where there is none or it was not built from the installed packages. */
   from: string;
   constants: () => Pm2Paths;
   daemonCode: () => { Daemon: DaemonClass; God: Pm2God; Common: Pm2Common };
@@ -249,7 +249,7 @@ export interface Pm2DaemonCode {
 /**
  * PM2's daemon code (constants, Daemon, God, Common), from `bundle` when node_modules holds exactly
  * the packages it was built from (the versions its `.packages.json` lists: ~30 package.json read,
- * ~1 ms), ~30 ms sooner than file by file (one file to read and compile where there are ~200);
+ * ~3 ms), ~30 ms sooner than file by file (one file to read and compile where there are ~200);
  * else from node_modules, file by file. Each part loads when asked for.
  */
 export function pm2DaemonCode(bundle: string, nodeModules = path.join(path.dirname(bundle), '..', 'node_modules')): Pm2DaemonCode {
