@@ -2,7 +2,7 @@ import net from 'node:net';
 import { execa } from 'execa';
 import { afterEach, describe, expect, it } from 'vitest';
 import { descendsFrom, instancePortProblems, listeningSockets, portHolders, portIsFree, portOwner } from '../src/instances/ports.js';
-import { freePorts, waitFor } from './helpers/boot.js';
+import { freePorts, portsInUse, waitFor } from './helpers/boot.js';
 import { PYTHON } from './helpers/python.js';
 
 const servers: net.Server[] = [];
@@ -47,8 +47,14 @@ describe('who holds a port', () => {
   it('counts a child of the instance\'s process as the instance (a launcher that forks), and nothing else', async () => {
     const port = await freePorts(1);
     const child = execa(PYTHON, ['-c', `import socket,time\ns=socket.socket(); s.bind(("127.0.0.1", ${port})); s.listen(); time.sleep(60)`], { reject: false });
+    let exited = '';
+    void child.then((result) => (exited = `the child exited (${result.exitCode}): ${result.stderr}`));
     try {
-      await waitFor('the child listening', () => listeningSockets(port)!.inodes.size > 0);
+      await waitFor('the child listening', () => {
+        // A bind that fails ends the child at once: say why, not a timeout 20 s later.
+        if (exited) throw new Error(exited);
+        return listeningSockets(port)!.inodes.size > 0;
+      });
       expect(portHolders(port).map((h) => h.pid)).toEqual([child.pid]);
       expect(descendsFrom(child.pid!, process.pid)).toBe(true);
       expect(portOwner(port, process.pid).owner).toBe('instance');
@@ -58,6 +64,21 @@ describe('who holds a port', () => {
       child.kill('SIGKILL');
       await child;
     }
+  });
+});
+
+describe('the tests\' free ports', () => {
+  it('skips a port in TIME_WAIT: Node could listen on it (SO_REUSEADDR), a plain bind as Python\'s cannot', async () => {
+    const port = await freePorts(1);
+    // A server that closes first leaves its side of the connection in TIME_WAIT, on its own port.
+    const server = net.createServer((socket) => socket.end());
+    await new Promise<void>((resolve) => server.listen({ port, host: '127.0.0.1' }, resolve));
+    await new Promise<void>((resolve) => net.connect(port, '127.0.0.1').on('close', () => resolve()).resume());
+    await new Promise((resolve) => server.close(resolve));
+    expect(portsInUse().has(port)).toBe(true);
+    const bind = await execa(PYTHON, ['-c', `import socket\nsocket.socket().bind(("127.0.0.1", ${port}))`], { reject: false });
+    expect(bind.exitCode).toBe(1);
+    expect(bind.stderr).toContain('Address already in use');
   });
 });
 

@@ -18,7 +18,33 @@ export const PM2_BIN = path.join(ROOT, 'node_modules', 'pm2', 'bin', 'pm2');
 
 const NODE_INIT = `import os\nfrom dotenv import load_dotenv\nload_dotenv(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".env"))\nNODE_CLASS_MAPPINGS = {}\n`;
 
-/** A block of `count` consecutive free loopback ports, chosen from a random spot to avoid other workers. */
+/**
+ * Local ports of every TCP socket on this host, in any state (/proc/net/tcp and tcp6). A port in
+ * TIME_WAIT (a server here closed a connection first, in the last 60 s) passes Node's own listen,
+ * which sets SO_REUSEADDR, but a plain bind() without it fails with EADDRINUSE: Python's
+ * socket.bind in a test, say.
+ */
+export function portsInUse(): Set<number> {
+  const used = new Set<number>();
+  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    let text = '';
+    try {
+      text = readFileSync(table, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n').slice(1)) {
+      const local = line.trim().split(/\s+/)[1];
+      if (local) used.add(Number.parseInt(local.slice(local.lastIndexOf(':') + 1), 16));
+    }
+  }
+  return used;
+}
+
+/**
+ * A block of `count` consecutive free loopback ports, chosen from a random spot to avoid other
+ * workers: no socket uses them in any state, and Node can listen on each.
+ */
 export async function freePorts(count: number): Promise<number> {
   const free = (port: number) =>
     new Promise<boolean>((resolve) => {
@@ -29,8 +55,9 @@ export async function freePorts(count: number): Promise<number> {
   for (let attempt = 0; attempt < 200; attempt += 1) {
     // Below Linux's ephemeral range (32768-60999): an outgoing connection cannot take the port between this check and the bind.
     const start = 20000 + Math.floor(Math.random() * (12000 - count));
+    const used = portsInUse();
     let ok = true;
-    for (let i = 0; i < count && ok; i += 1) ok = await free(start + i);
+    for (let i = 0; i < count && ok; i += 1) ok = !used.has(start + i) && (await free(start + i));
     if (ok) return start;
   }
   throw new Error('no free ports');
