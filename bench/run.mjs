@@ -130,16 +130,39 @@ function librariesFloor() {
   return JSON.parse(out.toString());
 }
 
-/** Floor 2: the stand-ins started bare, in parallel, until each answers. */
-async function standInFloor(count) {
+/**
+ * Floor 2: the stand-ins started bare, in parallel, until each answers. With `nodes`, the same stand-in
+ * as in the boots, in a workspace of that many nodes whose .env files are already written (the same
+ * files gpu-boot writes, as plain files): each one reads them with python-dotenv before it serves, as
+ * under a launcher. That reading is the instances' own work, the same under any launcher; the boot
+ * overhead is measured against this floor. Without `nodes`: the stand-in with no custom_nodes folder
+ * (the floor up to 2026-12-03), printed for the record.
+ */
+async function standInFloor(count, nodes) {
+  let main = STAND_IN;
+  let root;
+  if (nodes !== undefined) {
+    const { renderEnvFile } = await import(path.join(ROOT, 'dist', 'secrets', 'dotenv-format.js'));
+    ({ root } = workspace(nodes));
+    const comfy = path.join(root, 'workspace', 'ComfyUI');
+    for (let n = 0; n < nodes; n += 1) {
+      const entries = Array.from({ length: 5 }, (_, k) => ({ key: `KEY_${k}`, value: `bench-secret-${n}-${k}-${'x'.repeat(24)}` }));
+      writeFileSync(path.join(comfy, 'custom_nodes', `node_${n}`, '.env'), renderEnvFile(entries), { mode: 0o600 });
+    }
+    main = path.join(comfy, 'main.py');
+  }
   const start = await freePorts(count);
   const ports = Array.from({ length: count }, (_, i) => start + i);
   const started = now();
-  const children = ports.map((port) => spawn(PYTHON, [STAND_IN, '--listen', '127.0.0.1', '--port', String(port)], { stdio: 'ignore' }));
-  await waitAll(ports);
+  const children = ports.map((port) => spawn(PYTHON, [main, '--listen', '127.0.0.1', '--port', String(port)], { stdio: 'ignore' }));
+  await waitAll(ports, () => {
+    const failed = children.find((c) => c.exitCode !== null);
+    return failed ? `a bare stand-in exited with ${failed.exitCode}` : false;
+  });
   const ms = now() - started;
   for (const child of children) child.kill('SIGTERM');
   await Promise.all(children.map((c) => new Promise((r) => (c.exitCode !== null ? r() : c.once('exit', r)))));
+  if (root) rmSync(root, { recursive: true, force: true });
   return ms;
 }
 
@@ -430,10 +453,10 @@ function printScenarios() {
   console.log(SPREAD ? `rounds' folders: in ${BENCH_BASE}, TOPDIR set (each round's folders in a block group of their own)` : `rounds' folders: in ${BENCH_BASE}; TOPDIR could not be set here, so on ext4 without a journal a round pays for the inodes the previous rounds freed`);
   console.log(`floor: Node + zod + pino + PM2's daemon code (as gpu-boot loads it) loaded in one process = ${fmt(results.floor.librariesMs)} ms after its start, ${fmt(results.floor.librariesMb)} MB peak RSS`);
   console.log('\nagainst the peer (a shell entrypoint: printf each .env, exec pm2-runtime), same round, same stand-in:');
-  console.log('| GPUs | nodes | stand-ins bare | gpu-boot ready | peer ready | ratio | first / last instance started: gpu-boot / peer | instance start to serving (its own CPU): gpu-boot / peer | launcher CPU until ready: gpu-boot / peer | gpu-boot stop | peer stop | gpu-boot MB | peer MB |');
+  console.log('| GPUs | nodes | stand-ins bare, reading their nodes (no nodes) | gpu-boot ready | peer ready | ratio | first / last instance started: gpu-boot / peer | instance start to serving (its own CPU): gpu-boot / peer | launcher CPU until ready: gpu-boot / peer | gpu-boot stop | peer stop | gpu-boot MB | peer MB |');
   console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
   for (const s of results.scenarios) {
-    console.log(`| ${s.gpus} | ${s.nodes} | ${fmt(s.standInFloorMs)} | ${fmt(s.readyMs)} | ${fmt(s.peer.readyMs)} | ${s.readyRatio.median.toFixed(2)} (${s.readyRatio.min.toFixed(2)}–${s.readyRatio.max.toFixed(2)}) | ${round1(s.firstStartMs.median)}, ${round1(s.lastStartMs.median)} / ${round1(s.peer.firstStartMs.median)}, ${round1(s.peer.lastStartMs.median)} | ${round1(s.instanceMs.median)} (${round1(s.instanceCpuMs.median)}) / ${round1(s.peer.instanceMs.median)} (${round1(s.peer.instanceCpuMs.median)}) | ${round1(s.cpuMs.median)} / ${round1(s.peer.cpuMs.median)} | ${fmt(s.shutdownMs)} | ${fmt(s.peer.shutdownMs)} | ${fmt(s.totalRssMb)} | ${fmt(s.peer.rssMb)} |`);
+    console.log(`| ${s.gpus} | ${s.nodes} | ${fmt(s.standInFloorMs)} (${round1(s.standInNoNodesFloorMs.median)}) | ${fmt(s.readyMs)} | ${fmt(s.peer.readyMs)} | ${s.readyRatio.median.toFixed(2)} (${s.readyRatio.min.toFixed(2)}–${s.readyRatio.max.toFixed(2)}) | ${round1(s.firstStartMs.median)}, ${round1(s.lastStartMs.median)} / ${round1(s.peer.firstStartMs.median)}, ${round1(s.peer.lastStartMs.median)} | ${round1(s.instanceMs.median)} (${round1(s.instanceCpuMs.median)}) / ${round1(s.peer.instanceMs.median)} (${round1(s.peer.instanceCpuMs.median)}) | ${round1(s.cpuMs.median)} / ${round1(s.peer.cpuMs.median)} | ${fmt(s.shutdownMs)} | ${fmt(s.peer.shutdownMs)} | ${fmt(s.totalRssMb)} | ${fmt(s.peer.rssMb)} |`);
   }
   console.log('\ngpu-boot\'s phases:');
   console.log('| GPUs | nodes | overhead | config | detect | secrets | write | (pm2-load) | pm2-start | wipe | bootstrap MB | PM2 MB |');
@@ -457,13 +480,15 @@ results.nodeFlags = NODE_FLAGS;
 
 for (const s of scenarios) {
   const standIn = [];
+  const standInNoNodes = [];
   const runs = [];
   const peers = [];
-  await standInFloor(s.gpus); // warm-up
+  await standInFloor(s.gpus, s.nodes); // warm-up
   await boot(s.gpus, s.nodes); // warm-up
   await peerBoot(s.gpus, s.nodes); // warm-up
   for (let i = 0; i < ROUNDS; i += 1) {
-    standIn.push(await standInFloor(s.gpus));
+    standIn.push(await standInFloor(s.gpus, s.nodes));
+    standInNoNodes.push(await standInFloor(s.gpus));
     // Who goes first alternates: neither always gets the warmer page cache.
     if (i % 2 === 0) {
       runs.push(await boot(s.gpus, s.nodes));
@@ -478,6 +503,7 @@ for (const s of scenarios) {
   results.scenarios.push({
     ...s,
     standInFloorMs: stats(standIn),
+    standInNoNodesFloorMs: stats(standInNoNodes),
     readyMs: stats(runs.map((r) => r.readyMs)),
     bootOverheadMs: stats(overhead),
     phasesMs: Object.fromEntries(phaseNames.map((p) => [p, stats(runs.map((r) => r.phases[p] ?? NaN))])),
