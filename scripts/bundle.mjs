@@ -8,7 +8,9 @@
 // pino is inside: its transports (worker threads that load files by __dirname) do not work from the
 // bundle; gpu-boot uses none (its log is a stream, pino-pretty a stream too).
 import { build } from 'esbuild';
-import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -63,6 +65,21 @@ const ownPaths = {
     });
   },
 };
+// PM2's version check (@pm2/pm2-version-check) requires Node's https, and with it tls, as it loads:
+// ~3 ms on the path to the first instance, for a check gpu-boot turns off (PM2_DISABLE_VERSION_CHECK,
+// src/instances/processes.ts). Bundled as a stand-in that loads the real one from node_modules
+// only if it is ever called. Its one requirer is PM2's lib/VersionCheck.js.
+const lazyVersionCheck = {
+  name: 'lazy-version-check',
+  setup(b) {
+    b.onResolve({ filter: /^@pm2\/pm2-version-check$/ }, () => ({ path: '@pm2/pm2-version-check', namespace: 'lazy-version-check' }));
+    b.onLoad({ filter: /.*/, namespace: 'lazy-version-check' }, () => ({
+      // Resolved from PM2's VersionCheck.js, its one requirer, as PM2 itself would resolve it.
+      contents: "exports.runCheck = (...args) => require('module').createRequire(__gpuBootModuleFile('pm2/lib/VersionCheck.js'))('@pm2/pm2-version-check').runCheck(...args);",
+      loader: 'js',
+    }));
+  },
+};
 const pm2Daemon = await build({
   stdin: {
     // Each part runs when asked for, as a require would: the constants first, since PM2_HOME's
@@ -79,7 +96,7 @@ const pm2Daemon = await build({
   format: 'cjs',
   platform: 'node',
   target: 'node20',
-  plugins: [ownPaths],
+  plugins: [ownPaths, lazyVersionCheck],
   metafile: true,
   // node_modules as found from this file at run time (dist/ beside it, as npm installs the package).
   banner: {
@@ -103,3 +120,18 @@ for (const input of Object.keys(pm2Daemon.metafile.inputs)) {
   packages[root] ??= JSON.parse(readFileSync(path.join(NODE_MODULES, root, 'package.json'), 'utf8')).version;
 }
 writeFileSync(path.join(DIST, 'pm2-daemon.packages.json'), `${JSON.stringify({ packages }, null, 2)}\n`);
+
+// The bundle's code cache (src/instances/code-cache.ts), for the Node flags gpu-boot runs with
+// (package.json's gpuBoot.nodeFlags: the image's ENTRYPOINT and `npm start` pass the same; a test
+// keeps them equal). V8 takes a cache only with the flags it was made with, so it is made by a Node
+// started with exactly those, and NODE_OPTIONS empty; PM2_HOME is a folder of the build's own.
+const { gpuBoot } = JSON.parse(readFileSync(path.join(DIST, '..', 'package.json'), 'utf8'));
+const pm2Home = mkdtempSync(path.join(os.tmpdir(), 'gpu-boot-build-pm2-'));
+try {
+  execFileSync(process.execPath, [...gpuBoot.nodeFlags, path.join(DIST, '..', 'scripts', 'pm2-code-cache.mjs')], {
+    env: { ...process.env, PM2_HOME: pm2Home, NODE_OPTIONS: '' },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+} finally {
+  rmSync(pm2Home, { recursive: true, force: true });
+}

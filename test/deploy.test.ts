@@ -141,7 +141,7 @@ describe('docker/Dockerfile', () => {
     for (const flag of passed) expect(recorded.has(flag), flag).toBe(true);
   });
 
-  it('gives node the same flags as `npm start` does (the bench reads them from here)', () => {
+  it('gives node the same flags as `npm start` does, and as the build makes PM2\'s code cache for (package.json\'s gpuBoot.nodeFlags; the bench reads them from here)', () => {
     const dockerfile = DockerfileParser.parse(read('docker', 'Dockerfile'));
     const entry = (dockerfile.getInstructions().filter((i) => i.getKeyword() === 'ENTRYPOINT').at(-1) as Entrypoint).getJSONStrings().map((w) => w.getJSONValue());
     const imageFlags = entry.slice(entry.indexOf('node') + 1, entry.indexOf('/opt/gpu-boot/dist/entrypoint.js'));
@@ -151,6 +151,8 @@ describe('docker/Dockerfile', () => {
     const parsed = parseShell(start);
     const words = parsed.slice(parsed.findLastIndex((w) => typeof w !== 'string') + 1).filter((w): w is string => typeof w === 'string');
     expect(words.slice(words.indexOf('node') + 1, words.indexOf('dist/entrypoint.js'))).toEqual(imageFlags);
+    // V8 takes a code cache only with the flags it was made with (src/instances/code-cache.ts).
+    expect((JSON.parse(read('package.json')) as { gpuBoot: { nodeFlags: string[] } }).gpuBoot.nodeFlags).toEqual(imageFlags);
   });
 
   it('runs `install` for the manifest at build time, before switching to the non-root user', () => {

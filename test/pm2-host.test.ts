@@ -167,6 +167,26 @@ describe('Pm2Host', () => {
       expect(text.match(/\brequire\.resolve\(/g)).toBeNull();
     });
 
+    it("loads neither https nor tls: PM2's version check (turned off) loads the real one only when called", async (ctx) => {
+      if (!bundleBuilt()) return ctx.skip();
+      const script = [
+        "const { pm2DaemonCode, PM2_DAEMON_BUNDLE } = await import('./dist/instances/pm2-host.js');",
+        'const code = pm2DaemonCode(PM2_DAEMON_BUNDLE);',
+        'code.constants(); code.daemonCode();',
+        "const loaded = (name) => process.moduleLoadList.includes('NativeModule ' + name);",
+        "process.stdout.write(JSON.stringify({ from: code.from, https: loaded('https'), tls: loaded('tls'), cluster: loaded('cluster') }) + '\\n');",
+        'process.exit(0);',
+      ].join('\n');
+      const env = { PATH: process.env.PATH!, HOME: home.root, PM2_HOME: path.join(home.root, 'no-https') };
+      const { stdout } = await execa(process.execPath, ['--input-type=module', '-e', script], { cwd: path.resolve(import.meta.dirname, '..'), env, extendEnv: false });
+      expect(JSON.parse(stdout.trim().split('\n').pop()!)).toEqual({ from: PM2_DAEMON_BUNDLE, https: false, tls: false, cluster: true });
+      // The stand-in resolves the real check from PM2's VersionCheck.js, as PM2 would: there, with its runCheck.
+      const text = await readFile(PM2_DAEMON_BUNDLE, 'utf8');
+      expect(text).toContain('require("module").createRequire(__gpuBootModuleFile("pm2/lib/VersionCheck.js"))("@pm2/pm2-version-check").runCheck(...args)');
+      const real = createRequire(path.join(nodeModulesPm2, 'lib', 'VersionCheck.js'))('@pm2/pm2-version-check') as { runCheck?: unknown };
+      expect(typeof real.runCheck).toBe('function');
+    });
+
     const installed = (createRequire(import.meta.url)('pm2/package.json') as { version: string }).version;
     const stub = "exports.constants = () => ({ stub: true }); exports.daemonCode = () => ({});";
     it.each([

@@ -12,6 +12,8 @@ import { PYTHON } from './python.js';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const ENTRYPOINT = path.join(ROOT, 'dist', 'entrypoint.js');
+/** The Node flags gpu-boot runs with (the image's ENTRYPOINT and `npm start`; the build makes PM2's code cache for them). */
+export const NODE_FLAGS = (JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { gpuBoot: { nodeFlags: string[] } }).gpuBoot.nodeFlags;
 export const STAND_IN_MAIN = path.join(ROOT, 'demo', 'workspace', 'ComfyUI', 'main.py');
 export const FAKE_NVIDIA_SMI = path.join(ROOT, 'test', 'fixtures', 'nvidia-smi');
 export const PM2_BIN = path.join(ROOT, 'node_modules', 'pm2', 'bin', 'pm2');
@@ -247,7 +249,7 @@ export interface Boot {
 
 /** Start the built entrypoint as a real process. */
 export function startBoot(args: string[], env: Record<string, string>): Boot {
-  const child = execa('node', [ENTRYPOINT, ...args], { env, extendEnv: false, reject: false, all: true, stdin: 'ignore' });
+  const child = execa('node', [...NODE_FLAGS, ENTRYPOINT, ...args], { env, extendEnv: false, reject: false, all: true, stdin: 'ignore' });
   const lines: string[] = [];
   let partial = '';
   child.all?.on('data', (chunk: Buffer) => {
@@ -282,7 +284,7 @@ export async function endBoot(boot: Boot | undefined, signal: NodeJS.Signals): P
 
 /** Run a command to completion. */
 export async function runBoot(args: string[], env: Record<string, string>) {
-  return execa('node', [ENTRYPOINT, ...args], { env, extendEnv: false, reject: false, stdin: 'ignore' });
+  return execa('node', [...NODE_FLAGS, ENTRYPOINT, ...args], { env, extendEnv: false, reject: false, stdin: 'ignore' });
 }
 
 export async function getJson(port: number, urlPath: string): Promise<unknown> {
