@@ -4,6 +4,11 @@ import { ConfigError } from './errors.js';
 import { CUDA_ENTRY, visibleEntries } from './gpus/placement.js';
 import { parseListen } from './instances/comfy-args.js';
 
+// zod compiles each object schema into a function (new Function) on its first parse, which pays off
+// only over many parses: gpu-boot parses each of its schemas a few times. Without it the
+// configuration parses in ~9 ms instead of ~15 (bench/RESULTS.md), with the same results.
+z.config({ jitless: true });
+
 /**
  * The one schema for every setting. Each entry: the variable, its default, what
  * it means. `gpu-boot --help` and the README's table are written from SETTINGS_DOC.

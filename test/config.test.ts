@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import * as z from 'zod';
 import { isNeverSecret, loadConfig, loadConfigBestEffort, SETTING_NAMES, type Config } from '../src/config.js';
 import { ConfigError } from '../src/errors.js';
 import { expectConfigError } from './helpers/errors.js';
@@ -64,6 +65,13 @@ const DEFAULTS: Config = {
   sharedFolders: new Set(['output', 'input', 'user']),
   warnings: [],
 };
+
+describe('zod', () => {
+  it('parses without compiling schemas into functions (jitless: faster for the few parses a boot makes)', () => {
+    // Set by src/config.ts as it loads (imported above), for every schema of the process.
+    expect(z.config().jitless).toBe(true);
+  });
+});
 
 describe('loadConfig defaults', () => {
   it('gives the documented defaults for an empty environment', () => {
