@@ -1,7 +1,10 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import { execa } from 'execa';
-import { afterEach, describe, expect, it } from 'vitest';
-import { descendsFrom, instancePortProblems, listeningSockets, portHolders, portIsFree, portOwner } from '../src/instances/ports.js';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { acceptedListener, descendsFrom, instancePortProblems, listeningSockets, portHolders, portIsFree, portOwner } from '../src/instances/ports.js';
 import { freePorts, portsInUse, waitFor } from './helpers/boot.js';
 import { PYTHON } from './helpers/python.js';
 
@@ -64,6 +67,61 @@ describe('who holds a port', () => {
       child.kill('SIGKILL');
       await child;
     }
+  });
+});
+
+describe('a listener found among the listeners', () => {
+  // Records as /proc/net/tcp prints them: 149 characters and a newline.
+  const record = (sl: number, port: number, state: string, inode: number) =>
+    `${String(sl).padStart(4)}: 0100007F:${port.toString(16).toUpperCase().padStart(4, '0')} 00000000:0000 ${state} 00000000:00000000 00:00000000 00000000     0        0 ${inode} 1 0000000000000000 100 0 0 10 0`.padEnd(149) + '\n';
+  const header = '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode'.padEnd(149) + '\n';
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'gpu-boot-ports-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const table = (name: string, text: string) => {
+    const file = path.join(dir, name);
+    writeFileSync(file, text);
+    return file;
+  };
+
+  it('is taken at its record; one in another state ends the search, and so does a table that cannot be read', () => {
+    const seen: string[] = [];
+    const accept = (wanted: string) => (inode: string) => (seen.push(inode), inode === wanted);
+    const file = table('tcp', header + record(0, 8000, '0A', 111) + record(1, 8188, '0A', 222) + record(2, 8188, '0A', 333) + record(3, 8188, '01', 444) + record(4, 8188, '0A', 555));
+    expect(acceptedListener(file, 8188, accept('222'))).toBe(true);
+    // Only the listeners on the port were asked about, up to the one taken.
+    expect(seen).toEqual(['222']);
+    seen.length = 0;
+    expect(acceptedListener(file, 8188, accept('333'))).toBe(true);
+    expect(seen).toEqual(['222', '333']);
+    seen.length = 0;
+    // Past the first record in another state nothing is asked: the caller reads the whole table.
+    expect(acceptedListener(file, 8188, accept('555'))).toBe(false);
+    expect(seen).toEqual(['222', '333']);
+    expect(acceptedListener(file, 9999, accept('111'))).toBe(false);
+    expect(acceptedListener(path.join(dir, 'missing'), 8188, accept('222'))).toBe(false);
+  });
+
+  it('reads no further than the record it takes (the rest of a real table is the kernel\'s walk of every connection)', async () => {
+    const fifoDir = mkdtempSync(path.join(os.tmpdir(), 'gpu-boot-ports-fifo-'));
+    const fifo = path.join(fifoDir, 'tcp');
+    await execa('mkfifo', [fifo]);
+    // The writer gives the header and one record, then nothing for 30 s: a read past them would wait, then find the end and say false.
+    const writer = execa(PYTHON, ['-c', `import sys,time\nf=open(sys.argv[1],"w")\nf.write(sys.argv[2])\nf.flush()\ntime.sleep(30)`, fifo, header + record(0, 8188, '0A', 222)], { reject: false });
+    try {
+      expect(acceptedListener(fifo, 8188, (inode) => inode === '222')).toBe(true);
+    } finally {
+      writer.kill('SIGKILL');
+      await writer;
+      rmSync(fifoDir, { recursive: true, force: true });
+    }
+  }, 45_000);
+
+  it('answers as the whole table does, for real sockets: this process\'s listener, and not another pid\'s', async () => {
+    const port = await freePorts(1);
+    await hold(port);
+    expect(acceptedListener('/proc/net/tcp', port, (inode) => listeningSockets(port)!.inodes.has(inode))).toBe(true);
+    expect(portOwner(port, process.pid, 4)).toEqual({ owner: 'instance', holders: [{ pid: process.pid, command: portHolders(port)[0]!.command }] });
+    expect(portOwner(port, 4194311, 4).owner).toBe('other');
   });
 });
 
