@@ -459,11 +459,11 @@ function printScenarios() {
     console.log(`| ${s.gpus} | ${s.nodes} | ${fmt(s.standInFloorMs)} (${round1(s.standInNoNodesFloorMs.median)}) | ${fmt(s.readyMs)} | ${fmt(s.peer.readyMs)} | ${s.readyRatio.median.toFixed(2)} (${s.readyRatio.min.toFixed(2)}–${s.readyRatio.max.toFixed(2)}) | ${round1(s.firstStartMs.median)}, ${round1(s.lastStartMs.median)} / ${round1(s.peer.firstStartMs.median)}, ${round1(s.peer.lastStartMs.median)} | ${round1(s.instanceMs.median)} (${round1(s.instanceCpuMs.median)}) / ${round1(s.peer.instanceMs.median)} (${round1(s.peer.instanceCpuMs.median)}) | ${round1(s.cpuMs.median)} / ${round1(s.peer.cpuMs.median)} | ${fmt(s.shutdownMs)} | ${fmt(s.peer.shutdownMs)} | ${fmt(s.totalRssMb)} | ${fmt(s.peer.rssMb)} |`);
   }
   console.log('\ngpu-boot\'s phases:');
-  console.log('| GPUs | nodes | overhead | config | detect | secrets | write | (pm2-load) | pm2-start | wipe | bootstrap MB | PM2 MB |');
+  console.log('| GPUs | nodes | overhead (against the stand-ins bare without nodes) | config | detect | secrets | write | (pm2-load) | pm2-start | wipe | bootstrap MB | PM2 MB |');
   console.log('|---|---|---|---|---|---|---|---|---|---|---|---|');
   for (const s of results.scenarios) {
     const pm2 = s.pm2InProcess ? 'in process' : fmt(s.pm2RssMb);
-    console.log(`| ${s.gpus} | ${s.nodes} | ${fmt(s.bootOverheadMs)} | ${fmt(s.phasesMs.config)} | ${fmt(s.phasesMs.detect)} | ${fmt(s.phasesMs.secrets)} | ${fmt(s.phasesMs.write)} | ${fmt(s.phasesMs['pm2-load'])} | ${fmt(s.phasesMs['pm2-start'])} | ${fmt(s.wipeAfterInstancesMs)} | ${fmt(s.bootstrapRssMb)} | ${pm2} |`);
+    console.log(`| ${s.gpus} | ${s.nodes} | ${fmt(s.bootOverheadMs)} (${round1(s.bootOverheadNoNodesMs.median)}) | ${fmt(s.phasesMs.config)} | ${fmt(s.phasesMs.detect)} | ${fmt(s.phasesMs.secrets)} | ${fmt(s.phasesMs.write)} | ${fmt(s.phasesMs['pm2-load'])} | ${fmt(s.phasesMs['pm2-start'])} | ${fmt(s.wipeAfterInstancesMs)} | ${fmt(s.bootstrapRssMb)} | ${pm2} |`);
   }
 }
 
@@ -506,6 +506,7 @@ for (const s of scenarios) {
     standInNoNodesFloorMs: stats(standInNoNodes),
     readyMs: stats(runs.map((r) => r.readyMs)),
     bootOverheadMs: stats(overhead),
+    bootOverheadNoNodesMs: stats(runs.map((r, i) => r.readyMs - standInNoNodes[i])),
     phasesMs: Object.fromEntries(phaseNames.map((p) => [p, stats(runs.map((r) => r.phases[p] ?? NaN))])),
     shutdownMs: stats(runs.map((r) => r.shutdownMs)),
     wipeAfterInstancesMs: stats(runs.map((r) => r.wipeAfterInstancesMs)),
