@@ -128,7 +128,7 @@ writeFileSync(path.join(DIST, 'pm2-daemon.packages.json'), `${JSON.stringify({ p
 const { gpuBoot } = JSON.parse(readFileSync(path.join(DIST, '..', 'package.json'), 'utf8'));
 const pm2Home = mkdtempSync(path.join(os.tmpdir(), 'gpu-boot-build-pm2-'));
 try {
-  execFileSync(process.execPath, [...gpuBoot.nodeFlags, path.join(DIST, '..', 'scripts', 'pm2-code-cache.mjs')], {
+  execFileSync(process.execPath, [...gpuBoot.nodeFlags, path.join(DIST, '..', 'scripts', 'pm2-code-cache.mjs'), path.join(DIST, 'pm2-daemon.cjs')], {
     env: { ...process.env, PM2_HOME: pm2Home, NODE_OPTIONS: '' },
     stdio: ['ignore', 'ignore', 'inherit'],
   });

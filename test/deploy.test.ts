@@ -1,5 +1,6 @@
 import { existsSync, readFileSync } from 'node:fs';
-import { readdir, readFile } from 'node:fs/promises';
+import { cp, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import dockerignore from '@balena/dockerignore';
@@ -140,6 +141,34 @@ describe('docker/Dockerfile', () => {
     expect([...passed].sort()).toEqual(['--cpu', '--input-directory', '--listen', '--output-directory', '--port', '--temp-directory', '--user-directory']);
     for (const flag of passed) expect(recorded.has(flag), flag).toBe(true);
   });
+
+  it('builds (`npm run build`) from what its build stage copies, and no more: the bundles and PM2\'s code cache for the image\'s flags', async () => {
+    const dockerfile = DockerfileParser.parse(read('docker', 'Dockerfile'));
+    const instructions = dockerfile.getInstructions();
+    const stageStart = instructions.findIndex((i) => i.getKeyword() === 'FROM' && /\bAS\s+build\b/i.test(i.getRawArgumentsContent() ?? ''));
+    const buildRun = instructions.findIndex((i, n) => n > stageStart && i.getKeyword() === 'RUN' && (i.getRawArgumentsContent() ?? '').includes('npm run build'));
+    expect(stageStart).toBeGreaterThanOrEqual(0);
+    expect(buildRun).toBeGreaterThan(stageStart);
+    const copies = instructions.slice(stageStart, buildRun).filter((i) => i.getKeyword() === 'COPY').map((i) => i.getArguments().map((a) => a.getValue()));
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'gpu-boot-build-stage-'));
+    try {
+      for (const words of copies) {
+        expect(words.some((w) => w.startsWith('--'))).toBe(false);
+        const dest = path.join(dir, words.at(-1)!);
+        for (const source of words.slice(0, -1)) await cp(at(source), source.endsWith('/') ? dest : path.join(dest, path.basename(source)), { recursive: true });
+      }
+      // `npm ci` of the stage: this checkout's node_modules, linked file by file (one disk), else copied.
+      const linked = await execa('cp', ['-al', at('node_modules'), path.join(dir, 'node_modules')], { reject: false });
+      if (linked.exitCode !== 0) await cp(at('node_modules'), path.join(dir, 'node_modules'), { recursive: true });
+      const build = await execa('npm', ['run', 'build'], { cwd: dir, reject: false, all: true });
+      expect(build.exitCode, build.all).toBe(0);
+      const record = JSON.parse(await readFile(path.join(dir, 'dist', 'pm2-daemon.cjs.cache.json'), 'utf8')) as { flags: string[] };
+      expect(record.flags).toEqual((JSON.parse(read('package.json')) as { gpuBoot: { nodeFlags: string[] } }).gpuBoot.nodeFlags);
+      expect(existsSync(path.join(dir, 'dist', 'entrypoint.js'))).toBe(true);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
 
   it('gives node the same flags as `npm start` does, and as the build makes PM2\'s code cache for (package.json\'s gpuBoot.nodeFlags; the bench reads them from here)', () => {
     const dockerfile = DockerfileParser.parse(read('docker', 'Dockerfile'));

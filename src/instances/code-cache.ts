@@ -55,12 +55,18 @@ function matchingCache(file: string, bytes: Buffer): Buffer | undefined {
   }
 }
 
+/**
+ * import() inside the file, as from the main context (Node 20.12 and later; package.json allows
+ * 20.11, where the option does not exist and an import() there would throw: the bundle has none).
+ */
+const MAIN_CONTEXT_LOADER = (vm as { constants?: { USE_MAIN_CONTEXT_DEFAULT_LOADER?: typeof vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER } }).constants?.USE_MAIN_CONTEXT_DEFAULT_LOADER;
+
 /** Compile and run `file`'s `bytes` as CommonJS does, registered in require's cache as `require(file)` would. */
 function run(file: string, bytes: Buffer, cachedData: Buffer | undefined): { script: vm.Script; exports: unknown } {
   const require = createRequire(file);
   const source = bytes.toString('utf8');
   // The same wrapper and options at build time and at run time: V8 matches the cache against them.
-  const script = new vm.Script(Module.wrap(source), { filename: file, ...(cachedData ? { cachedData } : {}), importModuleDynamically: vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER });
+  const script = new vm.Script(Module.wrap(source), { filename: file, ...(cachedData ? { cachedData } : {}), ...(MAIN_CONTEXT_LOADER ? { importModuleDynamically: MAIN_CONTEXT_LOADER } : {}) });
   const module = new Module(file);
   module.filename = file;
   module.paths = require.resolve.paths('x') ?? [];

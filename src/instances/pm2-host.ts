@@ -3,7 +3,7 @@ import { BootError, ExitCode } from '../errors.js';
 import { lstat, unlink } from 'node:fs/promises';
 import { readRegularFile } from '../files/owned.js';
 import { PACKAGE_ROOT } from '../package-root.js';
-import { type CodeCacheUse, requireWithCodeCache, writeCodeCache } from './code-cache.js';
+import { type CodeCacheUse, requireWithCodeCache } from './code-cache.js';
 import type { Stats } from 'node:fs';
 import type { spawn, SpawnOptions } from 'node:child_process';
 import { createRequire } from 'node:module';
@@ -662,15 +662,3 @@ export class Pm2Host {
   }
 }
 
-/**
- * Build time (scripts/pm2-code-cache.mjs, run by `npm run build` with the image's Node flags): the
- * bundle's code cache, warmed by loading what a boot loads of it (the constants, then Daemon, God and
- * Common). PM2_HOME must be a folder of the build's own: PM2's code reads its configuration there.
- */
-export function writePm2DaemonCodeCache(bundle = PM2_DAEMON_BUNDLE): { bytes: number } {
-  return writeCodeCache(bundle, (exports) => {
-    const built = exports as { constants: () => Pm2Paths; daemonCode: () => unknown };
-    createPm2HomeFolders(built.constants());
-    built.daemonCode();
-  });
-}
