@@ -126,7 +126,12 @@ function librariesFloor() {
     "process.stdout.write(JSON.stringify({ ms: performance.now(), mb: hwm / 1024 }));",
     'process.exit(0);',
   ].join('\n');
-  const out = execFileSync(process.execPath, [...NODE_FLAGS, '--input-type=module', '-e', script], { cwd: ROOT, env: { ...process.env, PM2_HOME: path.join(os.tmpdir(), 'gpu-boot-bench-libs-pm2') } });
+  // From a file, with the image's flags alone: `-e` would put itself in process.execArgv, and PM2's code cache is offered only for those flags.
+  // In bench/out/ (ignored by git): zod and pino resolve from this project's node_modules.
+  mkdirSync(OUT, { recursive: true });
+  const file = path.join(OUT, 'libraries-floor.mjs');
+  writeFileSync(file, script);
+  const out = execFileSync(process.execPath, [...NODE_FLAGS, file], { cwd: ROOT, env: { ...process.env, PM2_HOME: path.join(os.tmpdir(), 'gpu-boot-bench-libs-pm2') } });
   return JSON.parse(out.toString());
 }
 

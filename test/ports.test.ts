@@ -2,10 +2,11 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { execa } from 'execa';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { acceptedListener, descendsFrom, instancePortProblems, listeningSockets, portHolders, portIsFree, portOwner } from '../src/instances/ports.js';
-import { freePorts, portsInUse, waitFor } from './helpers/boot.js';
+import { freePorts, portsInUse, ROOT, waitFor } from './helpers/boot.js';
 import { PYTHON } from './helpers/python.js';
 
 const servers: net.Server[] = [];
@@ -108,7 +109,13 @@ describe('a listener found among the listeners', () => {
     // The writer gives the header and one record, then nothing for 30 s: a read past them would wait, then find the end and say false.
     const writer = execa(PYTHON, ['-c', `import sys,time\nf=open(sys.argv[1],"w")\nf.write(sys.argv[2])\nf.flush()\ntime.sleep(30)`, fifo, header + record(0, 8188, '0A', 222)], { reject: false });
     try {
-      expect(acceptedListener(fifo, 8188, (inode) => inode === '222')).toBe(true);
+      // In a child of its own: a FIFO blocks whoever opens or reads it, and this worker must stay free to time out.
+      const reader = [
+        `const { acceptedListener } = await import(${JSON.stringify(pathToFileURL(path.join(ROOT, 'dist', 'instances', 'ports.js')).href)});`,
+        `process.stdout.write(String(acceptedListener(${JSON.stringify(fifo)}, 8188, (inode) => inode === '222')));`,
+      ].join('\n');
+      const found = await execa(process.execPath, ['--input-type=module', '-e', reader], { timeout: 20_000, reject: false });
+      expect({ stdout: found.stdout, exitCode: found.exitCode, timedOut: found.timedOut }).toEqual({ stdout: 'true', exitCode: 0, timedOut: false });
     } finally {
       writer.kill('SIGKILL');
       await writer;
@@ -126,7 +133,7 @@ describe('a listener found among the listeners', () => {
 });
 
 describe('the tests\' free ports', () => {
-  it('skips a port in TIME_WAIT: Node could listen on it (SO_REUSEADDR), a plain bind as Python\'s cannot', async () => {
+  it('skips a port in TIME_WAIT: Node could listen on it (SO_REUSEADDR), a plain bind as Python\'s cannot; freePorts does not hand it out', async () => {
     const port = await freePorts(1);
     // A server that closes first leaves its side of the connection in TIME_WAIT, on its own port.
     const server = net.createServer((socket) => socket.end());
@@ -137,6 +144,15 @@ describe('the tests\' free ports', () => {
     const bind = await execa(PYTHON, ['-c', `import socket\nsocket.socket().bind(("127.0.0.1", ${port}))`], { reject: false });
     expect(bind.exitCode).toBe(1);
     expect(bind.stderr).toContain('Address already in use');
+    // freePorts' first random pick lands on that port: it is passed over for another.
+    const random = vi.spyOn(Math, 'random').mockReturnValueOnce((port - 20000 + 0.5) / (12000 - 1));
+    try {
+      const picked = await freePorts(1);
+      expect(random).toHaveBeenCalledTimes(2);
+      expect(picked).not.toBe(port);
+    } finally {
+      random.mockRestore();
+    }
   });
 });
 
