@@ -627,6 +627,19 @@ export class Pm2Host {
     if (this.workerWanted) start();
   }
 
+  /**
+   * Stop and remove every app still in this PM2: one someone started in the container by hand
+   * (`pm2 start x`, with gpu-boot's PM2_HOME). PM2's own `kill` and its daemon's exit on a signal
+   * do the same before the daemon goes; without it such an app would outlive gpu-boot, unsupervised
+   * (PM2 forked it from this process). Each one as PM2 stops it: SIGINT, then SIGKILL after its
+   * kill_timeout. Returns their names.
+   */
+  async deleteRemainingApps(): Promise<string[]> {
+    const apps = this.God.getFormatedProcesses().filter((app): app is Pm2App & { pm_id: number } => typeof app.pm_id === 'number');
+    await Promise.all(apps.map((app) => new Promise<void>((resolve) => this.God.deleteProcessId(app.pm_id, () => resolve()))));
+    return apps.map((app) => app.name ?? `pm_id ${app.pm_id}`);
+  }
+
   /** Stop serving (the apps must be gone already): sockets, PM2's timers, the pid file; console back. */
   async close(): Promise<void> {
     if (this.closed) return;

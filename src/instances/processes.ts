@@ -628,6 +628,11 @@ export class ProcessManager {
       }
       await new Promise<void>((resolve) => api.disconnect(() => resolve()));
     }
+    if (this.host && this.serving) {
+      // Apps this PM2 runs beside the instances (stopAll removed those) go with it, as with `pm2 kill`.
+      const others = await this.host.deleteRemainingApps().catch(() => []);
+      if (others.length) this.logger.warn({ apps: others }, `stopped ${others.length} app(s) started by hand in gpu-boot's PM2: ${others.join(', ')}`);
+    }
     await this.host?.close();
     this.host = undefined;
     this.serving = false;

@@ -3,7 +3,7 @@ import { chmod, readFile, readlink, stat, symlink, writeFile } from 'node:fs/pro
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { execa } from 'execa';
-import { alive, makeWorkspace, PM2_BIN, runBoot, startBoot, tinyServerMain, waitFor, type Workspace } from '../helpers/boot.js';
+import { alive, makeWorkspace, PM2_BIN, processGone, runBoot, startBoot, tinyServerMain, waitFor, type Workspace } from '../helpers/boot.js';
 
 const HF_TOKEN = 'hf_canaryLifecycle42';
 const MANIFEST = { custom_nodes: [{ name: 'hf_node', env: { HF_TOKEN: '${HF_TOKEN}' } }] };
@@ -203,6 +203,28 @@ describe('one boot per workspace, and a boot that notices its PM2 dying', () => 
     expect((await fetch(`http://127.0.0.1:${ws.portStart}/`)).status).toBe(200);
     first.child.kill('SIGTERM');
     expect((await first.child).exitCode).toBe(0);
+  });
+
+  it('an app started by hand in its PM2 (`pm2 start`) is stopped with the boot, as `pm2 kill` would stop it, and named', async () => {
+    ws = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 1 });
+    const boot = startBoot(['start'], { ...ws.env, HF_TOKEN });
+    await boot.waitForLog((l) => l.phase === 'ready', 'ready');
+    const script = path.join(ws.root, 'by-hand.sh');
+    await writeFile(script, '#!/bin/sh\nexec sleep 300\n', { mode: 0o755 });
+    const shell = { env: { PATH: ws.env.PATH!, HOME: ws.root, PM2_HOME: ws.pm2Home }, extendEnv: false, reject: false, timeout: 10_000 };
+    const started = await execa('node', [PM2_BIN, 'start', script, '--name', 'by-hand'], shell);
+    expect(started.exitCode, started.stderr).toBe(0);
+    const apps = JSON.parse((await execa('node', [PM2_BIN, 'jlist'], shell)).stdout) as Array<{ name: string; pid: number }>;
+    const byHand = await waitFor('the app by hand running', async () => {
+      const app = (JSON.parse((await execa('node', [PM2_BIN, 'jlist'], shell)).stdout) as Array<{ name: string; pid: number }>).find((a) => a.name === 'by-hand');
+      return app && app.pid > 0 && alive(app.pid) ? app : undefined;
+    });
+    expect(apps.map((a) => a.name).sort()).toEqual(['by-hand', 'comfyui-gpu0']);
+    boot.child.kill('SIGTERM');
+    expect((await boot.child).exitCode).toBe(0);
+    expect(processGone(byHand.pid) || !alive(byHand.pid)).toBe(true);
+    expect(boot.logs().find((l) => String(l.msg).startsWith('stopped 1 app(s)'))).toMatchObject({ level: 40, apps: ['by-hand'], msg: "stopped 1 app(s) started by hand in gpu-boot's PM2: by-hand" });
+    expect(existsSync(ws.envFile('hf_node'))).toBe(false);
   });
 
   it('`pm2 kill` in the container stops the instances; the boot says so, wipes and exits 74', async () => {
