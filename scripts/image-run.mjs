@@ -40,6 +40,7 @@ import { quote } from 'shell-quote';
 import YAML from 'yaml';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const NODE_FLAGS = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')).gpuBoot.nodeFlags;
 // Root's alone (checked in stateRoot): whoever could write it could make this harness, as root, run their setup or signal any pid.
 const STATE_ROOT = process.env.GPU_BOOT_IMAGE_STATE || '/run/gpu-boot-image';
 /** What the host's own tools (unshare, mount, chroot) run with: never the container's PATH or LD_LIBRARY_PATH. */
@@ -384,7 +385,8 @@ function setupScript(spec, image, account, mounts) {
     else lines.push(`${q('mkdir', '-p', path.dirname(target))} && ${q('touch', target)}`);
     lines.push(q('mount', '--bind', '-o', 'ro', source, target));
   }
-  lines.push(`printf '#!/bin/sh\\nexec node /opt/gpu-boot/dist/entrypoint.js "$@"\\n' > ${q(`${R}/usr/local/bin/gpu-boot`)}`);
+  // As the Dockerfile writes it: the Node flags gpu-boot's code cache was made for (package.json's gpuBoot.nodeFlags).
+  lines.push(`printf '#!/bin/sh\\nexec node ${NODE_FLAGS.join(' ')} /opt/gpu-boot/dist/entrypoint.js "$@"\\n' > ${q(`${R}/usr/local/bin/gpu-boot`)}`);
   lines.push(q('chmod', '0755', `${R}/usr/local/bin/gpu-boot`));
   lines.push(q('ln', '-sfn', '/opt/gpu-boot/node_modules/pm2/bin/pm2', `${R}/usr/local/bin/pm2`));
   // The toolkit's nvidia-smi: the stand-in, copied in with the answers it reads beside itself (gpus/).

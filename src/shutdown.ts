@@ -37,6 +37,11 @@ export async function shutdown(ctx: RunContext, processes: ProcessManager, known
     logger.info({ phase: 'drain', ms: Math.round(performance.now() - drainStarted), cut: [...left.values()].reduce((n, p) => n + p.length, 0) }, left.size ? 'drain ran out of time' : 'drained: no prompt running');
   }
 
+  // Apps started by hand in the PM2 this process serves stop with the instances: named first, and
+  // their processes (pid and start, taken now) killed with the instances' if the budget runs out.
+  const byHand = processes.appsByHand();
+  const byHandPids: KnownPid[] = byHand.filter((app) => app.pid > 0).map((app) => ({ pid: app.pid, start: procStartTime(app.pid) }));
+  if (byHand.length) logger.warn({ apps: byHand.map((app) => app.name) }, `stopping ${byHand.length} app(s) started by hand in gpu-boot's PM2: ${byHand.map((app) => app.name).join(', ')}`);
   const stopped = processes.stopAll().then(
     () => true,
     (error: unknown) => {
@@ -50,9 +55,10 @@ export async function shutdown(ctx: RunContext, processes: ProcessManager, known
   // Whatever of ours still runs now (the budget ran out, or the daemon died and left its children) is killed:
   // the pids PM2 has now (an instance may have restarted since the boot), plus those seen at start.
   // Only a run that started instances may kill any: a refused second run must not touch the first's.
-  const leftovers = processes.startedInstances
-    ? [...new Set([...(await processes.currentPids()), ...knownPids.filter((k) => isAlive(k.pid) && procStartTime(k.pid) === k.start).map((k) => k.pid)])]
-    : [];
+  const stillOurs = (known: KnownPid[]) => known.filter((k) => isAlive(k.pid) && procStartTime(k.pid) === k.start).map((k) => k.pid);
+  const leftovers = [
+    ...new Set([...(processes.startedInstances ? [...(await processes.currentPids()), ...stillOurs(knownPids)] : []), ...stillOurs(byHandPids)]),
+  ];
   if (leftovers.length) {
     logger.error({ pids: leftovers }, inTime ? 'instances outlived PM2; killing them' : 'instances did not stop within the shutdown budget; killing them');
     await processes.killRemaining(leftovers);

@@ -182,6 +182,9 @@ describe('docker/Dockerfile', () => {
     expect(words.slice(words.indexOf('node') + 1, words.indexOf('dist/entrypoint.js'))).toEqual(imageFlags);
     // V8 takes a code cache only with the flags it was made with (src/instances/code-cache.ts).
     expect((JSON.parse(read('package.json')) as { gpuBoot: { nodeFlags: string[] } }).gpuBoot.nodeFlags).toEqual(imageFlags);
+    // And `gpu-boot ...` in `docker exec` (the wrapper the image writes) runs with them too.
+    const wrapper = dockerfile.getInstructions().map((i) => i.getRawArgumentsContent() ?? '').find((text) => text.includes('/usr/local/bin/gpu-boot'));
+    expect(wrapper?.match(/exec node (.*?) ?\/opt\/gpu-boot\/dist\/entrypoint\.js/)?.[1]?.split(' ')).toEqual(imageFlags);
   });
 
   it('runs `install` for the manifest at build time, before switching to the non-root user', () => {

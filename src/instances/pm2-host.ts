@@ -628,16 +628,20 @@ export class Pm2Host {
   }
 
   /**
-   * Stop and remove every app still in this PM2: one someone started in the container by hand
-   * (`pm2 start x`, with gpu-boot's PM2_HOME). PM2's own `kill` and its daemon's exit on a signal
-   * do the same before the daemon goes; without it such an app would outlive gpu-boot, unsupervised
-   * (PM2 forked it from this process). Each one as PM2 stops it: SIGINT, then SIGKILL after its
-   * kill_timeout. Returns their names.
+   * The apps in this PM2 that are not gpu-boot's instances: one someone started in the container
+   * by hand (`pm2 start x`, with gpu-boot's PM2_HOME). PM2's own `kill`, and its daemon's exit on a
+   * signal, delete every app before the daemon goes; without that such an app would outlive
+   * gpu-boot, unsupervised (PM2 forked it from this process).
    */
-  async deleteRemainingApps(): Promise<string[]> {
-    const apps = this.God.getFormatedProcesses().filter((app): app is Pm2App & { pm_id: number } => typeof app.pm_id === 'number');
-    await Promise.all(apps.map((app) => new Promise<void>((resolve) => this.God.deleteProcessId(app.pm_id, () => resolve()))));
-    return apps.map((app) => app.name ?? `pm_id ${app.pm_id}`);
+  otherApps(ours: (name: string) => boolean): Array<{ pmId: number; name: string; pid: number }> {
+    return (this.apps() ?? [])
+      .filter((app) => typeof app.pm_id === 'number' && !ours(app.name ?? ''))
+      .map((app) => ({ pmId: app.pm_id!, name: app.name ?? `pm_id ${app.pm_id}`, pid: app.pid ?? 0 }));
+  }
+
+  /** Stop and remove app `pmId` as PM2 does (SIGINT, then SIGKILL after its kill_timeout). */
+  deleteApp(pmId: number): Promise<void> {
+    return new Promise((resolve) => this.God.deleteProcessId(pmId, () => resolve()));
   }
 
   /** Stop serving (the apps must be gone already): sockets, PM2's timers, the pid file; console back. */

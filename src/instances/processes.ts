@@ -549,13 +549,27 @@ export class ProcessManager {
     if (this.state.crashLoop && !this.monitor.crashLoop()) this.state.crashLoop = undefined;
   }
 
-  /** Stop our apps gracefully (SIGINT, then SIGKILL after kill_timeout) and remove them from PM2. */
+  /**
+   * The apps someone started by hand (`pm2 start x`) in the PM2 this process serves: not instances.
+   * None where this process only talks to another daemon.
+   */
+  appsByHand(): Array<{ pmId: number; name: string; pid: number }> {
+    return this.serving && this.host ? this.host.otherApps((name) => name.startsWith(APP_PREFIX)) : [];
+  }
+
+  /**
+   * Stop our apps gracefully (SIGINT, then SIGKILL after kill_timeout) and remove them from PM2.
+   * Where this process serves PM2, the apps started in it by hand go in the same wait (as `pm2 kill`
+   * stops every app before its daemon goes): PM2 forked them from this process.
+   */
   async stopAll(): Promise<void> {
     this.stopping = true;
+    if (!this.api) return;
+    const host = this.host;
+    const byHand = this.appsByHand().map((app) => host!.deleteApp(app.pmId));
     // A run that started nothing (refused, or failed before) must not stop another run's apps.
-    if (!this.api || !this.startedInstances) return;
-    const apps = await this.list();
-    await Promise.all(apps.map((app) => this.change((cb) => this.pm2.delete(app.name, cb))));
+    const apps = this.startedInstances ? await this.list() : [];
+    await Promise.all([...byHand, ...apps.map((app) => this.change((cb) => this.pm2.delete(app.name, cb)))]);
   }
 
   /** Our instances' pids as PM2 has them now, from $PM2_HOME/pids (readable even when the daemon hangs). */
@@ -627,11 +641,6 @@ export class ProcessManager {
         // the bus may already be gone
       }
       await new Promise<void>((resolve) => api.disconnect(() => resolve()));
-    }
-    if (this.host && this.serving) {
-      // Apps this PM2 runs beside the instances (stopAll removed those) go with it, as with `pm2 kill`.
-      const others = await this.host.deleteRemainingApps().catch(() => []);
-      if (others.length) this.logger.warn({ apps: others }, `stopped ${others.length} app(s) started by hand in gpu-boot's PM2: ${others.join(', ')}`);
     }
     await this.host?.close();
     this.host = undefined;

@@ -186,6 +186,32 @@ describe('shutdown budget', () => {
     expect(took).toBeLessThan(5000);
     expect(alive(instancePid)).toBe(false);
     expect(existsSync(ws.envFile('hf_node'))).toBe(false);
+    // Its own instance, slow to stop, is not mistaken for an app started by hand.
+    expect(boot.logs().filter((l) => String(l.msg).includes('by hand'))).toEqual([]);
+  });
+
+  it('an app started by hand that ignores SIGINT, with a kill_timeout past the budget, is killed with the leftovers when the budget runs out', async () => {
+    ws = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 1 });
+    const boot = startBoot(['start'], { ...ws.env, HF_TOKEN, SHUTDOWN_TIMEOUT_MS: '4000' });
+    await boot.waitForLog((l) => l.phase === 'ready', 'ready');
+    const script = path.join(ws.root, 'stubborn.sh');
+    await writeFile(script, "#!/bin/sh\ntrap '' INT\nexec sleep 300\n", { mode: 0o755 });
+    const shell = { env: { PATH: ws.env.PATH!, HOME: ws.root, PM2_HOME: ws.pm2Home }, extendEnv: false, reject: false, timeout: 10_000 };
+    expect((await execa('node', [PM2_BIN, 'start', script, '--name', 'stubborn', '--kill-timeout', '20000'], shell)).exitCode).toBe(0);
+    const app = await waitFor('the app by hand running', async () => {
+      const found = (JSON.parse((await execa('node', [PM2_BIN, 'jlist'], shell)).stdout) as Array<{ name: string; pid: number }>).find((a) => a.name === 'stubborn');
+      return found && found.pid > 0 && alive(found.pid) ? found : undefined;
+    });
+    const stopAsked = Date.now();
+    boot.child.kill('SIGTERM');
+    const result = await boot.child;
+    expect(Date.now() - stopAsked).toBeLessThan(10_000);
+    // Killed as a leftover: the boot says so and exits 74.
+    expect(result.exitCode).toBe(74);
+    expect(processGone(app.pid) || !alive(app.pid)).toBe(true);
+    expect(boot.logs().find((l) => l.msg === 'instances did not stop within the shutdown budget; killing them')).toMatchObject({ pids: [app.pid] });
+    expect(existsSync(ws.envFile('hf_node'))).toBe(false);
+    for (const name of ['pm2.pid', 'rpc.sock', 'pub.sock']) expect(existsSync(path.join(ws.pm2Home, name))).toBe(false);
   });
 });
 
@@ -223,7 +249,7 @@ describe('one boot per workspace, and a boot that notices its PM2 dying', () => 
     boot.child.kill('SIGTERM');
     expect((await boot.child).exitCode).toBe(0);
     expect(processGone(byHand.pid) || !alive(byHand.pid)).toBe(true);
-    expect(boot.logs().find((l) => String(l.msg).startsWith('stopped 1 app(s)'))).toMatchObject({ level: 40, apps: ['by-hand'], msg: "stopped 1 app(s) started by hand in gpu-boot's PM2: by-hand" });
+    expect(boot.logs().find((l) => String(l.msg).startsWith('stopping 1 app(s)'))).toMatchObject({ level: 40, apps: ['by-hand'], msg: "stopping 1 app(s) started by hand in gpu-boot's PM2: by-hand" });
     expect(existsSync(ws.envFile('hf_node'))).toBe(false);
   });
 
