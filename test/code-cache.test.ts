@@ -4,11 +4,17 @@ import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { execa } from 'execa';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NODE_FLAGS, ROOT } from './helpers/boot.js';
 
 // Children run script files, never `-e`: process.execArgv is then the flags alone, as in a boot.
-const dir = mkdtempSync(path.join(os.tmpdir(), 'gpu-boot-codecache-'));
+// Made before the tests run, not as the file loads: a run that skips them all runs no afterAll.
+let dir = '';
+let lib = '';
+beforeAll(() => {
+  dir = mkdtempSync(path.join(os.tmpdir(), 'gpu-boot-codecache-'));
+  lib = path.join(dir, 'lib.cjs');
+});
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const CODE_CACHE = pathToFileURL(path.join(ROOT, 'dist', 'instances', 'code-cache.js')).href;
 
@@ -19,7 +25,6 @@ async function node(flags: string[], script: string, env: Record<string, string>
   return JSON.parse(stdout.trim().split('\n').pop()!) as Record<string, unknown>;
 }
 
-const lib = path.join(dir, 'lib.cjs');
 const build = (flags: string[]) =>
   node(flags, [`import { writeCodeCache } from ${JSON.stringify(CODE_CACHE)};`, `const { bytes } = writeCodeCache(${JSON.stringify(lib)}, (e) => e.add(1, 2));`, 'console.log(JSON.stringify({ bytes }));'].join('\n'));
 const load = (flags: string[], env: Record<string, string> = {}) =>

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { execa } from 'execa';
-import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { acceptedListener, descendsFrom, instancePortProblems, listeningSockets, portHolders, portIsFree, portOwner } from '../src/instances/ports.js';
 import { freePorts, portsInUse, ROOT, waitFor } from './helpers/boot.js';
 import { PYTHON } from './helpers/python.js';
@@ -76,7 +76,11 @@ describe('a listener found among the listeners', () => {
   const record = (sl: number, port: number, state: string, inode: number) =>
     `${String(sl).padStart(4)}: 0100007F:${port.toString(16).toUpperCase().padStart(4, '0')} 00000000:0000 ${state} 00000000:00000000 00:00000000 00000000     0        0 ${inode} 1 0000000000000000 100 0 0 10 0`.padEnd(149) + '\n';
   const header = '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode'.padEnd(149) + '\n';
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'gpu-boot-ports-'));
+  // Made before the tests run, not as the file loads: a filtered run (-t) runs no afterAll here.
+  let dir = '';
+  beforeAll(() => {
+    dir = mkdtempSync(path.join(os.tmpdir(), 'gpu-boot-ports-'));
+  });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
   const table = (name: string, text: string) => {
     const file = path.join(dir, name);

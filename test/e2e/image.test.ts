@@ -14,7 +14,6 @@ import { ROOT } from '../helpers/boot.js';
  */
 
 const HARNESS = path.join(ROOT, 'scripts', 'image-run.mjs');
-const STATE = mkdtempSync(path.join(os.tmpdir(), 'gpu-boot-image-test-'));
 const IMAGE_UID = 1000;
 
 function preflight(): string | undefined {
@@ -29,6 +28,8 @@ function preflight(): string | undefined {
 }
 const skipReason = preflight();
 if (skipReason) console.warn(`test/e2e/image.test.ts skipped: ${skipReason}`);
+// Made only where the tests run: a file whose tests are all skipped runs no afterAll to remove it.
+const STATE = skipReason ? path.join(os.tmpdir(), 'gpu-boot-image-test-unused') : mkdtempSync(path.join(os.tmpdir(), 'gpu-boot-image-test-'));
 
 /** Every container a test started: one a failed test leaves running is killed before the next (and its namespace with it). */
 const started: Container[] = [];
@@ -38,7 +39,9 @@ afterEach(async () => {
     await container.exited;
   }
 });
-afterAll(() => rmSync(STATE, { recursive: true, force: true }));
+afterAll(() => {
+  if (!skipReason) rmSync(STATE, { recursive: true, force: true });
+});
 
 interface Container {
   name: string;
