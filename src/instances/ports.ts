@@ -18,6 +18,18 @@ const LISTEN = '0A';
 
 const TABLES = ['/proc/net/tcp', '/proc/net/tcp6'] as const;
 
+/**
+ * One record of /proc/net/tcp or tcp6 (`sl local_address rem_address st tx_queue:rx_queue
+ * tr:tm->when retrnsmt uid timeout inode`): its state, local port, owner's uid and inode ('0' for
+ * none). Undefined for a blank line.
+ */
+export function tcpRecord(line: string): { state: string; port: number; uid: number; inode: string } | undefined {
+  const fields = line.trim().split(/\s+/);
+  const local = fields[1];
+  if (!local) return undefined;
+  return { state: fields[3] ?? '', port: Number.parseInt(local.slice(local.lastIndexOf(':') + 1), 16), uid: Number(fields[7]), inode: fields[9] ?? '0' };
+}
+
 /** A record of /proc/net/tcp is 150 bytes (tcp6's are longer): read one at a time, the kernel makes no more than it is asked for. */
 const RECORD_BYTES = 150;
 
@@ -47,16 +59,14 @@ export function acceptedListener(table: string, port: number, accept: (inode: st
       if (read === 0) return false;
       text += buffer.toString('latin1', 0, read);
       for (let end = text.indexOf('\n'); end >= 0; end = text.indexOf('\n')) {
-        const fields = text.slice(0, end).trim().split(/\s+/);
+        const record = tcpRecord(text.slice(0, end));
         text = text.slice(end + 1);
         if (header) {
           header = false;
           continue;
         }
-        if (fields[3] !== LISTEN) return false;
-        const local = fields[1] ?? '';
-        const inode = fields[9];
-        if (Number.parseInt(local.slice(local.lastIndexOf(':') + 1), 16) === port && inode && inode !== '0' && accept(inode)) return true;
+        if (record?.state !== LISTEN) return false;
+        if (record.port === port && record.inode !== '0' && accept(record.inode)) return true;
       }
     }
   } catch {
@@ -84,13 +94,10 @@ export function listeningSockets(port: number, tables: readonly string[] = TABLE
       continue;
     }
     for (const line of text.split('\n').slice(1)) {
-      // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
-      const fields = line.trim().split(/\s+/);
-      const local = fields[1];
-      if (!local || fields[3] !== LISTEN) continue;
-      if (Number.parseInt(local.slice(local.lastIndexOf(':') + 1), 16) === port && fields[9] && fields[9] !== '0') {
-        inodes.add(fields[9]);
-        uids.add(Number(fields[7]));
+      const record = tcpRecord(line);
+      if (record?.state === LISTEN && record.port === port && record.inode !== '0') {
+        inodes.add(record.inode);
+        uids.add(record.uid);
       }
     }
   }

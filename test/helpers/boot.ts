@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { execa, type ResultPromise } from 'execa';
 import { afterAll, beforeAll } from 'vitest';
 import { isAlive } from '../../src/instances/processes.js';
+import { tcpRecord } from '../../src/instances/ports.js';
 import { PYTHON } from './python.js';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -36,8 +37,8 @@ export function portsInUse(): Set<number> {
       continue;
     }
     for (const line of text.split('\n').slice(1)) {
-      const local = line.trim().split(/\s+/)[1];
-      if (local) used.add(Number.parseInt(local.slice(local.lastIndexOf(':') + 1), 16));
+      const record = tcpRecord(line);
+      if (record) used.add(record.port);
     }
   }
   return used;
