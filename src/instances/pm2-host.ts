@@ -4,6 +4,7 @@ import { lstat, unlink } from 'node:fs/promises';
 import { readRegularFile } from '../files/owned.js';
 import { PACKAGE_ROOT } from '../package-root.js';
 import { type CodeCacheUse, requireWithCodeCache } from './code-cache.js';
+import { createPm2HomeFolders, type Pm2HomePaths } from './pm2-home.js';
 import type { Stats } from 'node:fs';
 import type { spawn, SpawnOptions } from 'node:child_process';
 import { createRequire } from 'node:module';
@@ -123,14 +124,6 @@ interface Pm2Common {
   mergeEnvironmentVariables(app: Pm2AppConfig, envName: undefined, deployConf: object): Record<string, unknown>;
 }
 
-interface Pm2HomePaths {
-  PM2_HOME: string;
-  DEFAULT_LOG_PATH: string;
-  DEFAULT_PID_PATH: string;
-  DEFAULT_MODULE_PATH: string;
-  PM2_MODULE_CONF_FILE: string;
-}
-
 type DaemonClass = new (options: { pub_socket_file: string; rpc_socket_file: string; pid_file: string; ignore_signals: boolean }) => Pm2Daemon;
 
 const CONSOLE_METHODS = ['log', 'info', 'warn', 'error'] as const;
@@ -211,24 +204,6 @@ export function preparePm2Home(home: string): void {
       ExitCode.cantCreate,
       `PM2_HOME ${home} cannot be used by this user (uid ${uid}): ${(error as NodeJS.ErrnoException).code ?? String(error)}; set PM2_HOME to a folder it can write (the image's is /home/comfy/.pm2)`,
     );
-  }
-}
-
-/** What PM2's client (Client.initFileStructure) creates in PM2_HOME before anything else: its log, pid and module folders, and an empty module configuration. */
-function createPm2HomeFolders(paths: Pm2HomePaths): void {
-  // As PM2's client: what cannot be made is left to PM2's daemon to report (a boot does not end here).
-  for (const folder of [paths.DEFAULT_LOG_PATH, paths.DEFAULT_PID_PATH, paths.DEFAULT_MODULE_PATH]) {
-    try {
-      mkdirSync(folder, { recursive: true });
-    } catch {
-      // there as something else, or not writable
-    }
-  }
-  try {
-    // Never through a link (O_EXCL), unlike PM2's own writeFileSync.
-    writeFileSync(paths.PM2_MODULE_CONF_FILE, '{}', { flag: 'wx' });
-  } catch {
-    // there already, or not writable
   }
 }
 
@@ -678,4 +653,3 @@ export class Pm2Host {
     for (const method of CONSOLE_METHODS) console[method] = this.savedConsole[method];
   }
 }
-
