@@ -86,15 +86,14 @@ export function requireWithCodeCache(file: string): { exports: unknown; codeCach
   const require = createRequire(file);
   const loaded = require.cache[file];
   if (loaded) return { exports: loaded.exports, codeCache: used.get(file) ?? 'none' };
-  let bytes: Buffer;
+  let bytes: Buffer | undefined;
   try {
     bytes = readFileSync(file);
   } catch {
-    used.set(file, 'none');
-    return { exports: require(file), codeCache: 'none' }; // require says why
+    bytes = undefined; // require below says why
   }
-  const cachedData = matchingCache(file, bytes);
-  if (!cachedData) {
+  const cachedData = bytes && matchingCache(file, bytes);
+  if (!bytes || !cachedData) {
     used.set(file, 'none');
     return { exports: require(file), codeCache: 'none' };
   }
