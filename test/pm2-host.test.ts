@@ -13,6 +13,13 @@ import { hostedGod } from './helpers/pm2.js';
 // PM2 reads PM2_HOME once, when first loaded: one home for this file (its own worker).
 const home = pm2HomeForThisFile('gpu-boot-pm2host-');
 
+/** Run an ES module `script` in a fresh Node (from the project's root, with `pm2Home` as PM2_HOME): the JSON of its last line on stdout. */
+async function childJson(script: string, pm2Home: string, flags: string[] = []): Promise<unknown> {
+  const env = { PATH: process.env.PATH!, HOME: home.root, PM2_HOME: pm2Home };
+  const { stdout } = await execa(process.execPath, [...flags, '--input-type=module', '-e', script], { cwd: path.resolve(import.meta.dirname, '..'), env, extendEnv: false });
+  return JSON.parse(stdout.trim().split('\n').pop()!);
+}
+
 describe('Pm2Host', () => {
   it(`gives up within ${SERVE_TIMEOUT_MS} ms when something else holds PM2's socket, puts the pid file back, and restores console`, async () => {
     const consoleLog = console.log;
@@ -81,9 +88,7 @@ describe('Pm2Host', () => {
       "process.stdout.write(JSON.stringify({ sync, firstTurn, scheduled, seen }) + '\\n');",
       'process.exit(0);',
     ].join('\n');
-    const env = { PATH: process.env.PATH!, HOME: home.root, PM2_HOME: path.join(home.root, 'events') };
-    const { stdout } = await execa(process.execPath, ['--input-type=module', '-e', script], { cwd: path.resolve(import.meta.dirname, '..'), env, extendEnv: false });
-    expect(JSON.parse(stdout.trim().split('\n').pop()!)).toEqual({ sync: 0, firstTurn: 1, scheduled: 2, seen: ['out:a', 'event:online', 'out:b', 'out:c'] });
+    expect(await childJson(script, path.join(home.root, 'events'))).toEqual({ sync: 0, firstTurn: 1, scheduled: 2, seen: ['out:a', 'event:online', 'out:b', 'out:c'] });
   });
 
   it("makes PM2_HOME's folders as PM2's client does, and loads where one cannot be made (PM2 reports it, as its client would let it)", async () => {
@@ -97,16 +102,11 @@ describe('Pm2Host', () => {
       "process.stdout.write(JSON.stringify({ kinds, conf: readFileSync(home + '/module_conf.json', 'utf8') }) + '\\n');",
       'process.exit(0);',
     ].join('\n');
-    const run = async (pm2Home: string) => {
-      const env = { PATH: process.env.PATH!, HOME: home.root, PM2_HOME: pm2Home };
-      const { stdout } = await execa(process.execPath, ['--input-type=module', '-e', script], { cwd: path.resolve(import.meta.dirname, '..'), env, extendEnv: false });
-      return JSON.parse(stdout.trim().split('\n').pop()!) as { kinds: boolean[]; conf: string };
-    };
-    expect(await run(path.join(home.root, 'fresh'))).toEqual({ kinds: [true, true, true], conf: '{}' });
+    expect(await childJson(script, path.join(home.root, 'fresh'))).toEqual({ kinds: [true, true, true], conf: '{}' });
     // A file where PM2 wants its modules folder: PM2's client logged and went on; so does this.
     await mkdir(path.join(home.root, 'odd'), { recursive: true });
     await writeFile(path.join(home.root, 'odd', 'modules'), 'not a folder');
-    expect(await run(path.join(home.root, 'odd'))).toEqual({ kinds: [true, true, false], conf: '{}' });
+    expect(await childJson(script, path.join(home.root, 'odd'))).toEqual({ kinds: [true, true, false], conf: '{}' });
   });
 
   it('leaves source maps as they were (PM2\'s Daemon.js turns them on for the whole process as it loads)', async () => {
@@ -125,11 +125,9 @@ describe('Pm2Host', () => {
       "process.stdout.write(JSON.stringify({ before, after: process.sourceMapsEnabled, loaded }) + '\\n');",
       'process.exit(0);',
     ].join('\n');
-    const env = { PATH: process.env.PATH!, HOME: home.root, PM2_HOME: path.join(home.root, 'maps') };
     for (const flags of [[], ['--enable-source-maps']]) {
-      const { stdout } = await execa(process.execPath, [...flags, '--input-type=module', '-e', script], { cwd: path.resolve(import.meta.dirname, '..'), env, extendEnv: false });
       const enabled = flags.length > 0;
-      expect(JSON.parse(stdout.trim().split('\n').pop()!)).toEqual({ before: enabled, after: enabled, loaded: true });
+      expect(await childJson(script, path.join(home.root, 'maps'), flags)).toEqual({ before: enabled, after: enabled, loaded: true });
     }
   });
 
@@ -177,9 +175,7 @@ describe('Pm2Host', () => {
         "process.stdout.write(JSON.stringify({ from: code.from, https: loaded('https'), tls: loaded('tls'), cluster: loaded('cluster') }) + '\\n');",
         'process.exit(0);',
       ].join('\n');
-      const env = { PATH: process.env.PATH!, HOME: home.root, PM2_HOME: path.join(home.root, 'no-https') };
-      const { stdout } = await execa(process.execPath, ['--input-type=module', '-e', script], { cwd: path.resolve(import.meta.dirname, '..'), env, extendEnv: false });
-      expect(JSON.parse(stdout.trim().split('\n').pop()!)).toEqual({ from: PM2_DAEMON_BUNDLE, https: false, tls: false, cluster: true });
+      expect(await childJson(script, path.join(home.root, 'no-https'))).toEqual({ from: PM2_DAEMON_BUNDLE, https: false, tls: false, cluster: true });
       // The stand-in resolves the real check from PM2's VersionCheck.js, as PM2 would: there, with its runCheck.
       const text = await readFile(PM2_DAEMON_BUNDLE, 'utf8');
       expect(text).toContain('require("module").createRequire(__gpuBootModuleFile("pm2/lib/VersionCheck.js"))("@pm2/pm2-version-check").runCheck(...args)');
