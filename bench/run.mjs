@@ -153,8 +153,7 @@ async function standInFloor(count, nodes, offsetsMs) {
     ({ root } = workspace(nodes));
     const comfy = path.join(root, 'workspace', 'ComfyUI');
     for (let n = 0; n < nodes; n += 1) {
-      const entries = Array.from({ length: 5 }, (_, k) => ({ key: `KEY_${k}`, value: `bench-secret-${n}-${k}-${'x'.repeat(24)}` }));
-      writeFileSync(path.join(comfy, 'custom_nodes', `node_${n}`, '.env'), renderEnvFile(entries), { mode: 0o600 });
+      writeFileSync(path.join(comfy, 'custom_nodes', `node_${n}`, '.env'), renderEnvFile(nodeEntries(n)), { mode: 0o600 });
     }
     main = path.join(comfy, 'main.py');
   }
@@ -182,6 +181,9 @@ async function standInFloor(count, nodes, offsetsMs) {
   return ms;
 }
 
+/** Node `n`'s five secrets, KEY_0..KEY_4, as every scenario gives them (the manifest maps KEY_k to SECRET_n_k). */
+const nodeEntries = (n) => Array.from({ length: 5 }, (_, k) => ({ key: `KEY_${k}`, value: `bench-secret-${n}-${k}-${'x'.repeat(24)}` }));
+
 function workspace(nodes) {
   const root = mkdtempSync(path.join(BENCH_BASE, 'gpu-boot-bench-'));
   const comfy = path.join(root, 'workspace', 'ComfyUI');
@@ -194,9 +196,9 @@ function workspace(nodes) {
     const name = `node_${n}`;
     mkdirSync(path.join(comfy, 'custom_nodes', name));
     const keys = {};
-    for (let k = 0; k < 5; k += 1) {
-      keys[`KEY_${k}`] = `\${SECRET_${n}_${k}}`;
-      env[`SECRET_${n}_${k}`] = `bench-secret-${n}-${k}-${'x'.repeat(24)}`;
+    for (const [k, { key, value }] of nodeEntries(n).entries()) {
+      keys[key] = `\${SECRET_${n}_${k}}`;
+      env[`SECRET_${n}_${k}`] = value;
     }
     manifest.custom_nodes.push({ name, env: keys });
   }
@@ -437,8 +439,7 @@ async function fileCost(nodes, storageKind) {
     const files = [];
     for (let n = 0; n < nodes; n += 1) {
       mkdirSync(path.join(root, 'custom_nodes', `node_${n}`));
-      const entries = Array.from({ length: 5 }, (_, k) => ({ key: `KEY_${k}`, value: `bench-secret-${n}-${k}-${'x'.repeat(24)}` }));
-      files.push({ node: `node_${n}`, path: path.join(root, 'custom_nodes', `node_${n}`, '.env'), text: renderEnvFile(entries) });
+      files.push({ node: `node_${n}`, path: path.join(root, 'custom_nodes', `node_${n}`, '.env'), text: renderEnvFile(nodeEntries(n)) });
     }
     let started = now();
     const session = new FileSession(StateDir.create(path.join(root, 'state')), storage, undefined);
