@@ -14,6 +14,24 @@ afterEach(async () => {
   ws = undefined;
 });
 
+/**
+ * Start `script` (a shell script's text) in the boot's PM2 as someone in the container would
+ * (`pm2 start <file> --name <name> ...pm2Args`), and wait until PM2 lists it running: its pid, and
+ * the names PM2 lists then.
+ */
+async function startByHand(w: Workspace, name: string, script: string, pm2Args: string[] = []): Promise<{ pid: number; names: string[] }> {
+  const file = path.join(w.root, `${name}.sh`);
+  await writeFile(file, script, { mode: 0o755 });
+  const shell = { env: { PATH: w.env.PATH!, HOME: w.root, PM2_HOME: w.pm2Home }, extendEnv: false, reject: false, timeout: 10_000 };
+  const started = await execa('node', [PM2_BIN, 'start', file, '--name', name, ...pm2Args], shell);
+  expect(started.exitCode, started.stderr).toBe(0);
+  return waitFor(`${name} running`, async () => {
+    const apps = JSON.parse((await execa('node', [PM2_BIN, 'jlist'], shell)).stdout) as Array<{ name: string; pid: number }>;
+    const app = apps.find((a) => a.name === name);
+    return app && app.pid > 0 && alive(app.pid) ? { pid: app.pid, names: apps.map((a) => a.name).sort() } : undefined;
+  });
+}
+
 async function pm2Pid(w: Workspace): Promise<number> {
   return Number.parseInt(await readFile(path.join(w.pm2Home, 'pm2.pid'), 'utf8'), 10);
 }
@@ -194,14 +212,7 @@ describe('shutdown budget', () => {
     ws = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 1 });
     const boot = startBoot(['start'], { ...ws.env, HF_TOKEN, SHUTDOWN_TIMEOUT_MS: '4000' });
     await boot.waitForLog((l) => l.phase === 'ready', 'ready');
-    const script = path.join(ws.root, 'stubborn.sh');
-    await writeFile(script, "#!/bin/sh\ntrap '' INT\nexec sleep 300\n", { mode: 0o755 });
-    const shell = { env: { PATH: ws.env.PATH!, HOME: ws.root, PM2_HOME: ws.pm2Home }, extendEnv: false, reject: false, timeout: 10_000 };
-    expect((await execa('node', [PM2_BIN, 'start', script, '--name', 'stubborn', '--kill-timeout', '20000'], shell)).exitCode).toBe(0);
-    const app = await waitFor('the app by hand running', async () => {
-      const found = (JSON.parse((await execa('node', [PM2_BIN, 'jlist'], shell)).stdout) as Array<{ name: string; pid: number }>).find((a) => a.name === 'stubborn');
-      return found && found.pid > 0 && alive(found.pid) ? found : undefined;
-    });
+    const app = await startByHand(ws, 'stubborn', "#!/bin/sh\ntrap '' INT\nexec sleep 300\n", ['--kill-timeout', '20000']);
     const stopAsked = Date.now();
     boot.child.kill('SIGTERM');
     const result = await boot.child;
@@ -235,17 +246,8 @@ describe('one boot per workspace, and a boot that notices its PM2 dying', () => 
     ws = await makeWorkspace({ nodes: ['hf_node'], manifest: MANIFEST, gpus: 1 });
     const boot = startBoot(['start'], { ...ws.env, HF_TOKEN });
     await boot.waitForLog((l) => l.phase === 'ready', 'ready');
-    const script = path.join(ws.root, 'by-hand.sh');
-    await writeFile(script, '#!/bin/sh\nexec sleep 300\n', { mode: 0o755 });
-    const shell = { env: { PATH: ws.env.PATH!, HOME: ws.root, PM2_HOME: ws.pm2Home }, extendEnv: false, reject: false, timeout: 10_000 };
-    const started = await execa('node', [PM2_BIN, 'start', script, '--name', 'by-hand'], shell);
-    expect(started.exitCode, started.stderr).toBe(0);
-    const apps = JSON.parse((await execa('node', [PM2_BIN, 'jlist'], shell)).stdout) as Array<{ name: string; pid: number }>;
-    const byHand = await waitFor('the app by hand running', async () => {
-      const app = (JSON.parse((await execa('node', [PM2_BIN, 'jlist'], shell)).stdout) as Array<{ name: string; pid: number }>).find((a) => a.name === 'by-hand');
-      return app && app.pid > 0 && alive(app.pid) ? app : undefined;
-    });
-    expect(apps.map((a) => a.name).sort()).toEqual(['by-hand', 'comfyui-gpu0']);
+    const byHand = await startByHand(ws, 'by-hand', '#!/bin/sh\nexec sleep 300\n');
+    expect(byHand.names).toEqual(['by-hand', 'comfyui-gpu0']);
     boot.child.kill('SIGTERM');
     expect((await boot.child).exitCode).toBe(0);
     expect(processGone(byHand.pid) || !alive(byHand.pid)).toBe(true);
